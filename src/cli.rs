@@ -1,0 +1,171 @@
+//! Command-line interface: clap types and dispatch into the library.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::qa::examples::{self};
+use crate::qa::metrics::{self, Metric, Score};
+use crate::settings::{DataFormat, Settings};
+use crate::stages::{self, Ctx, Stage};
+use crate::ui::Ui;
+
+/// K-fold extractive question answering: prepare, split, train, predict, ensemble, evaluate, submit.
+#[derive(Debug, Parser)]
+#[command(name = "pipeline", version, about)]
+pub struct Cli {
+    /// No progress bars or status messages.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Which stage `run` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    Prepare,
+    Split,
+    Train,
+    Predict,
+    Ensemble,
+    Evaluate,
+    Submit,
+    All,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigArgs {
+    /// The settings file.
+    #[arg(long, default_value = "pipeline.toml")]
+    pub config: PathBuf,
+    /// Override one setting, e.g. `--set prepare.max_seq_length=256` (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one stage, or all of them in order (skipping those up to date).
+    Run {
+        target: Target,
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Limit fold-wise stages (train, predict) to one fold.
+        #[arg(long)]
+        fold: Option<usize>,
+        /// Rerun even when up to date.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show each stage as done / stale / missing, with why.
+    Status {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Score a predictions.json ({"id": "answer", ...}) against a SQuAD-format file, as the
+    /// official scripts do; prints {"exact_match", "f1", "total"} as JSON.
+    Score {
+        data: PathBuf,
+        predictions: PathBuf,
+        #[arg(long, default_value = "korquad")]
+        metric: Metric,
+    },
+}
+
+/// Parses the process arguments and runs the command.
+pub fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let ui = Ui { quiet: cli.quiet };
+    match cli.command {
+        Command::Run {
+            target,
+            config,
+            fold,
+            force,
+        } => {
+            let settings = Settings::load(&config.config, &config.set)?;
+            let ctx = Ctx::new(settings, force, fold, ui)?;
+            match stage_of(target) {
+                Some(stage) => stages::run_stage(&ctx, stage),
+                None => stages::run_all(&ctx),
+            }
+        }
+        Command::Status { config } => {
+            let settings = Settings::load(&config.config, &config.set)?;
+            let ctx = Ctx::new(settings, false, None, ui)?;
+            print!("{}", stages::report_status(&ctx)?);
+            Ok(())
+        }
+        Command::Score {
+            data,
+            predictions,
+            metric,
+        } => {
+            let (score, missing) = score_files(&data, &predictions, metric)?;
+            if !missing.is_empty() {
+                ui.info(&format!(
+                    "{} questions have no prediction and score 0 (e.g. {})",
+                    missing.len(),
+                    missing[0]
+                ));
+            }
+            println!("{}", serde_json::to_string(&score)?);
+            Ok(())
+        }
+    }
+}
+
+fn stage_of(t: Target) -> Option<Stage> {
+    Some(match t {
+        Target::Prepare => Stage::Prepare,
+        Target::Split => Stage::Split,
+        Target::Train => Stage::Train,
+        Target::Predict => Stage::Predict,
+        Target::Ensemble => Stage::Ensemble,
+        Target::Evaluate => Stage::Evaluate,
+        Target::Submit => Stage::Submit,
+        Target::All => return None,
+    })
+}
+
+/// Reads a `{"id": "answer"}` predictions file.
+pub fn read_predictions(path: &Path) -> Result<HashMap<String, String>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).with_context(|| format!("{}: not JSON", path.display()))?;
+    let Some(obj) = value.as_object() else {
+        bail!(
+            "{}: expected a JSON object {{\"id\": \"answer\", ...}}",
+            path.display()
+        );
+    };
+    obj.iter()
+        .map(|(id, v)| match v.as_str() {
+            Some(s) => Ok((id.clone(), s.to_string())),
+            None => bail!(
+                "{}: id {id:?}: the prediction must be a string, got {v}",
+                path.display()
+            ),
+        })
+        .collect()
+}
+
+/// Scores predictions against every question of a data file (any supported format).
+pub fn score_files(
+    data: &Path,
+    predictions: &Path,
+    metric: Metric,
+) -> Result<(Score, Vec<String>)> {
+    let golds = examples::load_golds(data, DataFormat::Auto)?;
+    let preds = read_predictions(predictions)?;
+    Ok(metrics::score(
+        metric,
+        golds
+            .iter()
+            .map(|(id, answers)| (id.as_str(), answers.as_slice())),
+        &preds,
+    ))
+}

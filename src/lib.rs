@@ -1,0 +1,12 @@
+//! `pipeline`: the K-fold extractive question-answering reader workflow.
+//!
+//! Stages (`prepare`, `split`, ...) live in [`stages`] and talk only through files in the run
+//! folder ([`run`], [`artifacts`]); pure QA logic lives in [`qa`].
+
+pub mod artifacts;
+pub mod cli;
+pub mod qa;
+pub mod run;
+pub mod settings;
+pub mod stages;
+pub mod ui;

@@ -1,0 +1,320 @@
+//! The run directory: atomic writes, stage manifests and up-to-date checks.
+//!
+//! Every file a stage produces is written to a temporary name in its final folder and renamed
+//! into place; the stage's `manifest.json` is written last. A stage whose manifest is absent is
+//! not done, so a crash or Ctrl-C at any point leaves no partial result marked done. A manifest
+//! records a hash of the settings the stage reads and the size and BLAKE3 hash of each input and
+//! output, from which `status` derives done / stale / missing.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// File name of every stage's manifest.
+pub const MANIFEST: &str = "manifest.json";
+
+/// Writes `bytes` to `path` atomically: a temp file in the same folder, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |f| f.write_all(bytes).map_err(Into::into))
+}
+
+/// Like [`write_atomic`] but lets `fill` stream into the temp file.
+pub fn write_atomic_with(
+    path: &Path,
+    fill: impl FnOnce(&mut fs::File) -> Result<()>,
+) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temp file in {}", dir.display()))?;
+    fill(tmp.as_file_mut()).with_context(|| format!("writing {}", path.display()))?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .with_context(|| format!("renaming into {}", path.display()))?;
+    Ok(())
+}
+
+/// Serialises `value` as pretty JSON and writes it atomically.
+pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(value)?;
+    bytes.push(b'\n');
+    write_atomic(path, &bytes)
+}
+
+/// Size and content hash of one file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    pub size: u64,
+    pub blake3: String,
+}
+
+impl FileRecord {
+    /// Hashes the file at `path`.
+    pub fn of(path: &Path) -> Result<Self> {
+        let mut f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut size = 0u64;
+        loop {
+            let n = f
+                .read(&mut buf)
+                .with_context(|| format!("reading {}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            size += n as u64;
+            hasher.update(&buf[..n]);
+        }
+        Ok(Self {
+            size,
+            blake3: hasher.finalize().to_hex().to_string(),
+        })
+    }
+}
+
+/// Hash of the settings a stage reads, so a change in them makes the stage stale.
+pub fn config_hash<T: Serialize>(value: &T) -> Result<String> {
+    let bytes = serde_json::to_vec(value)?;
+    Ok(blake3::hash(&bytes).to_hex().to_string())
+}
+
+/// What a finished stage recorded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub stage: String,
+    pub config_hash: String,
+    /// Input files by path as given (data files, upstream outputs).
+    pub inputs: BTreeMap<String, FileRecord>,
+    /// Output files by name relative to the stage folder.
+    pub outputs: BTreeMap<String, FileRecord>,
+    pub finished_at: String,
+    pub elapsed_s: f64,
+    /// Stage-specific counts and facts (shown by `status`, read by reports).
+    pub summary: serde_json::Value,
+}
+
+impl Manifest {
+    /// Reads `dir/manifest.json`; `Ok(None)` when absent.
+    pub fn read(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join(MANIFEST);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .with_context(|| format!("parsing {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+}
+
+/// Where a stage stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Status {
+    Done,
+    Stale(String),
+    Missing,
+}
+
+impl Status {
+    pub fn label(&self) -> String {
+        match self {
+            Status::Done => "done".into(),
+            Status::Stale(why) => format!("stale ({why})"),
+            Status::Missing => "missing".into(),
+        }
+    }
+}
+
+/// Compares a stage's manifest with the current config and files.
+pub fn check(
+    dir: &Path,
+    config_hash: &str,
+    inputs: &[(String, PathBuf)],
+) -> Result<(Status, Option<Manifest>)> {
+    let Some(m) = Manifest::read(dir)? else {
+        return Ok((Status::Missing, None));
+    };
+    let status = if m.config_hash != config_hash {
+        Status::Stale("its settings changed".into())
+    } else if let Some(why) = changed_inputs(&m, inputs)? {
+        Status::Stale(why)
+    } else if let Some(why) = changed_outputs(dir, &m)? {
+        Status::Stale(why)
+    } else {
+        Status::Done
+    };
+    Ok((status, Some(m)))
+}
+
+fn changed_inputs(m: &Manifest, inputs: &[(String, PathBuf)]) -> Result<Option<String>> {
+    if inputs.len() != m.inputs.len() || inputs.iter().any(|(k, _)| !m.inputs.contains_key(k)) {
+        return Ok(Some("its list of inputs changed".into()));
+    }
+    for (key, path) in inputs {
+        if !path.exists() {
+            return Ok(Some(format!("input {} is missing", path.display())));
+        }
+        if m.inputs.get(key) != Some(&FileRecord::of(path)?) {
+            return Ok(Some(format!("input {} changed", path.display())));
+        }
+    }
+    Ok(None)
+}
+
+fn changed_outputs(dir: &Path, m: &Manifest) -> Result<Option<String>> {
+    for (name, rec) in &m.outputs {
+        let path = dir.join(name);
+        match fs::metadata(&path) {
+            Err(_) => return Ok(Some(format!("output {name} is missing"))),
+            Ok(md) if md.len() != rec.size => {
+                return Ok(Some(format!("output {name} was modified")))
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok(None)
+}
+
+/// Collects a stage's outputs while it runs and writes its manifest when it finishes.
+pub struct StageWriter {
+    pub dir: PathBuf,
+    stage: String,
+    config_hash: String,
+    inputs: BTreeMap<String, FileRecord>,
+    outputs: BTreeMap<String, FileRecord>,
+    started: std::time::Instant,
+}
+
+impl StageWriter {
+    /// Starts a stage: removes its old manifest first (so it is not done until this run
+    /// finishes), clears leftover temp files, and records the inputs' hashes.
+    pub fn begin(
+        dir: PathBuf,
+        stage: &str,
+        config_hash: String,
+        inputs: &[(String, PathBuf)],
+    ) -> Result<Self> {
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let manifest = dir.join(MANIFEST);
+        if manifest.exists() {
+            fs::remove_file(&manifest)
+                .with_context(|| format!("removing {}", manifest.display()))?;
+        }
+        for entry in fs::read_dir(&dir)?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        let mut recs = BTreeMap::new();
+        for (key, path) in inputs {
+            recs.insert(key.clone(), FileRecord::of(path)?);
+        }
+        Ok(Self {
+            dir,
+            stage: stage.to_string(),
+            config_hash,
+            inputs: recs,
+            outputs: BTreeMap::new(),
+            started: std::time::Instant::now(),
+        })
+    }
+
+    /// Path of an output file inside the stage folder.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Writes an output atomically and records it.
+    pub fn write(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        write_atomic(&self.path(name), bytes)?;
+        self.record(name)
+    }
+
+    /// Writes a JSON output atomically and records it.
+    pub fn write_json<T: Serialize>(&mut self, name: &str, value: &T) -> Result<()> {
+        write_json_atomic(&self.path(name), value)?;
+        self.record(name)
+    }
+
+    /// Records an output that was written atomically by other means.
+    pub fn record(&mut self, name: &str) -> Result<()> {
+        let rec = FileRecord::of(&self.path(name))?;
+        self.outputs.insert(name.to_string(), rec);
+        Ok(())
+    }
+
+    /// Writes the manifest: from now on the stage is done.
+    pub fn finish(self, summary: serde_json::Value) -> Result<Manifest> {
+        let m = Manifest {
+            stage: self.stage,
+            config_hash: self.config_hash,
+            inputs: self.inputs,
+            outputs: self.outputs,
+            finished_at: chrono::Utc::now().to_rfc3339(),
+            elapsed_s: self.started.elapsed().as_secs_f64(),
+            summary,
+        };
+        write_json_atomic(&self.dir.join(MANIFEST), &m)?;
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_is_missing_until_finished_then_stale_when_inputs_or_config_change() {
+        let tmp = tempfile::tempdir().unwrap();
+        let input = tmp.path().join("in.txt");
+        fs::write(&input, "a").unwrap();
+        let dir = tmp.path().join("stage");
+        let inputs = vec![("data".to_string(), input.clone())];
+
+        let mut w = StageWriter::begin(dir.clone(), "s", "h1".into(), &inputs).unwrap();
+        w.write("out.txt", b"result").unwrap();
+        assert_eq!(check(&dir, "h1", &inputs).unwrap().0, Status::Missing);
+        w.finish(serde_json::json!({})).unwrap();
+        assert_eq!(check(&dir, "h1", &inputs).unwrap().0, Status::Done);
+
+        assert!(matches!(
+            check(&dir, "h2", &inputs).unwrap().0,
+            Status::Stale(_)
+        ));
+        fs::write(&input, "b").unwrap();
+        assert!(matches!(
+            check(&dir, "h1", &inputs).unwrap().0,
+            Status::Stale(why) if why.contains("changed")
+        ));
+        fs::write(&input, "a").unwrap();
+        fs::write(dir.join("out.txt"), "tampered!").unwrap();
+        assert!(matches!(
+            check(&dir, "h1", &inputs).unwrap().0,
+            Status::Stale(why) if why.contains("out.txt")
+        ));
+        // Restarting a stage un-does it before anything is rewritten.
+        let _w = StageWriter::begin(dir.clone(), "s", "h1".into(), &inputs).unwrap();
+        assert_eq!(check(&dir, "h1", &inputs).unwrap().0, Status::Missing);
+    }
+
+    #[test]
+    fn atomic_write_leaves_no_temp_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("x/y.json");
+        write_json_atomic(&p, &serde_json::json!({"a": 1})).unwrap();
+        let names: Vec<_> = fs::read_dir(p.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("y.json")]);
+    }
+}

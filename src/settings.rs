@@ -1,0 +1,359 @@
+//! The `pipeline.toml` schema, `--set section.key=value` overrides and validation.
+//!
+//! Settings are resolved once (file, then overrides, then validation) and handed to every stage.
+//! Unknown keys are rejected so a typo never silently falls back to a default. Relative paths
+//! are taken relative to the directory `pipeline` runs in, as `run_qa.py` arguments are.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::qa::metrics::Metric;
+
+/// Everything `pipeline.toml` can say.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub run: RunSettings,
+    pub data: DataSettings,
+    pub prepare: PrepareSettings,
+    pub split: SplitSettings,
+    pub decode: DecodeSettings,
+    pub evaluate: EvaluateSettings,
+}
+
+/// `[run]`: where outputs go.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSettings {
+    /// Run name: outputs land in `<output_dir>/<name>/`.
+    pub name: String,
+    pub output_dir: PathBuf,
+}
+
+impl Default for RunSettings {
+    fn default() -> Self {
+        Self {
+            name: "default".into(),
+            output_dir: "outputs".into(),
+        }
+    }
+}
+
+/// Input file formats `prepare` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DataFormat {
+    /// Chosen from the path: `.json` SQuAD, `.jsonl` JSON Lines, `.csv`, `.parquet`, a folder = HF `save_to_disk`.
+    #[default]
+    Auto,
+    Squad,
+    Jsonl,
+    HfDisk,
+    Csv,
+    Parquet,
+}
+
+/// `[data]`: the training file and an optional test file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSettings {
+    pub train: PathBuf,
+    /// Optional: without it, `split.holdout_fraction` can carve a test split from `train`.
+    pub test: Option<PathBuf>,
+    pub format: DataFormat,
+}
+
+/// What to do with a training example whose answer lies beyond its first window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Overflow {
+    /// HF behaviour: every window trains, windows without the answer point at CLS.
+    #[default]
+    Keep,
+    /// The seed's behaviour: train only on first windows and drop examples whose answer is not in it.
+    Drop,
+}
+
+/// `[prepare]`: tokenisation into windows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrepareSettings {
+    /// A `tokenizer.json` file or a HF folder holding one; empty = train a WordPiece vocabulary.
+    pub tokenizer: Option<PathBuf>,
+    /// Vocabulary size of the trained WordPiece tokenizer.
+    pub vocab_size: usize,
+    /// Minimum pair frequency for the trained tokenizer.
+    pub min_frequency: u64,
+    pub max_seq_length: usize,
+    pub doc_stride: usize,
+    pub overflow: Overflow,
+    /// How far (in characters) a shifted `answer_start` may be repaired.
+    pub repair_window: usize,
+}
+
+impl Default for PrepareSettings {
+    fn default() -> Self {
+        Self {
+            tokenizer: None,
+            vocab_size: 8000,
+            min_frequency: 2,
+            max_seq_length: 384,
+            doc_stride: 128,
+            overflow: Overflow::Keep,
+            repair_window: 32,
+        }
+    }
+}
+
+/// How `split` assigns examples to folds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitStrategy {
+    /// No document in two folds; question counts balanced.
+    #[default]
+    Group,
+    /// Balanced context-length bins in every fold.
+    Stratified,
+    Random,
+}
+
+/// Which column groups examples for the `group` strategy and the hold-out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupBy {
+    /// `document_id` where the data has one, else `title`.
+    #[default]
+    Auto,
+    DocumentId,
+    Title,
+    Context,
+}
+
+/// `[split]`: K-fold assignment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SplitSettings {
+    pub strategy: SplitStrategy,
+    pub folds: usize,
+    pub seed: u64,
+    pub group_by: GroupBy,
+    /// Fraction of groups held out as the test split when `data.test` is not given (0 = none).
+    pub holdout_fraction: f64,
+    /// Number of context-length bins for `stratified`.
+    pub length_bins: usize,
+}
+
+impl Default for SplitSettings {
+    fn default() -> Self {
+        Self {
+            strategy: SplitStrategy::Group,
+            folds: 5,
+            seed: 42,
+            group_by: GroupBy::Auto,
+            holdout_fraction: 0.0,
+            length_bins: 5,
+        }
+    }
+}
+
+/// `[decode]`: n-best span decoding, as HF `postprocess_qa_predictions`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecodeSettings {
+    pub n_best_size: usize,
+    pub max_answer_length: usize,
+}
+
+impl Default for DecodeSettings {
+    fn default() -> Self {
+        Self {
+            n_best_size: 20,
+            max_answer_length: 30,
+        }
+    }
+}
+
+/// `[evaluate]`: which official metric scores predictions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvaluateSettings {
+    pub metric: Metric,
+}
+
+impl Default for EvaluateSettings {
+    fn default() -> Self {
+        Self {
+            metric: Metric::Korquad,
+        }
+    }
+}
+
+impl Settings {
+    /// Reads `path`, applies `overrides` (`section.key=value`, value in TOML syntax or a bare
+    /// string) and validates the result.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        Self::from_toml(&text, overrides).with_context(|| format!("in config {}", path.display()))
+    }
+
+    /// Parses settings from TOML text plus overrides, then validates.
+    pub fn from_toml(text: &str, overrides: &[String]) -> Result<Self> {
+        let mut table: toml::Table = text.parse().context("invalid TOML")?;
+        for item in overrides {
+            apply_override(&mut table, item)?;
+        }
+        let settings: Settings = table.try_into().map_err(|e: toml::de::Error| {
+            anyhow::anyhow!("{}", e.to_string().trim().replace('\n', " "))
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks values that the types alone cannot.
+    pub fn validate(&self) -> Result<()> {
+        if self.run.name.is_empty()
+            || self.run.name.contains(['/', '\\'])
+            || self.run.name.starts_with('.')
+        {
+            bail!(
+                "run.name must be a plain folder name, got {:?}",
+                self.run.name
+            );
+        }
+        if self.data.train.as_os_str().is_empty() {
+            bail!("data.train is required: the training file (SQuAD JSON, JSON Lines, CSV, Parquet or a HF save_to_disk folder)");
+        }
+        let p = &self.prepare;
+        if p.max_seq_length < 8 {
+            bail!(
+                "prepare.max_seq_length must be at least 8, got {}",
+                p.max_seq_length
+            );
+        }
+        if p.doc_stride >= p.max_seq_length {
+            bail!(
+                "prepare.doc_stride ({}) must be smaller than prepare.max_seq_length ({})",
+                p.doc_stride,
+                p.max_seq_length
+            );
+        }
+        if p.tokenizer.is_none() && p.vocab_size < 100 {
+            bail!(
+                "prepare.vocab_size must be at least 100, got {}",
+                p.vocab_size
+            );
+        }
+        let s = &self.split;
+        if s.folds < 2 {
+            bail!("split.folds must be at least 2, got {}", s.folds);
+        }
+        if !(0.0..0.9).contains(&s.holdout_fraction) {
+            bail!(
+                "split.holdout_fraction must be in [0, 0.9), got {}",
+                s.holdout_fraction
+            );
+        }
+        if s.holdout_fraction > 0.0 && self.data.test.is_some() {
+            bail!("split.holdout_fraction and data.test are both set: use one source of test examples");
+        }
+        if s.strategy == SplitStrategy::Stratified && s.length_bins == 0 {
+            bail!("split.length_bins must be at least 1");
+        }
+        if self.decode.n_best_size == 0 || self.decode.max_answer_length == 0 {
+            bail!("decode.n_best_size and decode.max_answer_length must be positive");
+        }
+        Ok(())
+    }
+
+    /// `<output_dir>/<name>`: the run directory.
+    pub fn run_dir(&self) -> PathBuf {
+        self.run.output_dir.join(&self.run.name)
+    }
+}
+
+/// Applies one `section.key=value` override to the raw TOML table.
+fn apply_override(table: &mut toml::Table, item: &str) -> Result<()> {
+    let (path, raw) = item
+        .split_once('=')
+        .with_context(|| format!("--set {item:?}: expected section.key=value"))?;
+    let keys: Vec<&str> = path.trim().split('.').collect();
+    if keys.iter().any(|k| k.is_empty()) || keys.len() < 2 {
+        bail!("--set {item:?}: expected section.key=value");
+    }
+    let raw = raw.trim();
+    // A value is read as TOML (numbers, booleans, quoted strings, arrays); anything that does
+    // not parse is taken as a bare string, so `--set data.train=x.json` needs no quotes.
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let mut cur = table;
+    for key in &keys[..keys.len() - 1] {
+        let entry = cur
+            .entry(key.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .with_context(|| format!("--set {item:?}: {key} is not a section"))?;
+    }
+    cur.insert(keys[keys.len() - 1].to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "[data]\ntrain = \"t.json\"\n";
+
+    #[test]
+    fn defaults_fill_missing_sections() {
+        let s = Settings::from_toml(MIN, &[]).unwrap();
+        assert_eq!(s.prepare.max_seq_length, 384);
+        assert_eq!(s.split.folds, 5);
+        assert_eq!(s.run_dir(), PathBuf::from("outputs/default"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = Settings::from_toml("[prepare]\nmax_seq_len = 3\n[data]\ntrain='x'", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_seq_len"), "{err}");
+    }
+
+    #[test]
+    fn overrides_parse_toml_values_and_bare_strings() {
+        let s = Settings::from_toml(
+            MIN,
+            &[
+                "prepare.max_seq_length=256".into(),
+                "data.train=other/file.jsonl".into(),
+                "split.strategy=\"random\"".into(),
+                "run.name=exp1".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.prepare.max_seq_length, 256);
+        assert_eq!(s.data.train, PathBuf::from("other/file.jsonl"));
+        assert_eq!(s.split.strategy, SplitStrategy::Random);
+        assert_eq!(s.run.name, "exp1");
+    }
+
+    #[test]
+    fn bad_override_and_bad_values_say_what_is_wrong() {
+        assert!(Settings::from_toml(MIN, &["nodot=1".into()]).is_err());
+        let err = Settings::from_toml(MIN, &["prepare.doc_stride=500".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("doc_stride"), "{err}");
+        let err = Settings::from_toml(MIN, &["split.folds=1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("split.folds"), "{err}");
+    }
+}

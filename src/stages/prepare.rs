@@ -1,0 +1,236 @@
+//! `prepare`: data files -> validated examples, a tokenizer, and labelled token windows.
+//!
+//! Reads `data.train` (and `data.test`), and `prepare.tokenizer` when given. Writes into
+//! `prepare/`: `examples.parquet`, `features.safetensors`, `tokenizer/tokenizer.json` (+
+//! `tokenizer_config.json`), then the manifest with load, repair and window counts.
+
+use anyhow::{bail, Result};
+use serde_json::json;
+
+use super::{files_of, Ctx, Plan};
+use crate::artifacts::{self, Features, SPLIT_TEST, SPLIT_TRAIN};
+use crate::qa::examples::{self, Example};
+use crate::qa::windows::{build_windows, QaTokenizer, Window};
+use crate::run::{self, Manifest, StageWriter};
+use crate::settings::{Overflow, Settings};
+
+/// Config hash (the `[data]` and `[prepare]` sections) and input files.
+pub fn plan(s: &Settings) -> Result<(String, Vec<(String, std::path::PathBuf)>)> {
+    let hash = run::config_hash(&(&s.data, &s.prepare))?;
+    let mut inputs = Vec::new();
+    let mut add = |role: &str, path: &std::path::Path| {
+        for f in files_of(path) {
+            inputs.push((format!("{role}:{}", f.display()), f));
+        }
+    };
+    add("train", &s.data.train);
+    if let Some(test) = &s.data.test {
+        add("test", test);
+    }
+    if let Some(tok) = &s.prepare.tokenizer {
+        if tok.is_dir() {
+            for name in ["tokenizer.json", "tokenizer_config.json"] {
+                if tok.join(name).exists() {
+                    add("tokenizer", &tok.join(name));
+                }
+            }
+        } else {
+            add("tokenizer", tok);
+        }
+    }
+    Ok((hash, inputs))
+}
+
+/// Runs the stage.
+pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
+    let s = &ctx.settings;
+    let p = &s.prepare;
+    let mut w = StageWriter::begin(plan.dir, "prepare", plan.config_hash, &plan.inputs)?;
+
+    let t0 = std::time::Instant::now();
+    let (mut all, train_report) =
+        examples::load(&s.data.train, s.data.format, true, p.repair_window)?;
+    let n_train = all.len();
+    let test_report = match &s.data.test {
+        Some(test) => {
+            let (ex, rep) = examples::load(test, s.data.format, false, p.repair_window)?;
+            all.extend(ex);
+            Some(rep)
+        }
+        None => None,
+    };
+    check_unique_ids(&all, n_train)?;
+    log_report(ctx, "train", &s.data.train, &train_report);
+    if let (Some(rep), Some(path)) = (&test_report, &s.data.test) {
+        log_report(ctx, "test", path, rep);
+    }
+    if n_train == 0 {
+        bail!(
+            "{}: no usable training examples left after validation",
+            s.data.train.display()
+        );
+    }
+    let load_s = t0.elapsed().as_secs_f64();
+
+    let t1 = std::time::Instant::now();
+    let (tok, trained) = match &p.tokenizer {
+        Some(path) => (QaTokenizer::load(path)?, false),
+        None => {
+            ctx.ui.info(&format!(
+                "prepare: training a WordPiece tokenizer (vocab {}) on the training questions and contexts",
+                p.vocab_size
+            ));
+            let mut texts: Vec<&str> = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for e in &all[..n_train] {
+                if seen.insert(e.context.as_str()) {
+                    texts.push(&e.context);
+                }
+                texts.push(&e.question);
+            }
+            (
+                QaTokenizer::train_wordpiece(&texts, p.vocab_size, p.min_frequency)?,
+                true,
+            )
+        }
+    };
+    let tok_dir = w.dir.join("tokenizer");
+    for path in tok.save(&tok_dir)? {
+        if let Ok(rel) = path.strip_prefix(&w.dir) {
+            w.record(&rel.to_string_lossy())?;
+        }
+    }
+    let tokenizer_s = t1.elapsed().as_secs_f64();
+
+    let t2 = std::time::Instant::now();
+    let bar = ctx.ui.bar(all.len() as u64, "prepare: tokenising");
+    let windows = build_windows(&tok, &all, p.max_seq_length, p.doc_stride, &|n| bar.inc(n))?;
+    bar.finish_and_clear();
+    let (train_window, dropped_overflow) = train_flags(&windows, &all, n_train, p.overflow);
+    let features = Features::from_windows(&windows, p.max_seq_length, train_window);
+    let windows_s = t2.elapsed().as_secs_f64();
+
+    let mut sources = vec![SPLIT_TRAIN; n_train];
+    sources.resize(all.len(), SPLIT_TEST);
+    artifacts::write_examples(&w.path("examples.parquet"), &all, &sources)?;
+    w.record("examples.parquet")?;
+    features.save(&w.path("features.safetensors"))?;
+    w.record("features.safetensors")?;
+
+    let max_windows = windows
+        .iter()
+        .map(|x| x.window_index + 1)
+        .max()
+        .unwrap_or(0);
+    let labelled = windows.iter().filter(|x| x.has_answer()).count();
+    if p.overflow == Overflow::Drop && dropped_overflow > 0 {
+        ctx.ui.info(&format!(
+            "prepare: overflow = \"drop\": {dropped_overflow} training examples have their answer beyond the first window and will not train"
+        ));
+    }
+    ctx.ui.info(&format!(
+        "prepare: {} examples ({} train, {} test) -> {} windows (max {} per example), {} labelled with an answer",
+        all.len(),
+        n_train,
+        all.len() - n_train,
+        windows.len(),
+        max_windows,
+        labelled
+    ));
+    w.finish(json!({
+        "train": train_report,
+        "test": test_report,
+        "examples": all.len(),
+        "train_examples": n_train,
+        "test_examples": all.len() - n_train,
+        "windows": windows.len(),
+        "train_windows": features.train_window.iter().filter(|&&x| x == 1).count(),
+        "windows_with_answer": labelled,
+        "max_windows_per_example": max_windows,
+        "overflow_dropped_examples": dropped_overflow,
+        "tokenizer": { "trained": trained, "vocab_size": tok.vocab_size() },
+        "max_seq_length": p.max_seq_length,
+        "doc_stride": p.doc_stride,
+        "seconds": { "load": load_s, "tokenizer": tokenizer_s, "windows": windows_s },
+    }))
+}
+
+fn check_unique_ids(all: &[Example], n_train: usize) -> Result<()> {
+    let train: std::collections::HashSet<&str> =
+        all[..n_train].iter().map(|e| e.id.as_str()).collect();
+    if let Some(e) = all[n_train..]
+        .iter()
+        .find(|e| train.contains(e.id.as_str()))
+    {
+        bail!(
+            "id {:?} is in both the training and the test file: ids must be unique across both",
+            e.id
+        );
+    }
+    Ok(())
+}
+
+fn log_report(ctx: &Ctx, role: &str, path: &std::path::Path, r: &examples::LoadReport) {
+    let mut msg = format!(
+        "prepare: {role} {}: {} rows, {} kept",
+        path.display(),
+        r.rows,
+        r.kept
+    );
+    if r.repaired_answers > 0 {
+        msg.push_str(&format!(", {} answer starts repaired", r.repaired_answers));
+    }
+    if r.dropped_answers > 0 {
+        msg.push_str(&format!(
+            ", {} answers not found in their context ({} examples dropped, e.g. {:?})",
+            r.dropped_answers, r.dropped_examples, r.dropped_ids
+        ));
+    }
+    ctx.ui.info(&msg);
+}
+
+/// Which windows train: in `keep` mode every window of a training example (HF); in `drop` mode
+/// only first windows holding the answer. Returns the flags and the examples `drop` removed.
+fn train_flags(
+    windows: &[Window],
+    all: &[Example],
+    n_train: usize,
+    overflow: Overflow,
+) -> (Vec<u8>, usize) {
+    let mut dropped = 0;
+    let flags = windows
+        .iter()
+        .map(|w| {
+            let train = w.example_index < n_train && !all[w.example_index].answers.is_empty();
+            let keep = match overflow {
+                Overflow::Keep => train,
+                Overflow::Drop if train && w.window_index == 0 => {
+                    if !w.has_answer() {
+                        dropped += 1;
+                    }
+                    w.has_answer()
+                }
+                Overflow::Drop => false,
+            };
+            u8::from(keep)
+        })
+        .collect();
+    (flags, dropped)
+}
+
+/// Lines for `pipeline status`.
+pub fn describe(summary: &serde_json::Value) -> Option<String> {
+    Some(format!(
+        "{} examples ({} train, {} test), {} windows, tokenizer vocab {}{}",
+        summary["examples"],
+        summary["train_examples"],
+        summary["test_examples"],
+        summary["windows"],
+        summary["tokenizer"]["vocab_size"],
+        if summary["tokenizer"]["trained"] == true {
+            " (trained)"
+        } else {
+            ""
+        }
+    ))
+}

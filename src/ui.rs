@@ -1,0 +1,33 @@
+//! One printer for messages and progress bars, so `-q` silences both.
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Where user-facing messages go (stderr; stdout is kept for results such as `score`'s JSON).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ui {
+    pub quiet: bool,
+}
+
+impl Ui {
+    /// A one-line status message.
+    pub fn info(&self, msg: &str) {
+        if !self.quiet {
+            eprintln!("{msg}");
+        }
+    }
+
+    /// A progress bar of `len` steps (hidden when quiet or when stderr is not a terminal).
+    pub fn bar(&self, len: u64, msg: &str) -> ProgressBar {
+        if self.quiet {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new(len);
+        if let Ok(style) =
+            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta})")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(msg.to_string());
+        bar
+    }
+}

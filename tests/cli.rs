@@ -1,0 +1,171 @@
+//! End-to-end behaviour of the CLI on the shipped sample: stages, manifests, status, errors.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn split_needs_prepare_first() {
+    let ws = workspace();
+    let err = fails(ws.path(), &["run", "split"]);
+    assert!(err.contains("needs `prepare`"), "{err}");
+    assert!(!ws
+        .path()
+        .join("outputs/sample/split/manifest.json")
+        .exists());
+}
+
+#[test]
+fn stage_lifecycle_on_the_sample() {
+    let ws = workspace();
+    let d = ws.path();
+    ok(d, &["run", "prepare"]);
+    let run = d.join("outputs/sample");
+    for f in [
+        "prepare/manifest.json",
+        "prepare/examples.parquet",
+        "prepare/features.safetensors",
+        "prepare/tokenizer/tokenizer.json",
+        "prepare/tokenizer/tokenizer_config.json",
+    ] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    ok(d, &["run", "split"]);
+    let status = ok(d, &["status"]);
+    assert!(status.contains("prepare   done"), "{status}");
+    assert!(status.contains("split     done"), "{status}");
+    assert!(status.contains("questions per fold"), "{status}");
+    assert!(
+        status.contains("train     stale (not built yet"),
+        "{status}"
+    );
+
+    // Up to date: skipped, manifest untouched.
+    let before = std::fs::read(run.join("split/manifest.json")).unwrap();
+    let again = ok(d, &["run", "split"]);
+    assert!(again.contains("up to date"), "{again}");
+    assert_eq!(
+        before,
+        std::fs::read(run.join("split/manifest.json")).unwrap()
+    );
+
+    // A changed setting makes exactly the stage that reads it stale.
+    let status = ok(d, &["status", "--set", "split.folds=2"]);
+    assert!(status.contains("prepare   done"), "{status}");
+    assert!(
+        status.contains("split     stale (its settings changed)"),
+        "{status}"
+    );
+
+    // Windows settings do not touch the examples, so split stays done after prepare reruns.
+    ok(
+        d,
+        &[
+            "run",
+            "prepare",
+            "--force",
+            "--set",
+            "prepare.doc_stride=16",
+        ],
+    );
+    let status = ok(d, &["status", "--set", "prepare.doc_stride=16"]);
+    assert!(status.contains("split     done"), "{status}");
+
+    // A changed upstream output makes both the producer and its reader stale.
+    let mut bytes = std::fs::read(run.join("prepare/examples.parquet")).unwrap();
+    bytes.push(0);
+    std::fs::write(run.join("prepare/examples.parquet"), bytes).unwrap();
+    let status = ok(d, &["status", "--set", "prepare.doc_stride=16"]);
+    assert!(
+        status.contains("prepare   stale (output examples.parquet was modified)"),
+        "{status}"
+    );
+    assert!(status.contains("split     stale (input"), "{status}");
+
+    // run all reruns what is stale, then stops at the first stage not built yet. prepare
+    // rewrites byte-identical examples, so split (which reads only those) is done again.
+    let err = fails(d, &["run", "all", "--set", "prepare.doc_stride=16"]);
+    assert!(err.contains("prepare: running"), "{err}");
+    assert!(err.contains("split: up to date, skipped"), "{err}");
+    assert!(err.contains("stage `train` is not built yet"), "{err}");
+    let err = fails(d, &["run", "all", "--set", "prepare.doc_stride=16"]);
+    assert!(err.contains("prepare: up to date, skipped"), "{err}");
+    assert!(err.contains("split: up to date, skipped"), "{err}");
+}
+
+#[test]
+fn unbuilt_stages_say_so_and_fail() {
+    let ws = workspace();
+    let d = ws.path();
+    ok(d, &["run", "prepare", "-q"]);
+    ok(d, &["run", "split", "-q"]);
+    let err = fails(d, &["run", "train"]);
+    assert!(err.contains("not built yet"), "{err}");
+    assert!(!d.join("outputs/sample/train/manifest.json").exists());
+}
+
+#[test]
+fn config_errors_are_one_line_and_name_the_key() {
+    let ws = workspace();
+    let d = ws.path();
+    let err = fails(d, &["run", "prepare", "--set", "prepare.max_seq_lenght=10"]);
+    assert!(err.contains("max_seq_lenght"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let err = fails(d, &["run", "train", "--fold", "7"]);
+    assert!(err.contains("--fold 7 is out of range"), "{err}");
+    let err = fails(d, &["status", "--config", "nope.toml"]);
+    assert!(err.contains("nope.toml"), "{err}");
+}
+
+#[test]
+fn korquad_prepare_and_split_hold_out_titles() {
+    let Some(korquad) = korquad() else { return };
+    let ws = workspace();
+    let d = ws.path();
+    std::fs::create_dir_all(d.join("configs")).unwrap();
+    std::fs::copy(
+        root().join("configs/korquad-tiny.toml"),
+        d.join("configs/korquad-tiny.toml"),
+    )
+    .unwrap();
+    let train = format!("data.train={}", korquad.display());
+    let args = ["--config", "configs/korquad-tiny.toml", "--set", &train];
+    let out = ok(d, &[&["run", "prepare"][..], &args].concat());
+    assert!(out.contains("5774 rows, 5774 kept"), "{out}");
+    ok(d, &[&["run", "split"][..], &args].concat());
+
+    let run = d.join("outputs/korquad-tiny");
+    let (examples, _) =
+        pipeline::artifacts::read_examples(&run.join("prepare/examples.parquet")).unwrap();
+    let folds = pipeline::artifacts::read_folds(&run.join("split/folds.parquet")).unwrap();
+    assert_eq!(examples.len(), 5774);
+    let mut fold_of_title = std::collections::HashMap::new();
+    for (e, f) in examples.iter().zip(&folds) {
+        let prev = *fold_of_title.entry(e.title.clone()).or_insert(*f);
+        assert_eq!(prev, *f, "title {} is in two folds", e.title);
+    }
+    let test = folds.iter().filter(|f| **f == -1).count() as f64 / 5774.0;
+    assert!((0.17..0.25).contains(&test), "held-out fraction {test}");
+    let features =
+        pipeline::artifacts::Features::load(&run.join("prepare/features.safetensors")).unwrap();
+    assert_eq!(features.max_seq_length, 256);
+    assert!(features.len() > examples.len());
+    // Every labelled window's tokens cover its answer's characters.
+    for i in 0..features.len() {
+        let (s, e) = (
+            features.start_positions[i] as usize,
+            features.end_positions[i] as usize,
+        );
+        if s == 0 {
+            continue;
+        }
+        let offs = features.context_offsets(i);
+        let ex = &examples[features.example_index[i] as usize];
+        let a = &ex.answers[0];
+        let (cs, ce) = (offs[s].unwrap().0, offs[e].unwrap().1);
+        assert!(
+            cs <= a.start && ce >= a.start + a.text.chars().count(),
+            "window {i}"
+        );
+    }
+}

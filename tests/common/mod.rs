@@ -1,0 +1,77 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A file under `tests/fixtures`.
+pub fn fixture(rel: &str) -> PathBuf {
+    root().join("tests/fixtures").join(rel)
+}
+
+/// KorQuAD 1.0 dev from `../shared`, or `None` (with a message) where it is absent.
+pub fn korquad() -> Option<PathBuf> {
+    let p = root().join("../shared/data/korquad/KorQuAD_v1.0_dev.json");
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!(
+            "SKIP: {} is absent (it lives beside the checkout in ../shared)",
+            p.display()
+        );
+        None
+    }
+}
+
+/// Runs the `pipeline` binary in `dir`.
+pub fn pipeline(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the pipeline binary runs")
+}
+
+/// stdout + stderr as text.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs and asserts success, returning the output text.
+pub fn ok(dir: &Path, args: &[&str]) -> String {
+    let o = pipeline(dir, args);
+    let t = text(&o);
+    assert!(o.status.success(), "pipeline {args:?} failed:\n{t}");
+    t
+}
+
+/// Runs and asserts failure, returning the output text.
+pub fn fails(dir: &Path, args: &[&str]) -> String {
+    let o = pipeline(dir, args);
+    let t = text(&o);
+    assert!(!o.status.success(), "pipeline {args:?} should fail:\n{t}");
+    t
+}
+
+/// A temp folder with `pipeline.toml` (the repo's) and `data/` linked in, so runs write
+/// their outputs there.
+pub fn workspace() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::copy(
+        root().join("pipeline.toml"),
+        dir.path().join("pipeline.toml"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(root().join("data"), dir.path().join("data")).unwrap();
+    std::os::unix::fs::symlink(root().join("tests"), dir.path().join("tests")).unwrap();
+    dir
+}
