@@ -133,7 +133,10 @@ fn check_sample_fixture(file: &str, tok: &str) {
         "{file}: the fixture should exercise overflow windows"
     );
     let quirks = assert_same(file, fx["features"].as_array().unwrap(), &windows);
-    eprintln!("{file}: {} windows, {quirks} where HF labels a start outside the context", windows.len());
+    eprintln!(
+        "{file}: {} windows, {quirks} where HF labels a start outside the context",
+        windows.len()
+    );
 }
 
 #[test]
@@ -192,7 +195,10 @@ fn check_korquad(file: &str, tok: &str) {
     )
     .unwrap();
     let quirks = assert_same(file, fx["features"].as_array().unwrap(), &windows);
-    eprintln!("{file}: {} windows, {quirks} where HF labels a start outside the context", windows.len());
+    eprintln!(
+        "{file}: {} windows, {quirks} where HF labels a start outside the context",
+        windows.len()
+    );
 }
 
 #[test]

@@ -11,16 +11,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use rayon::prelude::*;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{
-    AddedToken, NormalizedString, Normalizer, OffsetReferential, OffsetType, PaddingDirection,
-    PaddingParams, PaddingStrategy, PreTokenizedString, PreTokenizer, Tokenizer,
-    TruncationDirection, TruncationParams, TruncationStrategy,
+    AddedToken, Encoding, NormalizedString, Normalizer, OffsetReferential, OffsetType,
+    PaddingDirection, PaddingParams, PaddingStrategy, PostProcessorWrapper, PreTokenizedString,
+    PreTokenizer, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
 };
 
 use super::examples::Example;
@@ -272,25 +272,33 @@ impl Window {
 }
 
 /// Tokenises one example into its windows and labels them from its first answer.
+///
+/// `context` is the context already encoded on its own (type id 1, char offsets, no special
+/// tokens); `post_process` then does what `encode((question, context))` does after encoding
+/// each sequence: truncation with overflow, the template, padding. Contexts are shared by many
+/// questions, so encoding each once is most of prepare's speed.
 fn example_windows(
-    tok: &Tokenizer,
+    plain: &Tokenizer,
+    windowing: &Tokenizer,
     cls_id: u32,
     ex: &Example,
+    context: Encoding,
     example_index: usize,
 ) -> Result<Vec<Window>> {
     // run_qa strips leading white space from questions: it wastes context room.
-    let question = ex.question.trim_start();
-    let enc = tok
-        .encode_char_offsets((question, ex.context.as_str()), true)
-        .map_err(|e| anyhow!("example {:?}: tokenising: {e}", ex.id))?;
-    let mut encodings = vec![enc.clone()];
-    encodings.extend(enc.get_overflowing().iter().cloned());
+    let question = plain
+        .encode_char_offsets(ex.question.trim_start(), false)
+        .map_err(|e| anyhow!("example {:?}: tokenising the question: {e}", ex.id))?;
+    let mut enc = windowing
+        .post_process(question, Some(context), true)
+        .map_err(|e| anyhow!("example {:?}: windowing: {e}", ex.id))?;
+    let overflow = enc.take_overflowing();
     let answer = ex
         .answers
         .first()
         .map(|a| (a.start, a.start + a.text.chars().count()));
-    Ok(encodings
-        .into_iter()
+    Ok(std::iter::once(enc)
+        .chain(overflow)
         .enumerate()
         .map(|(w, e)| {
             let input_ids = e.get_ids().to_vec();
@@ -356,12 +364,44 @@ pub fn build_windows(
     doc_stride: usize,
     on_progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Vec<Window>> {
-    let t = tok.for_windows(max_seq_length, doc_stride)?;
+    let windowing = tok.for_windows(max_seq_length, doc_stride)?;
+    let mut plain = tok.tokenizer.clone();
+    plain.with_post_processor(None::<PostProcessorWrapper>);
+
+    let mut context_of: HashMap<&str, usize> = HashMap::new();
+    let mut contexts: Vec<&str> = Vec::new();
+    let slots: Vec<usize> = examples
+        .iter()
+        .map(|e| {
+            *context_of.entry(e.context.as_str()).or_insert_with(|| {
+                contexts.push(e.context.as_str());
+                contexts.len() - 1
+            })
+        })
+        .collect();
+    let encoded: Vec<Encoding> = contexts
+        .par_iter()
+        .map(|c| {
+            let mut e = plain
+                .encode_char_offsets(*c, false)
+                .map_err(|e| anyhow!("tokenising a context: {e}"))?;
+            // As `encode` does for the second sequence of a pair.
+            e.set_type_ids(vec![1; e.len()]);
+            Ok(e)
+        })
+        .collect::<Result<_>>()?;
     let per_example: Vec<Vec<Window>> = examples
         .par_iter()
         .enumerate()
         .map(|(i, ex)| {
-            let w = example_windows(&t, tok.cls_id, ex, i);
+            let w = example_windows(
+                &plain,
+                &windowing,
+                tok.cls_id,
+                ex,
+                encoded[slots[i]].clone(),
+                i,
+            );
             on_progress(1);
             w
         })
