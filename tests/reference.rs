@@ -103,6 +103,9 @@ fn score_rejects_bad_predictions_clearly() {
     );
 }
 
+/// Start logits, end logits and context offsets of one window.
+type WindowData = (Vec<f32>, Vec<f32>, Vec<Option<(usize, usize)>>);
+
 #[test]
 fn decoding_matches_hf_postprocess_qa_predictions() {
     let fx = read("decode.json");
@@ -122,7 +125,7 @@ fn decoding_matches_hf_postprocess_qa_predictions() {
     for (ei, ex) in fx["examples"].as_array().unwrap().iter().enumerate() {
         let id = ex["id"].as_str().unwrap();
         let context = ex["context"].as_str().unwrap();
-        let mine: Vec<(Vec<f32>, Vec<f32>, Vec<Option<(usize, usize)>>)> = features
+        let mine: Vec<WindowData> = features
             .iter()
             .filter(|f| f["example_index"].as_u64() == Some(ei as u64))
             .map(|f| {
