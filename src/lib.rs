@@ -5,6 +5,7 @@
 
 pub mod artifacts;
 pub mod cli;
+pub mod model;
 pub mod qa;
 pub mod run;
 pub mod settings;

@@ -1,0 +1,379 @@
+//! The RoBERTa / BERT encoder, mirroring HF `modeling_roberta.py` / `modeling_bert.py`.
+//!
+//! Structs follow HF's classes in order (`Embeddings -> SelfAttention -> SelfOutput -> Attention
+//! -> Intermediate -> Output -> Layer -> Encoder -> Model`) and each module's HF key is its field
+//! path, with two spellings Rust cannot use: `attention.self` (field `self_attention`) and
+//! `LayerNorm` (field `layer_norm`); [`super::load`] maps them. Dropout sits exactly where HF puts
+//! it (embeddings, attention probabilities, after the attention-output and FFN-output dense
+//! layers) and is active only on an autodiff backend (training), never in evaluation.
+
+use burn::module::{Module, Param};
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
+    LinearConfig,
+};
+use burn::tensor::activation::{gelu, gelu_approximate, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Distribution, Int, Tensor};
+
+use super::config::{EncoderConfig, Family};
+use super::load::Weights;
+
+/// A Linear initialised as HF does: N(0, initializer_range), zero bias.
+pub fn hf_linear<B: Backend>(d_in: usize, d_out: usize, std: f64, device: &B::Device) -> Linear<B> {
+    let mut l = LinearConfig::new(d_in, d_out).init(device);
+    l.weight = Param::from_tensor(Tensor::random(
+        [d_in, d_out],
+        Distribution::Normal(0.0, std),
+        device,
+    ));
+    l.bias = Some(Param::from_tensor(Tensor::zeros([d_out], device)));
+    l
+}
+
+fn hf_embedding<B: Backend>(n: usize, d: usize, std: f64, device: &B::Device) -> Embedding<B> {
+    let mut e = EmbeddingConfig::new(n, d).init(device);
+    e.weight = Param::from_tensor(Tensor::random(
+        [n, d],
+        Distribution::Normal(0.0, std),
+        device,
+    ));
+    e
+}
+
+fn layer_norm<B: Backend>(cfg: &EncoderConfig, device: &B::Device) -> LayerNorm<B> {
+    LayerNormConfig::new(cfg.hidden_size)
+        .with_epsilon(cfg.layer_norm_eps)
+        .init(device)
+}
+
+/// `RobertaEmbeddings` / `BertEmbeddings`.
+#[derive(Module, Debug)]
+pub struct Embeddings<B: Backend> {
+    pub word_embeddings: Embedding<B>,
+    pub position_embeddings: Embedding<B>,
+    pub token_type_embeddings: Embedding<B>,
+    pub layer_norm: LayerNorm<B>,
+    pub dropout: Dropout,
+}
+
+impl<B: Backend> Embeddings<B> {
+    fn init(cfg: &EncoderConfig, device: &B::Device) -> Self {
+        let std = cfg.initializer_range;
+        let word = hf_embedding(cfg.vocab_size, cfg.hidden_size, std, device);
+        // HF zeroes the padding row of the word embeddings.
+        let w = word.weight.val();
+        let pad = cfg.pad_token_id.min(cfg.vocab_size.saturating_sub(1));
+        let zero_row = Tensor::zeros([1, cfg.hidden_size], device);
+        let word = Embedding {
+            weight: Param::from_tensor(
+                w.slice_assign([pad..pad + 1, 0..cfg.hidden_size], zero_row),
+            ),
+        };
+        Self {
+            word_embeddings: word,
+            position_embeddings: hf_embedding(
+                cfg.max_position_embeddings,
+                cfg.hidden_size,
+                std,
+                device,
+            ),
+            token_type_embeddings: hf_embedding(cfg.type_vocab_size, cfg.hidden_size, std, device),
+            layer_norm: layer_norm(cfg, device),
+            dropout: DropoutConfig::new(cfg.hidden_dropout_prob).init(),
+        }
+    }
+
+    fn load(
+        w: &mut Weights,
+        p: &str,
+        cfg: &EncoderConfig,
+        device: &B::Device,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            word_embeddings: w.embedding(
+                &format!("{p}word_embeddings"),
+                cfg.vocab_size,
+                cfg.hidden_size,
+                device,
+            )?,
+            position_embeddings: w.embedding(
+                &format!("{p}position_embeddings"),
+                cfg.max_position_embeddings,
+                cfg.hidden_size,
+                device,
+            )?,
+            token_type_embeddings: w.embedding(
+                &format!("{p}token_type_embeddings"),
+                cfg.type_vocab_size,
+                cfg.hidden_size,
+                device,
+            )?,
+            layer_norm: w.layer_norm(
+                &format!("{p}LayerNorm"),
+                cfg.hidden_size,
+                cfg.layer_norm_eps,
+                device,
+            )?,
+            dropout: DropoutConfig::new(cfg.hidden_dropout_prob).init(),
+        })
+    }
+
+    fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        token_type_ids: Tensor<B, 2, Int>,
+        position_ids: Tensor<B, 2, Int>,
+    ) -> Tensor<B, 3> {
+        let x = self.word_embeddings.forward(input_ids)
+            + self.token_type_embeddings.forward(token_type_ids)
+            + self.position_embeddings.forward(position_ids);
+        self.dropout.forward(self.layer_norm.forward(x))
+    }
+}
+
+/// `RobertaSelfAttention` (HF key `attention.self`).
+#[derive(Module, Debug)]
+pub struct SelfAttention<B: Backend> {
+    pub query: Linear<B>,
+    pub key: Linear<B>,
+    pub value: Linear<B>,
+    pub dropout: Dropout,
+    pub num_heads: usize,
+}
+
+impl<B: Backend> SelfAttention<B> {
+    fn forward(&self, x: Tensor<B, 3>, pad_mask: Tensor<B, 4, Bool>) -> Tensor<B, 3> {
+        let [b, l, h] = x.dims();
+        let nh = self.num_heads;
+        let dh = h / nh;
+        let heads = |t: Tensor<B, 3>| t.reshape([b, l, nh, dh]).swap_dims(1, 2);
+        let q = heads(self.query.forward(x.clone()));
+        let k = heads(self.key.forward(x.clone()));
+        let v = heads(self.value.forward(x));
+        let scores = q.matmul(k.swap_dims(2, 3)) / (dh as f64).sqrt();
+        // HF adds finfo(dtype).min at padded keys; any value that underflows exp() is the same.
+        let scores = scores.mask_fill(pad_mask.expand([b, nh, l, l]), -1.0e9);
+        let probs = self.dropout.forward(softmax(scores, 3));
+        probs.matmul(v).swap_dims(1, 2).reshape([b, l, h])
+    }
+}
+
+/// `RobertaSelfOutput`.
+#[derive(Module, Debug)]
+pub struct SelfOutput<B: Backend> {
+    pub dense: Linear<B>,
+    pub layer_norm: LayerNorm<B>,
+    pub dropout: Dropout,
+}
+
+/// `RobertaAttention`.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub self_attention: SelfAttention<B>,
+    pub output: SelfOutput<B>,
+}
+
+/// `RobertaIntermediate`.
+#[derive(Module, Debug)]
+pub struct Intermediate<B: Backend> {
+    pub dense: Linear<B>,
+    /// `gelu` (exact, erf) unless the config asks for the tanh approximation.
+    pub approximate_gelu: bool,
+}
+
+/// `RobertaOutput`.
+#[derive(Module, Debug)]
+pub struct Output<B: Backend> {
+    pub dense: Linear<B>,
+    pub layer_norm: LayerNorm<B>,
+    pub dropout: Dropout,
+}
+
+/// `RobertaLayer`.
+#[derive(Module, Debug)]
+pub struct Layer<B: Backend> {
+    pub attention: Attention<B>,
+    pub intermediate: Intermediate<B>,
+    pub output: Output<B>,
+}
+
+impl<B: Backend> Layer<B> {
+    fn init(cfg: &EncoderConfig, device: &B::Device) -> Self {
+        let (h, i, std) = (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.initializer_range,
+        );
+        Self {
+            attention: Attention {
+                self_attention: SelfAttention {
+                    query: hf_linear(h, h, std, device),
+                    key: hf_linear(h, h, std, device),
+                    value: hf_linear(h, h, std, device),
+                    dropout: DropoutConfig::new(cfg.attention_probs_dropout_prob).init(),
+                    num_heads: cfg.num_attention_heads,
+                },
+                output: SelfOutput {
+                    dense: hf_linear(h, h, std, device),
+                    layer_norm: layer_norm(cfg, device),
+                    dropout: DropoutConfig::new(cfg.hidden_dropout_prob).init(),
+                },
+            },
+            intermediate: Intermediate {
+                dense: hf_linear(h, i, std, device),
+                approximate_gelu: cfg.hidden_act != "gelu",
+            },
+            output: Output {
+                dense: hf_linear(i, h, std, device),
+                layer_norm: layer_norm(cfg, device),
+                dropout: DropoutConfig::new(cfg.hidden_dropout_prob).init(),
+            },
+        }
+    }
+
+    fn load(
+        w: &mut Weights,
+        p: &str,
+        cfg: &EncoderConfig,
+        device: &B::Device,
+    ) -> anyhow::Result<Self> {
+        let (eps, h, i) = (cfg.layer_norm_eps, cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            attention: Attention {
+                self_attention: SelfAttention {
+                    query: w.linear(&format!("{p}attention.self.query"), h, h, device)?,
+                    key: w.linear(&format!("{p}attention.self.key"), h, h, device)?,
+                    value: w.linear(&format!("{p}attention.self.value"), h, h, device)?,
+                    dropout: DropoutConfig::new(cfg.attention_probs_dropout_prob).init(),
+                    num_heads: cfg.num_attention_heads,
+                },
+                output: SelfOutput {
+                    dense: w.linear(&format!("{p}attention.output.dense"), h, h, device)?,
+                    layer_norm: w.layer_norm(
+                        &format!("{p}attention.output.LayerNorm"),
+                        h,
+                        eps,
+                        device,
+                    )?,
+                    dropout: DropoutConfig::new(cfg.hidden_dropout_prob).init(),
+                },
+            },
+            intermediate: Intermediate {
+                dense: w.linear(&format!("{p}intermediate.dense"), h, i, device)?,
+                approximate_gelu: cfg.hidden_act != "gelu",
+            },
+            output: Output {
+                dense: w.linear(&format!("{p}output.dense"), i, h, device)?,
+                layer_norm: w.layer_norm(&format!("{p}output.LayerNorm"), h, eps, device)?,
+                dropout: DropoutConfig::new(cfg.hidden_dropout_prob).init(),
+            },
+        })
+    }
+
+    fn forward(&self, x: Tensor<B, 3>, pad_mask: Tensor<B, 4, Bool>) -> Tensor<B, 3> {
+        let a = &self.attention;
+        let ctx = a.self_attention.forward(x.clone(), pad_mask);
+        let o = &a.output;
+        let attn = o
+            .layer_norm
+            .forward(o.dropout.forward(o.dense.forward(ctx)) + x);
+        let inter = self.intermediate.dense.forward(attn.clone());
+        let inter = if self.intermediate.approximate_gelu {
+            gelu_approximate(inter)
+        } else {
+            gelu(inter)
+        };
+        let out = &self.output;
+        out.layer_norm
+            .forward(out.dropout.forward(out.dense.forward(inter)) + attn)
+    }
+}
+
+/// `RobertaEncoder`.
+#[derive(Module, Debug)]
+pub struct Encoder<B: Backend> {
+    pub layer: Vec<Layer<B>>,
+}
+
+/// `RobertaModel` / `BertModel` without the pooler (QA does not use it).
+#[derive(Module, Debug)]
+pub struct EncoderModel<B: Backend> {
+    pub embeddings: Embeddings<B>,
+    pub encoder: Encoder<B>,
+    /// RoBERTa's position rule (cumsum of the non-pad mask) when true, BERT's arange otherwise.
+    pub roberta_positions: bool,
+    pub pad_token_id: usize,
+}
+
+impl<B: Backend> EncoderModel<B> {
+    /// A randomly initialised encoder (HF's initialisation).
+    pub fn init(cfg: &EncoderConfig, device: &B::Device) -> anyhow::Result<Self> {
+        Ok(Self {
+            embeddings: Embeddings::init(cfg, device),
+            encoder: Encoder {
+                layer: (0..cfg.num_hidden_layers)
+                    .map(|_| Layer::init(cfg, device))
+                    .collect(),
+            },
+            roberta_positions: cfg.family()? == Family::Roberta,
+            pad_token_id: cfg.pad_token_id,
+        })
+    }
+
+    /// Builds the encoder from checkpoint tensors under `prefix` (`""`, `roberta.` or `bert.`).
+    pub fn load(
+        w: &mut Weights,
+        prefix: &str,
+        cfg: &EncoderConfig,
+        device: &B::Device,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            embeddings: Embeddings::load(w, &format!("{prefix}embeddings."), cfg, device)?,
+            encoder: Encoder {
+                layer: (0..cfg.num_hidden_layers)
+                    .map(|i| Layer::load(w, &format!("{prefix}encoder.layer.{i}."), cfg, device))
+                    .collect::<anyhow::Result<_>>()?,
+            },
+            roberta_positions: cfg.family()? == Family::Roberta,
+            pad_token_id: cfg.pad_token_id,
+        })
+    }
+
+    /// Position ids as HF computes them: RoBERTa `cumsum(mask) * mask + pad_token_id` over the
+    /// non-pad mask of `input_ids` (so left or right padding both work), BERT `0..L`.
+    pub fn position_ids(&self, input_ids: &Tensor<B, 2, Int>) -> Tensor<B, 2, Int> {
+        let [b, l] = input_ids.dims();
+        let device = input_ids.device();
+        if self.roberta_positions {
+            let mask = input_ids
+                .clone()
+                .not_equal_elem(self.pad_token_id as i64)
+                .int();
+            mask.clone().cumsum(1) * mask + self.pad_token_id as i64
+        } else {
+            Tensor::<B, 1, Int>::arange(0..l as i64, &device)
+                .unsqueeze_dim::<2>(0)
+                .repeat_dim(0, b)
+        }
+    }
+
+    /// The last hidden state `[batch, seq, hidden]`. `attention_mask` is 1 for real tokens.
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Int>,
+        token_type_ids: Tensor<B, 2, Int>,
+    ) -> Tensor<B, 3> {
+        let [b, l] = input_ids.dims();
+        let positions = self.position_ids(&input_ids);
+        let mut x = self
+            .embeddings
+            .forward(input_ids, token_type_ids, positions);
+        let pad_mask = attention_mask.equal_elem(0).reshape([b, 1, 1, l]);
+        for layer in &self.encoder.layer {
+            x = layer.forward(x, pad_mask.clone());
+        }
+        x
+    }
+}

@@ -1,0 +1,278 @@
+//! The Burn encoder + heads compute what PyTorch `transformers` computes, on the tiny random
+//! checkpoints and reference outputs of tools/make_model_fixtures.py (CPU, flex backend).
+
+mod common;
+
+use burn::backend::Flex;
+use burn::tensor::{Int, Tensor, TensorData};
+use common::*;
+use pipeline::model::load::Weights;
+use pipeline::model::{HeadConfig, HeadKind, QaModel};
+use serde_json::Value;
+
+type B = Flex;
+
+fn read(rel: &str) -> Value {
+    serde_json::from_slice(&std::fs::read(fixture(rel)).unwrap()).unwrap()
+}
+
+fn ints(v: &Value) -> Vec<i64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    fn walk(v: &Value, out: &mut Vec<f32>) {
+        match v {
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            x => out.push(x.as_f64().unwrap() as f32),
+        }
+    }
+    let mut out = Vec::new();
+    walk(v, &mut out);
+    out
+}
+
+fn int_tensor(rows: &[Vec<i64>]) -> Tensor<B, 2, Int> {
+    let l = rows[0].len();
+    let flat: Vec<i64> = rows.iter().flatten().copied().collect();
+    Tensor::from_data(TensorData::new(flat, [rows.len(), l]), &Default::default())
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn load(dir: &str) -> (QaModel<B>, pipeline::model::LoadReport) {
+    let (m, _, report) =
+        QaModel::<B>::from_pretrained(&fixture(dir), &HeadConfig::default(), &Default::default())
+            .unwrap_or_else(|e| panic!("{dir}: {e:#}"));
+    (m, report)
+}
+
+/// Runs every fixture window through the model; returns the max |Δ| over start and end logits.
+fn check_logits(model: &QaModel<B>, fx: &Value) -> f32 {
+    let windows = fx["windows"].as_array().unwrap();
+    let ids: Vec<Vec<i64>> = windows.iter().map(|w| ints(&w["input_ids"])).collect();
+    let mask: Vec<Vec<i64>> = windows.iter().map(|w| ints(&w["attention_mask"])).collect();
+    let types: Vec<Vec<i64>> = windows
+        .iter()
+        .map(|w| match w.get("token_type_ids") {
+            Some(t) => ints(t),
+            None => vec![0; ids[0].len()],
+        })
+        .collect();
+    let (s, e) = model.forward(int_tensor(&ids), int_tensor(&mask), int_tensor(&types));
+    let s = s.into_data().to_vec::<f32>().unwrap();
+    let e = e.into_data().to_vec::<f32>().unwrap();
+    let want_s: Vec<f32> = windows
+        .iter()
+        .flat_map(|w| floats(&w["start_logits"]))
+        .collect();
+    let want_e: Vec<f32> = windows
+        .iter()
+        .flat_map(|w| floats(&w["end_logits"]))
+        .collect();
+    max_abs_diff(&s, &want_s).max(max_abs_diff(&e, &want_e))
+}
+
+#[test]
+fn roberta_logits_match_transformers() {
+    let (model, report) = load("models/roberta_qa");
+    assert_eq!(report.prefix, "roberta.");
+    assert!(report.head_loaded);
+    assert!(report.unused.is_empty(), "{:?}", report.unused);
+    let fx = read("models/logits_roberta.json");
+    let d = check_logits(&model, &fx);
+    eprintln!("roberta_qa: max |Δ logits| = {d:e}");
+    assert!(d <= 1e-4, "max |Δ| {d}");
+}
+
+#[test]
+fn bert_from_pytorch_bin_matches_transformers() {
+    let (model, report) = load("models/bert_qa");
+    assert_eq!(report.prefix, "bert.");
+    assert!(report.source.ends_with("pytorch_model.bin"));
+    let fx = read("models/logits_bert.json");
+    let d = check_logits(&model, &fx);
+    eprintln!("bert_qa (pytorch_model.bin): max |Δ logits| = {d:e}");
+    assert!(d <= 1e-4, "max |Δ| {d}");
+}
+
+#[test]
+fn sharded_safetensors_load_the_same_model() {
+    let (model, report) = load("models/roberta_sharded");
+    assert!(report.source.ends_with("model.safetensors.index.json"));
+    let d = check_logits(&model, &read("models/logits_roberta.json"));
+    assert!(d <= 1e-4, "max |Δ| {d}");
+}
+
+#[test]
+fn left_and_right_padding_give_transformers_logits() {
+    let (model, _) = load("models/roberta_qa");
+    let fx = &read("models/logits_roberta.json")["left_padded"];
+    for side in ["left", "right"] {
+        let b = &fx[side];
+        let ids: Vec<Vec<i64>> = b["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(ints)
+            .collect();
+        let mask: Vec<Vec<i64>> = b["attention_mask"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(ints)
+            .collect();
+        let types = vec![vec![0; ids[0].len()]; ids.len()];
+        let (s, e) = model.forward(int_tensor(&ids), int_tensor(&mask), int_tensor(&types));
+        let (s, e) = (
+            s.into_data().to_vec::<f32>().unwrap(),
+            e.into_data().to_vec::<f32>().unwrap(),
+        );
+        let (ws, we) = (floats(&b["start_logits"]), floats(&b["end_logits"]));
+        let real: Vec<bool> = mask.iter().flatten().map(|m| *m == 1).collect();
+        let mut d = 0f32;
+        for i in 0..real.len() {
+            if real[i] {
+                d = d.max((s[i] - ws[i]).abs()).max((e[i] - we[i]).abs());
+            }
+        }
+        eprintln!("roberta {side}-padded: max |Δ logits| on real tokens = {d:e}");
+        assert!(d <= 1e-4, "{side}: max |Δ| {d}");
+    }
+}
+
+#[test]
+fn bare_base_model_loads_without_prefix_and_initialises_the_head() {
+    let (_, report) = load("models/roberta_base");
+    assert_eq!(report.prefix, "");
+    assert!(!report.head_loaded);
+    assert_eq!(
+        report.unused,
+        vec![
+            "pooler.dense.bias".to_string(),
+            "pooler.dense.weight".to_string()
+        ]
+    );
+}
+
+#[test]
+fn missing_or_misshapen_tensors_are_named() {
+    let cfg =
+        pipeline::model::config::EncoderConfig::load(&fixture("models/roberta_qa/config.json"))
+            .unwrap();
+    let full = Weights::from_dir(&fixture("models/roberta_qa")).unwrap();
+    let keys: Vec<String> = full.keys().map(String::from).collect();
+    assert!(keys.contains(&"roberta.encoder.layer.1.output.dense.bias".to_string()));
+    let mut cfg2 = cfg.clone();
+    cfg2.intermediate_size = 65;
+    let mut w = Weights::from_dir(&fixture("models/roberta_qa")).unwrap();
+    let err =
+        QaModel::<B>::from_weights(&mut w, &cfg2, &HeadConfig::default(), &Default::default())
+            .err()
+            .unwrap()
+            .to_string();
+    assert!(
+        err.contains("intermediate.dense.weight has shape [64, 32]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bilstm_head_matches_torch_lstm_with_packing() {
+    let fx = read("train/lstm.json");
+    let mut map = std::collections::BTreeMap::new();
+    for (k, v) in fx["lstm"].as_object().unwrap() {
+        let shape: Vec<usize> = v["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect();
+        map.insert(
+            format!("lstm.{k}"),
+            TensorData::new(floats(&v["data"]), shape),
+        );
+    }
+    for (k, v) in fx["linear"].as_object().unwrap() {
+        let shape: Vec<usize> = v["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect();
+        map.insert(
+            format!("qa_outputs.{k}"),
+            TensorData::new(floats(&v["data"]), shape),
+        );
+    }
+    let mut w = Weights::from_map(map, "lstm.json");
+    let dev = Default::default();
+    let lstm =
+        pipeline::model::heads::BiLstm::<B>::load(&mut w, "lstm.", 8, 8, 2, 0.0, &dev).unwrap();
+    let head = w.linear::<B>("qa_outputs", 16, 2, &dev).unwrap();
+    let x: Tensor<B, 3> =
+        Tensor::from_data(TensorData::new(floats(&fx["x"]["data"]), [2, 6, 8]), &dev);
+
+    let full = lstm.forward(x.clone(), Tensor::ones([2, 6], &dev));
+    let d_full = max_abs_diff(
+        &full.into_data().to_vec::<f32>().unwrap(),
+        &floats(&fx["output_full"]["data"]),
+    );
+
+    let lengths = ints(&fx["lengths"]);
+    let mask: Vec<f32> = lengths
+        .iter()
+        .flat_map(|&n| (0..6).map(move |t| if t < n { 1.0 } else { 0.0 }))
+        .collect();
+    let mask: Tensor<B, 2> = Tensor::from_data(TensorData::new(mask, [2, 6]), &dev);
+    let packed = lstm.forward(x, mask);
+    let d_packed = max_abs_diff(
+        &packed.clone().into_data().to_vec::<f32>().unwrap(),
+        &floats(&fx["output_packed"]["data"]),
+    );
+    let logits = head.forward(packed);
+    let d_logits = max_abs_diff(
+        &logits.into_data().to_vec::<f32>().unwrap(),
+        &floats(&fx["logits_packed"]["data"]),
+    );
+    eprintln!("bilstm: max |Δ| full {d_full:e}, packed {d_packed:e}, logits {d_logits:e}");
+    assert!(d_full <= 1e-5 && d_packed <= 1e-5 && d_logits <= 1e-5);
+}
+
+#[test]
+fn bilstm_head_on_the_encoder_runs_and_keeps_the_encoder() {
+    let dev = Default::default();
+    let head = HeadConfig {
+        kind: HeadKind::Bilstm,
+        num_rnn_layers: 2,
+        rnn_dropout: 0.0,
+    };
+    let (model, _, report) =
+        QaModel::<B>::from_pretrained(&fixture("models/roberta_qa"), &head, &dev).unwrap();
+    assert!(!report.head_loaded);
+    assert_eq!(
+        report.unused,
+        vec![
+            "qa_outputs.bias".to_string(),
+            "qa_outputs.weight".to_string()
+        ]
+    );
+    let ids = vec![vec![0i64, 100, 2, 2, 200, 300, 2, 1]];
+    let mask = vec![vec![1i64, 1, 1, 1, 1, 1, 1, 0]];
+    let (s, _) = model.forward(
+        int_tensor(&ids),
+        int_tensor(&mask),
+        int_tensor(&[vec![0; 8]]),
+    );
+    assert_eq!(s.dims(), [1, 8]);
+}
