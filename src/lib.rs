@@ -10,4 +10,5 @@ pub mod qa;
 pub mod run;
 pub mod settings;
 pub mod stages;
+pub mod train;
 pub mod ui;
