@@ -65,6 +65,35 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Run any HF question-answering checkpoint (or an exported fold) over a data file; writes
+    /// predictions.json, nbest_predictions.json and logits.safetensors into --out.
+    Infer {
+        /// HF model folder: config.json, tokenizer.json, model.safetensors or pytorch_model.bin.
+        #[arg(long)]
+        model: PathBuf,
+        /// Data file (any format `prepare` reads; answers optional).
+        #[arg(long)]
+        data: PathBuf,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 384)]
+        max_seq_length: usize,
+        #[arg(long, default_value_t = 128)]
+        doc_stride: usize,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 20)]
+        n_best_size: usize,
+        #[arg(long, default_value_t = 30)]
+        max_answer_length: usize,
+        /// `linear` (HF qa_outputs) or `bilstm` (an exported BiLSTM fold).
+        #[arg(long, default_value = "linear")]
+        head: String,
+        /// `cpu` or `cuda` / `cuda:N`.
+        #[arg(long, default_value = "cpu")]
+        device: crate::device::Device,
+    },
     /// Score a predictions.json ({"id": "answer", ...}) against a SQuAD-format file, as the
     /// official scripts do; prints {"exact_match", "f1", "total"} as JSON.
     Score {
@@ -98,6 +127,45 @@ pub fn main() -> Result<()> {
             let ctx = Ctx::new(settings, false, None, ui)?;
             print!("{}", stages::report_status(&ctx)?);
             Ok(())
+        }
+        Command::Infer {
+            model,
+            data,
+            out,
+            max_seq_length,
+            doc_stride,
+            batch_size,
+            n_best_size,
+            max_answer_length,
+            head,
+            device,
+        } => {
+            if doc_stride >= max_seq_length {
+                bail!("--doc-stride ({doc_stride}) must be smaller than --max-seq-length ({max_seq_length})");
+            }
+            let kind = match head.as_str() {
+                "linear" => crate::model::HeadKind::Linear,
+                "bilstm" => crate::model::HeadKind::Bilstm,
+                other => bail!("--head {other:?}: use linear or bilstm"),
+            };
+            let args = crate::infer::InferArgs {
+                model,
+                data,
+                out,
+                max_seq_length,
+                doc_stride,
+                batch_size,
+                decode: crate::qa::decode::DecodeConfig {
+                    n_best_size,
+                    max_answer_length,
+                },
+                head: crate::model::HeadConfig {
+                    kind,
+                    ..Default::default()
+                },
+                device,
+            };
+            crate::infer::run(&args, ui)
         }
         Command::Score {
             data,

@@ -5,6 +5,8 @@
 
 pub mod artifacts;
 pub mod cli;
+pub mod device;
+pub mod infer;
 pub mod model;
 pub mod qa;
 pub mod run;

@@ -1,0 +1,116 @@
+//! Backend choice (`cpu` = Burn's flex CPU backend, `cuda[:N]` = Burn's CUDA backend) and the
+//! check that a CUDA device really works before any real work starts.
+
+use std::str::FromStr;
+
+use anyhow::{anyhow, Result};
+
+/// Where tensors live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for Device {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| anyhow!("unknown device {other:?}: use cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// The CUDA backend as this project uses it (fused kernels, f32).
+pub type CudaBackend = burn::backend::Cuda<f32, i32>;
+
+/// Creates CUDA device `index` and runs one tiny kernel; a missing driver, device or NVRTC
+/// becomes an error (Burn's CUDA runtime panics instead), so callers can fail cleanly.
+pub fn cuda_device(index: usize) -> Result<burn::backend::cuda::CudaDevice> {
+    use burn::tensor::Tensor;
+    if !driver_library_found() {
+        return Err(anyhow!(
+            "--device cuda:{index}: no CUDA driver (libcuda.so.1) found on this machine; use --device cpu"
+        ));
+    }
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let probe = std::panic::catch_unwind(|| {
+        let device = burn::backend::cuda::CudaDevice { index };
+        let t: Tensor<CudaBackend, 1> = Tensor::ones([4], &device);
+        let sum = t.sum().into_scalar();
+        (device, sum)
+    });
+    std::panic::set_hook(previous);
+    match probe {
+        Ok((device, sum)) if sum == 4.0 => Ok(device),
+        Ok(_) => Err(anyhow!(
+            "cuda:{index} computed a wrong result in a self-test"
+        )),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown error".into());
+            let first = msg.lines().next().unwrap_or("").trim().to_string();
+            Err(anyhow!(
+                "CUDA device {index} is not usable here ({first}); a CUDA driver, an NVIDIA GPU and NVRTC are needed. Use --device cpu instead"
+            ))
+        }
+    }
+}
+
+/// Whether the NVIDIA driver library is on a standard path or `LD_LIBRARY_PATH`.
+fn driver_library_found() -> bool {
+    let mut dirs: Vec<std::path::PathBuf> = std::env::var("LD_LIBRARY_PATH")
+        .unwrap_or_default()
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(Into::into)
+        .collect();
+    for d in [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib64",
+        "/usr/lib",
+        "/usr/local/nvidia/lib64",
+        "/usr/local/nvidia/lib",
+        "/usr/local/cuda/lib64",
+        "/usr/local/cuda/compat",
+        "/usr/lib/wsl/lib",
+    ] {
+        dirs.push(d.into());
+    }
+    dirs.iter()
+        .any(|d| d.join("libcuda.so.1").exists() || d.join("libcuda.so").exists())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_devices() {
+        assert_eq!("cpu".parse::<Device>().unwrap(), Device::Cpu);
+        assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda(0));
+        assert_eq!("cuda:3".parse::<Device>().unwrap(), Device::Cuda(3));
+        assert!("tpu".parse::<Device>().is_err());
+    }
+}
