@@ -276,3 +276,76 @@ fn bilstm_head_on_the_encoder_runs_and_keeps_the_encoder() {
     );
     assert_eq!(s.dims(), [1, 8]);
 }
+
+/// Exporting gives back the checkpoint's keys and, reloaded, the same logits. With
+/// `PIPELINE_EXPORT_DIR` set the exports are also kept there for tools/check_export.py, which
+/// loads them with `transformers.AutoModelForQuestionAnswering`.
+#[test]
+fn export_round_trips_with_hf_keys() {
+    use pipeline::model::config::EncoderConfig;
+    use pipeline::model::export::save_pretrained;
+    let dev = Default::default();
+    for (name, logits) in [
+        ("roberta_qa", "models/logits_roberta.json"),
+        ("bert_qa", "models/logits_bert.json"),
+    ] {
+        let dir = fixture(&format!("models/{name}"));
+        let (model, cfg, _) =
+            QaModel::<B>::from_pretrained(&dir, &HeadConfig::default(), &dev).unwrap();
+        let keep = std::env::var("PIPELINE_EXPORT_DIR").ok();
+        let tmp = tempfile::tempdir().unwrap();
+        let out = match &keep {
+            Some(d) => std::path::PathBuf::from(d).join(name),
+            None => tmp.path().to_path_buf(),
+        };
+        std::fs::create_dir_all(&out).unwrap();
+        let base: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+        save_pretrained(&model, &cfg, Some(&base), &dir, &out).unwrap();
+
+        let original: Vec<String> = Weights::from_dir(&dir)
+            .unwrap()
+            .keys()
+            .map(String::from)
+            .collect();
+        let exported: Vec<String> = Weights::from_dir(&out)
+            .unwrap()
+            .keys()
+            .map(String::from)
+            .collect();
+        assert_eq!(original, exported, "{name}: exported keys differ");
+        let cfg2 = EncoderConfig::load(&out.join("config.json")).unwrap();
+        assert_eq!(cfg, cfg2);
+        let (again, _, report) =
+            QaModel::<B>::from_pretrained(&out, &HeadConfig::default(), &dev).unwrap();
+        assert!(report.unused.is_empty() && report.head_loaded);
+        let d = check_logits(&again, &read(logits));
+        assert!(d <= 1e-4, "{name}: reloaded export differs by {d}");
+    }
+}
+
+#[test]
+fn bilstm_export_reloads_identically() {
+    use pipeline::model::export::save_pretrained;
+    let dev = Default::default();
+    let head = HeadConfig {
+        kind: HeadKind::Bilstm,
+        num_rnn_layers: 2,
+        rnn_dropout: 0.0,
+    };
+    let dir = fixture("models/roberta_qa");
+    let (model, cfg, _) = QaModel::<B>::from_pretrained(&dir, &head, &dev).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    save_pretrained(&model, &cfg, None, &dir, out.path()).unwrap();
+    let (again, _, report) = QaModel::<B>::from_pretrained(out.path(), &head, &dev).unwrap();
+    assert!(report.head_loaded && report.unused.is_empty(), "{report:?}");
+    let ids = vec![vec![0i64, 100, 2, 2, 200, 300, 2, 1]];
+    let mask = vec![vec![1i64, 1, 1, 1, 1, 1, 1, 0]];
+    let types = vec![vec![0i64; 8]];
+    let (a, _) = model.forward(int_tensor(&ids), int_tensor(&mask), int_tensor(&types));
+    let (b, _) = again.forward(int_tensor(&ids), int_tensor(&mask), int_tensor(&types));
+    assert_eq!(
+        a.into_data().to_vec::<f32>().unwrap(),
+        b.into_data().to_vec::<f32>().unwrap()
+    );
+}

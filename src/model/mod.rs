@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod encoder;
+pub mod export;
 pub mod heads;
 pub mod load;
 

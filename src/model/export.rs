@@ -1,0 +1,201 @@
+//! Saving a model as a HF folder that `transformers.AutoModelForQuestionAnswering` loads:
+//! `config.json` (with `architectures`), `model.safetensors` under HF keys (`roberta.` /
+//! `bert.` prefix, Linear weights back to `[out, in]`), and the tokenizer files. A BiLSTM head is
+//! saved beside, under PyTorch `nn.LSTM` keys (`lstm.weight_ih_l0`, ...), and `qa_outputs` is
+//! then Linear(2·hidden, 2), which transformers does not know: such a folder reloads here.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{anyhow, Context, Result};
+use burn::nn::{Embedding, LayerNorm, Linear};
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use safetensors::tensor::{Dtype, TensorView};
+
+use super::config::{EncoderConfig, Family};
+use super::QaModel;
+
+/// Row-major f32 values and shape of every tensor, by HF key.
+pub type StateDict = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
+fn put<B: Backend, const D: usize>(sd: &mut StateDict, key: String, t: Tensor<B, D>) {
+    let shape = t.dims().to_vec();
+    let data = t
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap_or_default();
+    sd.insert(key, (shape, data));
+}
+
+fn put_linear<B: Backend>(sd: &mut StateDict, key: &str, l: &Linear<B>) {
+    put(sd, format!("{key}.weight"), l.weight.val().transpose());
+    if let Some(b) = &l.bias {
+        put(sd, format!("{key}.bias"), b.val());
+    }
+}
+
+fn put_ln<B: Backend>(sd: &mut StateDict, key: &str, ln: &LayerNorm<B>) {
+    put(sd, format!("{key}.weight"), ln.gamma.val());
+    if let Some(b) = &ln.beta {
+        put(sd, format!("{key}.bias"), b.val());
+    }
+}
+
+fn put_emb<B: Backend>(sd: &mut StateDict, key: &str, e: &Embedding<B>) {
+    put(sd, format!("{key}.weight"), e.weight.val());
+}
+
+/// The model's tensors under HF keys (the inverse of loading).
+pub fn state_dict<B: Backend>(model: &QaModel<B>, family: Family) -> StateDict {
+    let mut sd = StateDict::new();
+    let p = family.prefix();
+    let e = &model.encoder.embeddings;
+    put_emb(
+        &mut sd,
+        &format!("{p}embeddings.word_embeddings"),
+        &e.word_embeddings,
+    );
+    put_emb(
+        &mut sd,
+        &format!("{p}embeddings.position_embeddings"),
+        &e.position_embeddings,
+    );
+    put_emb(
+        &mut sd,
+        &format!("{p}embeddings.token_type_embeddings"),
+        &e.token_type_embeddings,
+    );
+    put_ln(&mut sd, &format!("{p}embeddings.LayerNorm"), &e.layer_norm);
+    for (i, layer) in model.encoder.encoder.layer.iter().enumerate() {
+        let k = format!("{p}encoder.layer.{i}");
+        let a = &layer.attention;
+        put_linear(
+            &mut sd,
+            &format!("{k}.attention.self.query"),
+            &a.self_attention.query,
+        );
+        put_linear(
+            &mut sd,
+            &format!("{k}.attention.self.key"),
+            &a.self_attention.key,
+        );
+        put_linear(
+            &mut sd,
+            &format!("{k}.attention.self.value"),
+            &a.self_attention.value,
+        );
+        put_linear(
+            &mut sd,
+            &format!("{k}.attention.output.dense"),
+            &a.output.dense,
+        );
+        put_ln(
+            &mut sd,
+            &format!("{k}.attention.output.LayerNorm"),
+            &a.output.layer_norm,
+        );
+        put_linear(
+            &mut sd,
+            &format!("{k}.intermediate.dense"),
+            &layer.intermediate.dense,
+        );
+        put_linear(&mut sd, &format!("{k}.output.dense"), &layer.output.dense);
+        put_ln(
+            &mut sd,
+            &format!("{k}.output.LayerNorm"),
+            &layer.output.layer_norm,
+        );
+    }
+    if let Some(lstm) = &model.lstm {
+        for (k, layer) in lstm.layers.iter().enumerate() {
+            for (dir, suffix) in [(&layer.forward, ""), (&layer.reverse, "_reverse")] {
+                put(
+                    &mut sd,
+                    format!("lstm.weight_ih_l{k}{suffix}"),
+                    dir.weight_ih.val(),
+                );
+                put(
+                    &mut sd,
+                    format!("lstm.weight_hh_l{k}{suffix}"),
+                    dir.weight_hh.val(),
+                );
+                put(
+                    &mut sd,
+                    format!("lstm.bias_ih_l{k}{suffix}"),
+                    dir.bias_ih.val(),
+                );
+                put(
+                    &mut sd,
+                    format!("lstm.bias_hh_l{k}{suffix}"),
+                    dir.bias_hh.val(),
+                );
+            }
+        }
+    }
+    put_linear(&mut sd, "qa_outputs", &model.qa_outputs);
+    sd
+}
+
+/// Writes `config.json`, `model.safetensors` and copies `tokenizer.json` /
+/// `tokenizer_config.json` from `tokenizer_dir` into `out`.
+pub fn save_pretrained<B: Backend>(
+    model: &QaModel<B>,
+    cfg: &EncoderConfig,
+    base_config: Option<&serde_json::Value>,
+    tokenizer_dir: &Path,
+    out: &Path,
+) -> Result<()> {
+    let family = cfg.family()?;
+    let sd = state_dict(model, family);
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = sd
+        .into_iter()
+        .map(|(k, (shape, data))| {
+            let b = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+            (k, shape, b)
+        })
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = bytes
+        .iter()
+        .map(|(k, shape, b)| {
+            TensorView::new(Dtype::F32, shape.clone(), b)
+                .map(|v| (k.clone(), v))
+                .map_err(|e| anyhow!("{k}: {e}"))
+        })
+        .collect::<Result<_>>()?;
+    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    let st = safetensors::serialize(views, Some(meta))?;
+    crate::run::write_atomic(&out.join("model.safetensors"), &st)?;
+
+    // Start from the checkpoint's own config (it has keys we do not model) when there is one.
+    let mut config = match base_config {
+        Some(v) => v.clone(),
+        None => serde_json::to_value(cfg)?,
+    };
+    let arch = match family {
+        Family::Roberta if cfg.model_type == "xlm-roberta" => "XLMRobertaForQuestionAnswering",
+        Family::Roberta => "RobertaForQuestionAnswering",
+        Family::Bert => "BertForQuestionAnswering",
+    };
+    config["architectures"] = serde_json::json!([arch]);
+    config["model_type"] = serde_json::json!(cfg.model_type);
+    if model.lstm.is_some() {
+        config["qa_head"] = serde_json::json!("bilstm");
+        config["num_rnn_layers"] = serde_json::json!(model.lstm.as_ref().map(|l| l.layers.len()));
+    }
+    crate::run::write_json_atomic(&out.join("config.json"), &config)?;
+    for name in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ] {
+        let src = tokenizer_dir.join(name);
+        if src.exists() {
+            let bytes =
+                std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
+            crate::run::write_atomic(&out.join(name), &bytes)?;
+        }
+    }
+    Ok(())
+}
