@@ -19,6 +19,7 @@ pub struct Settings {
     pub data: DataSettings,
     pub prepare: PrepareSettings,
     pub split: SplitSettings,
+    pub model: ModelSettings,
     pub decode: DecodeSettings,
     pub evaluate: EvaluateSettings,
 }
@@ -103,6 +104,90 @@ impl Default for PrepareSettings {
             doc_stride: 128,
             overflow: Overflow::Keep,
             repair_window: 32,
+        }
+    }
+}
+
+/// `[model]`: a pretrained HF folder, or the sizes of a from-scratch encoder; and the head.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSettings {
+    /// A HF model folder (`config.json`, `tokenizer.json`, `model.safetensors` or
+    /// `pytorch_model.bin`); unset = from scratch with the sizes below and the tokenizer
+    /// `prepare` trained.
+    pub pretrained: Option<PathBuf>,
+    /// From scratch: `roberta` or `bert`.
+    pub model_type: String,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub hidden_dropout_prob: f64,
+    pub attention_probs_dropout_prob: f64,
+    /// `linear` (HF `qa_outputs`) or `bilstm` (the seed's head).
+    pub head: crate::model::HeadKind,
+    /// BiLSTM layers (hidden size = encoder hidden size per direction).
+    pub num_rnn_layers: usize,
+    /// Dropout between BiLSTM layers.
+    pub rnn_dropout: f64,
+}
+
+impl Default for ModelSettings {
+    fn default() -> Self {
+        Self {
+            pretrained: None,
+            model_type: "roberta".into(),
+            hidden_size: 128,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            intermediate_size: 512,
+            hidden_dropout_prob: 0.1,
+            attention_probs_dropout_prob: 0.1,
+            head: crate::model::HeadKind::Linear,
+            num_rnn_layers: 2,
+            rnn_dropout: 0.1,
+        }
+    }
+}
+
+impl ModelSettings {
+    /// The head settings.
+    pub fn head_config(&self) -> crate::model::HeadConfig {
+        crate::model::HeadConfig {
+            kind: self.head,
+            num_rnn_layers: self.num_rnn_layers,
+            rnn_dropout: self.rnn_dropout,
+        }
+    }
+
+    /// A from-scratch encoder config for a tokenizer of `vocab_size` tokens with `pad_id`, big
+    /// enough for `max_seq_length` positions.
+    pub fn scratch_config(
+        &self,
+        vocab_size: usize,
+        pad_id: usize,
+        max_seq_length: usize,
+    ) -> crate::model::config::EncoderConfig {
+        let roberta = self.model_type != "bert";
+        crate::model::config::EncoderConfig {
+            model_type: self.model_type.clone(),
+            vocab_size,
+            hidden_size: self.hidden_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            intermediate_size: self.intermediate_size,
+            hidden_act: "gelu".into(),
+            hidden_dropout_prob: self.hidden_dropout_prob,
+            attention_probs_dropout_prob: self.attention_probs_dropout_prob,
+            max_position_embeddings: if roberta {
+                max_seq_length + pad_id + 1
+            } else {
+                max_seq_length
+            },
+            type_vocab_size: if roberta { 1 } else { 2 },
+            layer_norm_eps: if roberta { 1e-5 } else { 1e-12 },
+            pad_token_id: pad_id,
+            initializer_range: 0.02,
         }
     }
 }
@@ -262,10 +347,35 @@ impl Settings {
         if s.strategy == SplitStrategy::Stratified && s.length_bins == 0 {
             bail!("split.length_bins must be at least 1");
         }
+        let m = &self.model;
+        if m.pretrained.is_none() {
+            if !matches!(m.model_type.as_str(), "roberta" | "bert") {
+                bail!(
+                    "model.model_type must be roberta or bert, got {:?}",
+                    m.model_type
+                );
+            }
+            if m.num_attention_heads == 0 || m.hidden_size % m.num_attention_heads != 0 {
+                bail!(
+                    "model.hidden_size ({}) must be a multiple of model.num_attention_heads ({})",
+                    m.hidden_size,
+                    m.num_attention_heads
+                );
+            }
+        }
         if self.decode.n_best_size == 0 || self.decode.max_answer_length == 0 {
             bail!("decode.n_best_size and decode.max_answer_length must be positive");
         }
         Ok(())
+    }
+
+    /// The tokenizer `prepare` uses: `prepare.tokenizer`, else the pretrained model's, else none
+    /// (train one).
+    pub fn tokenizer_source(&self) -> Option<PathBuf> {
+        self.prepare
+            .tokenizer
+            .clone()
+            .or_else(|| self.model.pretrained.clone())
     }
 
     /// `<output_dir>/<name>`: the run directory.

@@ -169,3 +169,49 @@ fn korquad_prepare_and_split_hold_out_titles() {
         );
     }
 }
+
+#[test]
+fn prepare_uses_a_pretrained_models_tokenizer_and_checks_its_length() {
+    let ws = workspace();
+    let d = ws.path();
+    let model = fixture("models/roberta_qa");
+    let set_model = format!("model.pretrained={}", model.display());
+    let err = fails(d, &["run", "prepare", "-q", "--set", &set_model]);
+    assert!(
+        err.contains("max_seq_length 128 is longer than the model allows (64"),
+        "{err}"
+    );
+    assert!(!d.join("outputs/sample/prepare/manifest.json").exists());
+    ok(
+        d,
+        &[
+            "run",
+            "prepare",
+            "--set",
+            &set_model,
+            "--set",
+            "prepare.max_seq_length=64",
+            "--set",
+            "prepare.doc_stride=16",
+        ],
+    );
+    let status = ok(
+        d,
+        &[
+            "status",
+            "--set",
+            &set_model,
+            "--set",
+            "prepare.max_seq_length=64",
+            "--set",
+            "prepare.doc_stride=16",
+        ],
+    );
+    assert!(status.contains("tokenizer vocab 1500\n"), "{status}");
+    let saved =
+        std::fs::read_to_string(d.join("outputs/sample/prepare/tokenizer/tokenizer.json")).unwrap();
+    assert!(
+        saved.contains("\"<s>\""),
+        "the model's byte-level BPE tokenizer is used"
+    );
+}

@@ -16,7 +16,8 @@ use crate::settings::{Overflow, Settings};
 
 /// Config hash (the `[data]` and `[prepare]` sections) and input files.
 pub fn plan(s: &Settings) -> Result<(String, Vec<(String, std::path::PathBuf)>)> {
-    let hash = run::config_hash(&(&s.data, &s.prepare))?;
+    let tokenizer = s.tokenizer_source();
+    let hash = run::config_hash(&(&s.data, &s.prepare, &tokenizer))?;
     let mut inputs = Vec::new();
     let mut add = |role: &str, path: &std::path::Path| {
         for f in files_of(path) {
@@ -27,7 +28,7 @@ pub fn plan(s: &Settings) -> Result<(String, Vec<(String, std::path::PathBuf)>)>
     if let Some(test) = &s.data.test {
         add("test", test);
     }
-    if let Some(tok) = &s.prepare.tokenizer {
+    if let Some(tok) = &tokenizer {
         if tok.is_dir() {
             for name in ["tokenizer.json", "tokenizer_config.json"] {
                 if tok.join(name).exists() {
@@ -73,7 +74,7 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
     let load_s = t0.elapsed().as_secs_f64();
 
     let t1 = std::time::Instant::now();
-    let (tok, trained) = match &p.tokenizer {
+    let (tok, trained) = match &s.tokenizer_source() {
         Some(path) => (QaTokenizer::load(path)?, false),
         None => {
             ctx.ui.info(&format!(
@@ -94,6 +95,10 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
             )
         }
     };
+    if let Some(dir) = &s.model.pretrained {
+        let cfg = crate::model::config::EncoderConfig::load(&dir.join("config.json"))?;
+        crate::infer::check_compatible(&cfg, &tok, p.max_seq_length, dir)?;
+    }
     let tok_dir = w.dir.join("tokenizer");
     for path in tok.save(&tok_dir)? {
         if let Ok(rel) = path.strip_prefix(&w.dir) {
