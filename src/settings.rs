@@ -20,6 +20,7 @@ pub struct Settings {
     pub prepare: PrepareSettings,
     pub split: SplitSettings,
     pub model: ModelSettings,
+    pub train: TrainSettings,
     pub decode: DecodeSettings,
     pub evaluate: EvaluateSettings,
 }
@@ -188,6 +189,115 @@ impl ModelSettings {
             layer_norm_eps: if roberta { 1e-5 } else { 1e-12 },
             pad_token_id: pad_id,
             initializer_range: 0.02,
+        }
+    }
+}
+
+/// Which validation metric picks the best checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum KeepBestBy {
+    Em,
+    #[default]
+    F1,
+    /// Lowest validation loss.
+    Loss,
+    StartAcc,
+    EndAcc,
+}
+
+/// `[train]`: fine-tuning one model per fold.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSettings {
+    /// `cpu` (flex) or `cuda` / `cuda:N`.
+    pub device: String,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub eval_batch_size: usize,
+    pub learning_rate: f64,
+    pub optimizer: crate::train::optim::OptimKind,
+    pub weight_decay: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_epsilon: f64,
+    pub adamp_delta: f64,
+    pub adamp_wd_ratio: f64,
+    pub adamp_nesterov: bool,
+    pub schedule: crate::train::schedule::ScheduleKind,
+    pub warmup_ratio: f64,
+    /// Overrides `warmup_ratio` when set and positive.
+    pub warmup_steps: Option<usize>,
+    /// Global-norm clipping; 0 = off (the seed's "no-clip").
+    pub max_grad_norm: f64,
+    pub gradient_accumulation: usize,
+    pub seed: u64,
+    /// Validate every N optimizer steps; 0 = at the end of every epoch.
+    pub eval_every: usize,
+    pub keep_best_by: KeepBestBy,
+    /// Stop a fold after this many validations without improvement; 0 = never.
+    pub patience: usize,
+    /// Save a resumable checkpoint every N optimizer steps; 0 = at every validation.
+    pub checkpoint_every: usize,
+    pub loss: crate::train::loss::LossKind,
+    pub focal_gamma: f64,
+    pub label_smoothing: f64,
+}
+
+impl Default for TrainSettings {
+    fn default() -> Self {
+        Self {
+            device: "cpu".into(),
+            epochs: 3,
+            batch_size: 32,
+            eval_batch_size: 64,
+            learning_rate: 5e-5,
+            optimizer: Default::default(),
+            weight_decay: 0.01,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            adamp_delta: 0.1,
+            adamp_wd_ratio: 0.1,
+            adamp_nesterov: false,
+            schedule: crate::train::schedule::ScheduleKind::Linear,
+            warmup_ratio: 0.0,
+            warmup_steps: None,
+            max_grad_norm: 1.0,
+            gradient_accumulation: 1,
+            seed: 42,
+            eval_every: 0,
+            keep_best_by: KeepBestBy::F1,
+            patience: 0,
+            checkpoint_every: 0,
+            loss: Default::default(),
+            focal_gamma: 2.0,
+            label_smoothing: 0.1,
+        }
+    }
+}
+
+impl TrainSettings {
+    /// The optimizer hyper-parameters.
+    pub fn optim_config(&self) -> crate::train::optim::OptimConfig {
+        crate::train::optim::OptimConfig {
+            kind: self.optimizer,
+            beta1: self.adam_beta1,
+            beta2: self.adam_beta2,
+            eps: self.adam_epsilon,
+            weight_decay: self.weight_decay,
+            delta: self.adamp_delta,
+            wd_ratio: self.adamp_wd_ratio,
+            nesterov: self.adamp_nesterov,
+        }
+    }
+
+    /// The loss settings.
+    pub fn loss_config(&self) -> crate::train::loss::LossConfig {
+        crate::train::loss::LossConfig {
+            kind: self.loss,
+            gamma: self.focal_gamma,
+            smoothing: self.label_smoothing,
         }
     }
 }
@@ -362,6 +472,23 @@ impl Settings {
                     m.num_attention_heads
                 );
             }
+        }
+        let t = &self.train;
+        t.device
+            .parse::<crate::device::Device>()
+            .map_err(|e| anyhow::anyhow!("train.device: {e}"))?;
+        if t.epochs == 0
+            || t.batch_size == 0
+            || t.eval_batch_size == 0
+            || t.gradient_accumulation == 0
+        {
+            bail!("train.epochs, train.batch_size, train.eval_batch_size and train.gradient_accumulation must be positive");
+        }
+        if !(t.learning_rate > 0.0) {
+            bail!(
+                "train.learning_rate must be positive, got {}",
+                t.learning_rate
+            );
         }
         if self.decode.n_best_size == 0 || self.decode.max_answer_length == 0 {
             bail!("decode.n_best_size and decode.max_answer_length must be positive");

@@ -1,0 +1,154 @@
+//! Global-norm gradient clipping equal to `torch.nn.utils.clip_grad_norm_` (L2).
+//!
+//! torch takes the L2 norm of each gradient, then the L2 norm of those norms (the global norm
+//! over *all* gradients), and multiplies every gradient by
+//! `min(1, max_norm / (total + 1e-6))`. Burn's built-in `GradientClipping::Norm` clips each
+//! tensor by its own norm, which changes the update direction, so it is not used.
+//!
+//! Everything stays in float32 as in torch: per-tensor norms, the norm of norms, and the
+//! coefficient (`1e-6` and `max_norm` rounded to f32; `max_norm / t` is `t.reciprocal() *
+//! max_norm` in torch's `__rdiv__`). Only the total norm is read back to the host, once.
+
+use std::collections::HashSet;
+
+use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor};
+
+/// The factor torch multiplies the gradients by, or `None` when it is 1 (nothing to do).
+pub fn clip_coefficient(total_norm: f32, max_norm: f64) -> Option<f32> {
+    let coef = (1.0f32 / (total_norm + 1e-6f32)) * max_norm as f32;
+    // torch clamps to 1.0 and always multiplies; multiplying by exactly 1 is the identity, so
+    // skipping it gives the same bits and saves a pass over every gradient.
+    (coef < 1.0).then_some(coef)
+}
+
+/// The L2 norm of one tensor, as a `[1]` tensor (no host read).
+fn l2<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
+    let flat: Tensor<B, 1> = t.flatten(0, D - 1);
+    (flat.clone() * flat).sum().sqrt()
+}
+
+/// The global norm of per-tensor norms: `‖[‖g_1‖, …, ‖g_n‖]‖₂`, read back once. 0 for none.
+fn norm_of_norms<B: Backend>(norms: Vec<Tensor<B, 1>>) -> f32 {
+    if norms.is_empty() {
+        return 0.0;
+    }
+    l2(Tensor::cat(norms, 0)).into_scalar().elem::<f32>()
+}
+
+/// Clips a list of (flattened) gradients by their global L2 norm, as `clip_grad_norm_` does.
+///
+/// Returns the clipped gradients and the total norm before clipping (the value torch returns).
+pub fn clip_tensors<B: Backend>(
+    grads: Vec<Tensor<B, 1>>,
+    max_norm: f64,
+) -> (Vec<Tensor<B, 1>>, f64) {
+    let total = norm_of_norms(grads.iter().cloned().map(l2).collect());
+    let grads = match clip_coefficient(total, max_norm) {
+        Some(coef) => grads.into_iter().map(|g| g.mul_scalar(coef)).collect(),
+        None => grads,
+    };
+    (grads, f64::from(total))
+}
+
+/// Collects the norms of the gradients of the module's float parameters (each id once).
+struct NormCollector<'a, B: AutodiffBackend> {
+    grads: &'a GradientsParams,
+    seen: HashSet<ParamId>,
+    norms: Vec<Tensor<B::InnerBackend, 1>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for NormCollector<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        // Tied parameters are visited once per use; torch lists each parameter once.
+        if !self.seen.insert(param.id) {
+            return;
+        }
+        if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
+            self.norms.push(l2(g));
+        }
+    }
+}
+
+/// Multiplies the gradient of every float parameter of the module by `coef`.
+struct Scaler<'a, B: AutodiffBackend> {
+    grads: &'a mut GradientsParams,
+    seen: HashSet<ParamId>,
+    coef: f32,
+    _b: std::marker::PhantomData<B>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Scaler<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if !self.seen.insert(param.id) {
+            return;
+        }
+        if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+            self.grads.register(param.id, g.mul_scalar(self.coef));
+        }
+    }
+}
+
+/// `clip_grad_norm_` over the gradients of all float parameters of `module`.
+///
+/// Gradients of ids that are not parameters of `module` are neither counted nor scaled. A
+/// non-finite total is returned as is and the gradients are left alone (torch would spread the
+/// NaN into them); callers should skip the step then.
+/// Returns the (possibly) rescaled gradients and the total norm before clipping.
+pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    mut grads: GradientsParams,
+    max_norm: f64,
+) -> (GradientsParams, f64) {
+    let mut collector = NormCollector::<B> {
+        grads: &grads,
+        seen: HashSet::new(),
+        norms: Vec::new(),
+    };
+    module.visit(&mut collector);
+    let total = norm_of_norms(collector.norms);
+    if let Some(coef) = clip_coefficient(total, max_norm) {
+        let mut scaler = Scaler::<B> {
+            grads: &mut grads,
+            seen: HashSet::new(),
+            coef,
+            _b: std::marker::PhantomData,
+        };
+        module.visit(&mut scaler);
+    }
+    (grads, f64::from(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    #[test]
+    fn small_norm_is_untouched_and_large_is_scaled() {
+        let dev = Default::default();
+        let g = vec![Tensor::<Flex, 1>::from_floats([3.0, 4.0], &dev)];
+        let (out, total) = clip_tensors(g, 10.0);
+        assert_eq!(total, 5.0);
+        assert_eq!(out[0].to_data().to_vec::<f32>().unwrap(), vec![3.0, 4.0]);
+
+        let g = vec![
+            Tensor::<Flex, 1>::from_floats([3.0], &dev),
+            Tensor::<Flex, 1>::from_floats([4.0], &dev),
+        ];
+        let (out, total) = clip_tensors(g, 1.0);
+        assert_eq!(total, 5.0);
+        let a = out[0].to_data().to_vec::<f32>().unwrap()[0];
+        let b = out[1].to_data().to_vec::<f32>().unwrap()[0];
+        assert!((a - 0.6).abs() < 1e-6 && (b - 0.8).abs() < 1e-6, "{a} {b}");
+    }
+
+    #[test]
+    fn no_grads_gives_zero() {
+        let (out, total) = clip_tensors::<Flex>(Vec::new(), 1.0);
+        assert!(out.is_empty());
+        assert_eq!(total, 0.0);
+    }
+}
