@@ -349,3 +349,41 @@ fn bilstm_export_reloads_identically() {
         b.into_data().to_vec::<f32>().unwrap()
     );
 }
+
+#[test]
+fn from_scratch_model_follows_the_model_section() {
+    let s = pipeline::settings::Settings::from_toml(
+        "[data]\ntrain='x'\n[model]\nhidden_size=16\nnum_hidden_layers=3\nnum_attention_heads=2\nintermediate_size=32\nhead='bilstm'\nnum_rnn_layers=1\n",
+        &[],
+    )
+    .unwrap();
+    let cfg = s.model.scratch_config(300, 1, 40);
+    assert_eq!(
+        cfg.max_position_embeddings, 42,
+        "RoBERTa positions start after pad"
+    );
+    let dev = Default::default();
+    let model = QaModel::<B>::init(&cfg, &s.model.head_config(), &dev).unwrap();
+    assert_eq!(model.encoder.encoder.layer.len(), 3);
+    assert_eq!(model.lstm.as_ref().unwrap().layers.len(), 1);
+    // HF zeroes the padding row of the word embeddings.
+    let row = model
+        .encoder
+        .embeddings
+        .word_embeddings
+        .weight
+        .val()
+        .slice([1..2, 0..16])
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    assert!(row.iter().all(|x| *x == 0.0));
+    let ids = vec![vec![0i64, 5, 2, 7, 8, 2, 1, 1]];
+    let mask = vec![vec![1i64, 1, 1, 1, 1, 1, 0, 0]];
+    let (s, e) = model.forward(
+        int_tensor(&ids),
+        int_tensor(&mask),
+        int_tensor(&[vec![0; 8]]),
+    );
+    assert_eq!((s.dims(), e.dims()), ([1, 8], [1, 8]));
+}
