@@ -22,7 +22,30 @@ pub struct Settings {
     pub model: ModelSettings,
     pub train: TrainSettings,
     pub decode: DecodeSettings,
+    pub ensemble: EnsembleSettings,
     pub evaluate: EvaluateSettings,
+    pub submit: SubmitSettings,
+}
+
+/// `[ensemble]`: how the folds' test logits combine.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnsembleSettings {
+    pub method: crate::stages::ensemble::EnsembleMethod,
+}
+
+/// `[submit]`: which files the submission gets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubmitSettings {
+    /// Also write `submission.csv` (`id,answer`).
+    pub csv: bool,
+}
+
+impl Default for SubmitSettings {
+    fn default() -> Self {
+        Self { csv: true }
+    }
 }
 
 /// `[run]`: where outputs go.

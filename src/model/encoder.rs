@@ -60,16 +60,24 @@ pub struct Embeddings<B: Backend> {
 impl<B: Backend> Embeddings<B> {
     fn init(cfg: &EncoderConfig, device: &B::Device) -> Self {
         let std = cfg.initializer_range;
-        let word = hf_embedding(cfg.vocab_size, cfg.hidden_size, std, device);
-        // HF zeroes the padding row of the word embeddings.
-        let w = word.weight.val();
-        let pad = cfg.pad_token_id.min(cfg.vocab_size.saturating_sub(1));
-        let zero_row = Tensor::zeros([1, cfg.hidden_size], device);
-        let word = Embedding {
-            weight: Param::from_tensor(
-                w.slice_assign([pad..pad + 1, 0..cfg.hidden_size], zero_row),
-            ),
-        };
+        // HF zeroes the padding row of the word embeddings. Done on the data so the parameter
+        // stays a leaf tensor for autodiff.
+        let (n, d) = (cfg.vocab_size, cfg.hidden_size);
+        let random: Tensor<B, 2> = Tensor::random([n, d], Distribution::Normal(0.0, std), device);
+        let mut values = random
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .unwrap_or_default();
+        let pad = cfg.pad_token_id.min(n.saturating_sub(1));
+        values[pad * d..(pad + 1) * d]
+            .iter_mut()
+            .for_each(|x| *x = 0.0);
+        let mut word = EmbeddingConfig::new(n, d).init(device);
+        word.weight = Param::from_tensor(Tensor::from_data(
+            burn::tensor::TensorData::new(values, [n, d]),
+            device,
+        ));
         Self {
             word_embeddings: word,
             position_embeddings: hf_embedding(
@@ -367,6 +375,12 @@ impl<B: Backend> EncoderModel<B> {
     ) -> Tensor<B, 3> {
         let [b, l] = input_ids.dims();
         let positions = self.position_ids(&input_ids);
+        // RoBERTa has one token type; a BERT-style tokenizer may still mark the context with 1.
+        let token_type_ids = if self.embeddings.token_type_embeddings.weight.dims()[0] == 1 {
+            token_type_ids.zeros_like()
+        } else {
+            token_type_ids
+        };
         let mut x = self
             .embeddings
             .forward(input_ids, token_type_ids, positions);

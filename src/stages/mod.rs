@@ -5,8 +5,13 @@
 //! list, skipping done stages; a single stage refuses to run on top of an upstream stage that is
 //! missing or stale.
 
+pub mod ensemble;
+pub mod evaluate;
+pub mod predict;
 pub mod prepare;
 pub mod split;
+pub mod submit;
+pub mod train;
 
 use std::path::{Path, PathBuf};
 
@@ -53,12 +58,9 @@ impl Stage {
         }
     }
 
-    /// Stages whose code does not exist yet, and the issue that builds them.
-    fn not_built(self) -> Option<&'static str> {
-        match self {
-            Stage::Prepare | Stage::Split => None,
-            _ => Some("the model and training issues (#3, #4)"),
-        }
+    /// Stages that run once per fold.
+    pub fn per_fold(self) -> bool {
+        matches!(self, Stage::Train | Stage::Predict)
     }
 
     /// The stage this one reads from.
@@ -105,6 +107,10 @@ impl Ctx {
 
 /// What decides whether a stage is up to date.
 pub struct Plan {
+    /// `prepare`, or `train fold 2`.
+    pub label: String,
+    /// The fold of a per-fold stage.
+    pub fold: Option<usize>,
     pub dir: PathBuf,
     pub config_hash: String,
     pub inputs: Vec<(String, PathBuf)>,
@@ -132,39 +138,126 @@ fn hash_of<T: Serialize>(v: &T) -> Result<String> {
     run::config_hash(v)
 }
 
-/// The settings and inputs a stage reads.
-pub fn plan(ctx: &Ctx, stage: Stage) -> Result<Plan> {
-    let s = &ctx.settings;
-    let dir = ctx.stage_dir(stage);
-    let (config_hash, inputs) = match stage {
-        Stage::Prepare => prepare::plan(s)?,
-        Stage::Split => (
-            hash_of(&s.split)?,
-            vec![(
-                "prepare/examples.parquet".to_string(),
-                ctx.stage_dir(Stage::Prepare).join("examples.parquet"),
-            )],
-        ),
-        _ => (String::new(), Vec::new()),
-    };
-    Ok(Plan {
-        dir,
-        config_hash,
-        inputs,
-    })
+/// The folds a per-fold stage runs: `--fold K`, or all.
+fn folds(ctx: &Ctx) -> Vec<usize> {
+    match ctx.fold {
+        Some(k) => vec![k],
+        None => (0..ctx.settings.split.folds).collect(),
+    }
 }
 
-/// Where a stage stands, with its manifest when it has one.
-pub fn status(ctx: &Ctx, stage: Stage) -> Result<(Status, Option<Manifest>)> {
-    if let Some(issue) = stage.not_built() {
-        return Ok((Status::Stale(format!("not built yet: {issue}")), None));
+/// The settings and inputs of each unit of a stage (one, or one per fold).
+pub fn plans(ctx: &Ctx, stage: Stage) -> Result<Vec<Plan>> {
+    let s = &ctx.settings;
+    let prep = ctx.stage_dir(Stage::Prepare);
+    let split = ctx.stage_dir(Stage::Split).join("folds.parquet");
+    let input = |p: PathBuf| (p.display().to_string(), p);
+    let one = |config_hash: String, inputs: Vec<(String, PathBuf)>| {
+        Ok(vec![Plan {
+            label: stage.name().to_string(),
+            fold: None,
+            dir: ctx.stage_dir(stage),
+            config_hash,
+            inputs,
+        }])
+    };
+    match stage {
+        Stage::Prepare => {
+            let (h, i) = prepare::plan(s)?;
+            one(h, i)
+        }
+        Stage::Split => one(
+            hash_of(&s.split)?,
+            vec![input(prep.join("examples.parquet"))],
+        ),
+        Stage::Train | Stage::Predict => folds(ctx)
+            .into_iter()
+            .map(|k| {
+                let (dir, config_hash, mut inputs) = if stage == Stage::Train {
+                    let mut inputs = vec![
+                        input(prep.join("examples.parquet")),
+                        input(prep.join("features.safetensors")),
+                        input(prep.join("tokenizer/tokenizer.json")),
+                        input(split.clone()),
+                    ];
+                    if let Some(dir) = &s.model.pretrained {
+                        inputs.extend(files_of(dir).into_iter().map(input));
+                    }
+                    (
+                        train::fold_dir(&ctx.run_dir, k),
+                        hash_of(&(&s.model, &s.train, &s.decode, &s.evaluate, k))?,
+                        inputs,
+                    )
+                } else {
+                    (
+                        ctx.stage_dir(Stage::Predict).join(format!("fold-{k}")),
+                        hash_of(&(&s.train.device, s.train.eval_batch_size, k))?,
+                        vec![
+                            input(prep.join("features.safetensors")),
+                            input(split.clone()),
+                        ],
+                    )
+                };
+                if stage == Stage::Predict {
+                    inputs.push(input(
+                        train::fold_dir(&ctx.run_dir, k).join("best/model.safetensors"),
+                    ));
+                }
+                Ok(Plan {
+                    label: format!("{} fold {k}", stage.name()),
+                    fold: Some(k),
+                    dir,
+                    config_hash,
+                    inputs,
+                })
+            })
+            .collect(),
+        Stage::Ensemble => {
+            let mut inputs = vec![input(prep.join("features.safetensors"))];
+            for k in 0..s.split.folds {
+                let d = ctx.stage_dir(Stage::Predict).join(format!("fold-{k}"));
+                inputs.push(input(d.join("test_logits.safetensors")));
+                inputs.push(input(d.join("oof_logits.safetensors")));
+            }
+            one(
+                hash_of(&(&s.ensemble, &s.decode, &s.train.keep_best_by))?,
+                inputs,
+            )
+        }
+        Stage::Evaluate => {
+            let e = ctx.stage_dir(Stage::Ensemble);
+            one(
+                hash_of(&(&s.evaluate, &s.decode))?,
+                vec![
+                    input(e.join("predictions.json")),
+                    input(e.join("oof_predictions.json")),
+                    input(split.clone()),
+                ],
+            )
+        }
+        Stage::Submit => {
+            let e = ctx.stage_dir(Stage::Ensemble);
+            one(
+                hash_of(&s.submit)?,
+                vec![
+                    input(e.join("predictions.json")),
+                    input(e.join("nbest_predictions.json")),
+                ],
+            )
+        }
     }
-    let p = plan(ctx, stage)?;
+}
+
+/// Where one unit stands.
+fn unit_status(ctx: &Ctx, stage: Stage, p: &Plan) -> Result<(Status, Option<Manifest>)> {
     for (_, path) in &p.inputs {
         if !path.exists() {
             let m = Manifest::read(&p.dir)?;
             let why = match stage.upstream() {
-                Some(up) if path.starts_with(ctx.stage_dir(up)) => {
+                Some(up)
+                    if path.starts_with(ctx.stage_dir(up))
+                        || path.starts_with(ctx.run_dir.join(up.name())) =>
+                {
                     format!("needs `{}` first", up.name())
                 }
                 _ => format!("input {} does not exist", path.display()),
@@ -182,25 +275,45 @@ pub fn status(ctx: &Ctx, stage: Stage) -> Result<(Status, Option<Manifest>)> {
     run::check(&p.dir, &p.config_hash, &p.inputs)
 }
 
-fn run_one(ctx: &Ctx, stage: Stage) -> Result<Manifest> {
-    let p = plan(ctx, stage)?;
-    ctx.ui.info(&format!("{}: running", stage.name()));
-    let m = match stage {
-        Stage::Prepare => prepare::run(ctx, p)?,
-        Stage::Split => split::run(ctx, p)?,
-        other => bail!(
-            "stage `{}` is not built yet: it comes with {}",
-            other.name(),
-            other.not_built().unwrap_or("a later issue")
-        ),
-    };
-    ctx.ui.info(&format!(
-        "{}: done in {:.1}s -> {}",
-        stage.name(),
-        m.elapsed_s,
-        ctx.stage_dir(stage).display()
-    ));
-    Ok(m)
+/// Where a stage stands: done when every unit (fold) is; else the first unit that is not.
+pub fn status(ctx: &Ctx, stage: Stage) -> Result<(Status, Option<Manifest>)> {
+    let mut last = None;
+    for p in plans(ctx, stage)? {
+        let (st, m) = unit_status(ctx, stage, &p)?;
+        if st != Status::Done {
+            let st = match (stage.per_fold(), st) {
+                (true, Status::Missing) => Status::Stale(format!("{} is missing", p.label)),
+                (true, Status::Stale(why)) => Status::Stale(format!("{}: {why}", p.label)),
+                (_, st) => st,
+            };
+            return Ok((st, m));
+        }
+        last = m;
+    }
+    Ok((Status::Done, last))
+}
+
+fn run_one(ctx: &Ctx, stage: Stage) -> Result<()> {
+    for p in plans(ctx, stage)? {
+        if !ctx.force && unit_status(ctx, stage, &p)?.0 == Status::Done {
+            ctx.ui.info(&format!("{}: up to date, skipped", p.label));
+            continue;
+        }
+        let label = p.label.clone();
+        ctx.ui.info(&format!("{label}: running"));
+        let m = match stage {
+            Stage::Prepare => prepare::run(ctx, p)?,
+            Stage::Split => split::run(ctx, p)?,
+            Stage::Train => train::run(ctx, p)?,
+            Stage::Predict => predict::run(ctx, p)?,
+            Stage::Ensemble => ensemble::run(ctx, p)?,
+            Stage::Evaluate => evaluate::run(ctx, p)?,
+            Stage::Submit => submit::run(ctx, p)?,
+        };
+        ctx.ui
+            .info(&format!("{label}: done in {:.1}s", m.elapsed_s));
+    }
+    Ok(())
 }
 
 /// `pipeline run <stage>`: runs it unless up to date (or forced); upstream must be done.
@@ -217,26 +330,33 @@ pub fn run_stage(ctx: &Ctx, stage: Stage) -> Result<()> {
             );
         }
     }
-    if stage.not_built().is_none() && !ctx.force && status(ctx, stage)?.0 == Status::Done {
+    if !ctx.force && status(ctx, stage)?.0 == Status::Done {
         ctx.ui.info(&format!(
             "{}: up to date (use --force to rerun)",
             stage.name()
         ));
         return Ok(());
     }
-    run_one(ctx, stage).map(|_| ())
+    run_one(ctx, stage)
 }
 
 /// `pipeline run all`: every stage in order, skipping those up to date.
 pub fn run_all(ctx: &Ctx) -> Result<()> {
     for stage in Stage::ALL {
-        if stage.not_built().is_none() && !ctx.force && status(ctx, stage)?.0 == Status::Done {
+        if !ctx.force && status(ctx, stage)?.0 == Status::Done {
             ctx.ui
                 .info(&format!("{}: up to date, skipped", stage.name()));
             continue;
         }
         run_one(ctx, stage)?;
     }
+    let submit = ctx.stage_dir(Stage::Submit);
+    let evaluate = ctx.stage_dir(Stage::Evaluate);
+    ctx.ui.info(&format!(
+        "done: submission {} , scores {}",
+        submit.join("predictions.json").display(),
+        evaluate.join("report.md").display()
+    ));
     Ok(())
 }
 
@@ -250,6 +370,25 @@ pub fn report_status(ctx: &Ctx) -> Result<String> {
             st = Status::Stale("an upstream stage is not done".into());
         }
         out.push_str(&format!("{:<9} {}\n", stage.name(), st.label()));
+        if stage.per_fold() {
+            for p in plans(ctx, stage)? {
+                let (fs, fm) = unit_status(ctx, stage, &p)?;
+                let best = fm
+                    .as_ref()
+                    .and_then(|m| m.summary.get("best"))
+                    .filter(|b| !b.is_null())
+                    .map(|b| {
+                        format!(
+                            ", best F1 {:.2} EM {:.2} at step {}",
+                            b["f1"].as_f64().unwrap_or(0.0),
+                            b["exact_match"].as_f64().unwrap_or(0.0),
+                            b["step"]
+                        )
+                    })
+                    .unwrap_or_default();
+                out.push_str(&format!("          {}: {}{best}\n", p.label, fs.label()));
+            }
+        }
         if let (Status::Done, Some(m)) = (&st, &m) {
             let extra = match stage {
                 Stage::Prepare => prepare::describe(&m.summary),

@@ -1,5 +1,6 @@
 //! Training pieces: losses, optimizers (AdamW, AdamP), learning-rate schedules, gradient clipping.
 
+pub mod batch;
 pub mod clip;
 pub mod loss;
 pub mod optim;

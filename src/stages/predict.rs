@@ -1,0 +1,71 @@
+//! `predict`: each fold's best checkpoint scores its own out-of-fold windows and every test
+//! window.
+//!
+//! Reads `train/fold-K/best/`, `prepare/features.safetensors`, `split/folds.parquet`; writes
+//! `predict/fold-K/oof_logits.safetensors` and `test_logits.safetensors` (`start_logits`,
+//! `end_logits` `[rows, seq]`, `example_index`, `feature_index`; test rows in feature order,
+//! the same for every fold, so `ensemble` can average them).
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::Backend;
+use serde_json::json;
+
+use super::{train::fold_dir, Ctx, Plan, Stage};
+use crate::artifacts::{read_folds, Features, TEST_FOLD};
+use crate::device::Device;
+use crate::infer::write_logits;
+use crate::model::QaModel;
+use crate::run::{Manifest, StageWriter};
+use crate::train::batch::logits;
+
+/// Runs one fold.
+pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
+    let device: Device = ctx.settings.train.device.parse()?;
+    match device {
+        Device::Cpu => run_on::<burn::backend::Flex>(ctx, plan, &Default::default()),
+        Device::Cuda(i) => {
+            let d = crate::device::cuda_device(i)?;
+            run_on::<crate::device::CudaBackend>(ctx, plan, &d)
+        }
+    }
+}
+
+fn run_on<B: Backend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Result<Manifest> {
+    let fold = plan.fold.context("predict runs per fold")?;
+    let mut w = StageWriter::begin(
+        plan.dir,
+        &format!("predict fold {fold}"),
+        plan.config_hash,
+        &plan.inputs,
+    )?;
+    let best = fold_dir(&ctx.run_dir, fold).join("best");
+    let (model, _, _) =
+        QaModel::<B>::from_pretrained(&best, &ctx.settings.model.head_config(), device)
+            .with_context(|| format!("loading {}", best.display()))?;
+    let feats = Features::load(&ctx.stage_dir(Stage::Prepare).join("features.safetensors"))?;
+    let folds = read_folds(&ctx.stage_dir(Stage::Split).join("folds.parquet"))?;
+    let fold_of = |r: usize| folds[feats.example_index[r] as usize];
+    let oof: Vec<usize> = (0..feats.len())
+        .filter(|&r| fold_of(r) == fold as i32)
+        .collect();
+    let test: Vec<usize> = (0..feats.len())
+        .filter(|&r| fold_of(r) == TEST_FOLD)
+        .collect();
+    let bs = ctx.settings.train.eval_batch_size;
+    let bar = ctx.ui.bar(
+        (oof.len() + test.len()) as u64,
+        &format!("predict fold {fold}"),
+    );
+    for (name, rows) in [
+        ("oof_logits.safetensors", &oof),
+        ("test_logits.safetensors", &test),
+    ] {
+        let lg = logits(&model, &feats, rows, bs, device, &|n| bar.inc(n));
+        let ex: Vec<i64> = rows.iter().map(|&r| feats.example_index[r]).collect();
+        let fi: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        write_logits(&w.path(name), &lg, &ex, Some(&fi))?;
+        w.record(name)?;
+    }
+    bar.finish_and_clear();
+    w.finish(json!({"fold": fold, "oof_windows": oof.len(), "test_windows": test.len()}))
+}

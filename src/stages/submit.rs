@@ -1,0 +1,56 @@
+//! `submit`: the competition files from the ensemble's predictions.
+//!
+//! Reads `ensemble/predictions.json` and `nbest_predictions.json`; writes
+//! `submit/predictions.json` (`{"id": "answer"}`, UTF-8, not ASCII-escaped),
+//! `nbest_predictions.json`, and `submission.csv` (`id,answer`) when `submit.csv` is set.
+
+use anyhow::Result;
+use serde_json::json;
+
+use super::{Ctx, Plan, Stage};
+use crate::run::{Manifest, StageWriter};
+
+/// Quotes a CSV field when it needs it (RFC 4180).
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Runs the stage.
+pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
+    let mut w = StageWriter::begin(plan.dir, "submit", plan.config_hash, &plan.inputs)?;
+    let ens = ctx.stage_dir(Stage::Ensemble);
+    let preds: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&std::fs::read(ens.join("predictions.json"))?)?;
+    w.write_json("predictions.json", &preds)?;
+    w.write(
+        "nbest_predictions.json",
+        &std::fs::read(ens.join("nbest_predictions.json"))?,
+    )?;
+    if ctx.settings.submit.csv {
+        let mut csv = String::from("id,answer\n");
+        for (id, a) in &preds {
+            csv.push_str(&format!("{},{}\n", csv_field(id), csv_field(a)));
+        }
+        w.write("submission.csv", csv.as_bytes())?;
+    }
+    ctx.ui.info(&format!(
+        "submit: {} predictions -> {}",
+        preds.len(),
+        w.path("predictions.json").display()
+    ));
+    w.finish(json!({"predictions": preds.len(), "csv": ctx.settings.submit.csv}))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn csv_fields_are_quoted_when_needed() {
+        assert_eq!(super::csv_field("서울"), "서울");
+        assert_eq!(super::csv_field("a,b"), "\"a,b\"");
+        assert_eq!(super::csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+}

@@ -1,0 +1,537 @@
+//! `train`: fine-tunes one encoder + head per fold, validating on the fold's held-out examples.
+//!
+//! Reads `prepare/` (features, examples, tokenizer) and `split/folds.parquet`; writes into
+//! `train/fold-K/`: `best/` (a HF folder: the checkpoint with the best `keep_best_by`),
+//! `last/` (a resumable checkpoint: weights, `optimizer.json`, `trainer_state.json`),
+//! `metrics.jsonl` (one line per validation) and the manifest. A fold whose manifest is absent
+//! but whose `last/` matches the current settings resumes from it. The data order of every
+//! epoch and the dropout of every step are seeded from (seed, fold, epoch/step), so a resumed
+//! run takes exactly the steps an uninterrupted one takes.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{Ctx, Plan, Stage};
+use crate::artifacts::{read_examples, read_folds, Features};
+use crate::device::Device;
+use crate::infer::{decode_rows, Logits};
+use crate::model::config::EncoderConfig;
+use crate::model::export::save_pretrained;
+use crate::model::QaModel;
+use crate::qa::decode::{argmax, DecodeConfig};
+use crate::qa::examples::Example;
+use crate::qa::metrics;
+use crate::qa::windows::QaTokenizer;
+use crate::run::{Manifest, StageWriter};
+use crate::settings::{KeepBestBy, Settings};
+use crate::train::batch::{batch, logits};
+use crate::train::clip::clip_grad_norm;
+use crate::train::loss::qa_loss;
+use crate::train::optim::{OptimState, QaOptimizer};
+use crate::train::schedule::{lr_at, warmup_steps};
+
+/// One validation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalLine {
+    pub step: usize,
+    pub epoch: f64,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub loss: f64,
+    pub start_acc: f64,
+    pub end_acc: f64,
+    pub exact_match: f64,
+    pub f1: f64,
+    pub elapsed_s: f64,
+}
+
+impl EvalLine {
+    /// The value `keep_best_by` compares, larger is better.
+    fn score(&self, by: KeepBestBy) -> f64 {
+        match by {
+            KeepBestBy::Em => self.exact_match,
+            KeepBestBy::F1 => self.f1,
+            KeepBestBy::Loss => -self.loss,
+            KeepBestBy::StartAcc => self.start_acc,
+            KeepBestBy::EndAcc => self.end_acc,
+        }
+    }
+}
+
+/// Where a fold's training stands; saved in `last/trainer_state.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TrainerState {
+    pub config_hash: String,
+    /// Optimizer steps taken.
+    pub step: usize,
+    /// Epoch and batch within it to continue from.
+    pub epoch: usize,
+    pub batch: usize,
+    pub best: Option<EvalLine>,
+    pub evals_since_best: usize,
+    pub history: Vec<EvalLine>,
+    pub train_seconds: f64,
+    pub windows_seen: usize,
+}
+
+/// The fold's folder.
+pub fn fold_dir(run_dir: &Path, fold: usize) -> PathBuf {
+    run_dir.join("train").join(format!("fold-{fold}"))
+}
+
+/// Runs one fold on the configured device.
+pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
+    let device: Device = ctx.settings.train.device.parse()?;
+    match device {
+        Device::Cpu => {
+            run_on::<burn::backend::Autodiff<burn::backend::Flex>>(ctx, plan, &Default::default())
+        }
+        Device::Cuda(i) => {
+            let d = crate::device::cuda_device(i)?;
+            run_on::<burn::backend::Autodiff<crate::device::CudaBackend>>(ctx, plan, &d)
+        }
+    }
+}
+
+/// The data a fold trains and validates on.
+struct FoldData {
+    feats: Features,
+    examples: Vec<Example>,
+    train_rows: Vec<usize>,
+    val_rows: Vec<usize>,
+}
+
+fn fold_data(ctx: &Ctx, fold: usize) -> Result<FoldData> {
+    let prep = ctx.stage_dir(Stage::Prepare);
+    let feats = Features::load(&prep.join("features.safetensors"))?;
+    let (examples, _) = read_examples(&prep.join("examples.parquet"))?;
+    let folds = read_folds(&ctx.stage_dir(Stage::Split).join("folds.parquet"))?;
+    let fold_of = |r: usize| folds[feats.example_index[r] as usize];
+    let train_rows: Vec<usize> = (0..feats.len())
+        .filter(|&r| feats.train_window[r] == 1 && fold_of(r) >= 0 && fold_of(r) != fold as i32)
+        .collect();
+    let val_rows: Vec<usize> = (0..feats.len())
+        .filter(|&r| fold_of(r) == fold as i32)
+        .collect();
+    if train_rows.is_empty() || val_rows.is_empty() {
+        bail!(
+            "fold {fold} has {} training and {} validation windows: too little data for {} folds",
+            train_rows.len(),
+            val_rows.len(),
+            ctx.settings.split.folds
+        );
+    }
+    Ok(FoldData {
+        feats,
+        examples,
+        train_rows,
+        val_rows,
+    })
+}
+
+/// The model at the start of training, its config and the config.json to export it with.
+fn initial_model<B: Backend>(
+    s: &Settings,
+    tok: &QaTokenizer,
+    device: &B::Device,
+) -> Result<(QaModel<B>, EncoderConfig, Option<serde_json::Value>)> {
+    let head = s.model.head_config();
+    match &s.model.pretrained {
+        Some(dir) => {
+            let (m, cfg, _) = QaModel::from_pretrained(dir, &head, device)
+                .with_context(|| format!("loading {}", dir.display()))?;
+            let base = serde_json::from_slice(&std::fs::read(dir.join("config.json"))?)?;
+            Ok((m, cfg, Some(base)))
+        }
+        None => {
+            let cfg = s.model.scratch_config(
+                tok.vocab_size(),
+                tok.pad_id as usize,
+                s.prepare.max_seq_length,
+            );
+            Ok((QaModel::init(&cfg, &head, device)?, cfg, None))
+        }
+    }
+}
+
+/// Validation: loss, start/end accuracy on windows holding the answer, EM/F1 on decoded text.
+#[allow(clippy::too_many_arguments)]
+fn validate<B: Backend>(
+    model: &QaModel<B>,
+    data: &FoldData,
+    s: &Settings,
+    device: &B::Device,
+) -> (f64, f64, f64, f64, f64, Logits) {
+    let t = &s.train;
+    let loss_cfg = t.loss_config();
+    let mut loss_sum = 0.0;
+    for chunk in data.val_rows.chunks(t.eval_batch_size) {
+        let b = batch::<B>(&data.feats, chunk, device);
+        let (st, en) = model.forward(b.input_ids, b.attention_mask, b.token_type_ids);
+        let loss = qa_loss(&loss_cfg, st, en, b.start_positions, b.end_positions);
+        loss_sum += loss.into_scalar().elem::<f64>() * chunk.len() as f64;
+    }
+    let lg = logits(
+        model,
+        &data.feats,
+        &data.val_rows,
+        t.eval_batch_size,
+        device,
+        &|_| {},
+    );
+    let l = lg.seq;
+    let (mut hit_s, mut hit_e, mut labelled) = (0usize, 0usize, 0usize);
+    for (k, &r) in data.val_rows.iter().enumerate() {
+        let (sp, ep) = (data.feats.start_positions[r], data.feats.end_positions[r]);
+        if sp == 0 && ep == 0 {
+            continue; // the answer is not in this window
+        }
+        labelled += 1;
+        hit_s += usize::from(argmax(&lg.start[k * l..(k + 1) * l]) == sp as usize);
+        hit_e += usize::from(argmax(&lg.end[k * l..(k + 1) * l]) == ep as usize);
+    }
+    let (em, f1) = score_rows(&data.examples, &data.feats, &data.val_rows, &lg, s);
+    let n = labelled.max(1) as f64;
+    (
+        loss_sum / data.val_rows.len() as f64,
+        hit_s as f64 / n,
+        hit_e as f64 / n,
+        em,
+        f1,
+        lg,
+    )
+}
+
+/// EM/F1 of the examples behind `rows` decoded from `lg`.
+pub fn score_rows(
+    examples: &[Example],
+    feats: &Features,
+    rows: &[usize],
+    lg: &Logits,
+    s: &Settings,
+) -> (f64, f64) {
+    let row_example: Vec<usize> = rows
+        .iter()
+        .map(|&r| feats.example_index[r] as usize)
+        .collect();
+    let offsets: Vec<_> = rows.iter().map(|&r| feats.context_offsets(r)).collect();
+    let cfg = DecodeConfig {
+        n_best_size: s.decode.n_best_size,
+        max_answer_length: s.decode.max_answer_length,
+    };
+    let (preds, _) = decode_rows(examples, &row_example, &offsets, lg, &cfg);
+    let golds: Vec<(String, Vec<String>)> = preds
+        .keys()
+        .filter_map(|id| examples.iter().find(|e| &e.id == id))
+        .map(|e| {
+            (
+                e.id.clone(),
+                e.answers.iter().map(|a| a.text.clone()).collect(),
+            )
+        })
+        .collect();
+    let (score, _) = metrics::score(
+        s.evaluate.metric,
+        golds.iter().map(|(id, g)| (id.as_str(), g.as_slice())),
+        &preds.into_iter().collect(),
+    );
+    (score.exact_match, score.f1)
+}
+
+/// Writes a HF folder atomically enough: into `dir.tmp`, then swapped into place.
+fn save_dir<B: Backend>(
+    model: &QaModel<B>,
+    cfg: &EncoderConfig,
+    base: Option<&serde_json::Value>,
+    tok_dir: &Path,
+    dir: &Path,
+    extra: &[(&str, Vec<u8>)],
+) -> Result<()> {
+    let tmp = dir.with_extension("tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    save_pretrained(model, cfg, base, tok_dir, &tmp)?;
+    for (name, bytes) in extra {
+        crate::run::write_atomic(&tmp.join(name), bytes)?;
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::rename(&tmp, dir).with_context(|| format!("renaming into {}", dir.display()))?;
+    Ok(())
+}
+
+/// A seed for (fold, epoch or step) so data order and dropout are reproducible on resume.
+fn mix(seed: u64, fold: usize, n: usize, salt: u64) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(&seed.to_le_bytes());
+    h.update(&(fold as u64).to_le_bytes());
+    h.update(&(n as u64).to_le_bytes());
+    h.update(&salt.to_le_bytes());
+    let b = h.finalize();
+    u64::from_le_bytes(b.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+}
+
+fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Result<Manifest> {
+    let s = &ctx.settings;
+    let t = &s.train;
+    let fold = plan.fold.context("train runs per fold")?;
+    let dir = plan.dir.clone();
+    let last_dir = dir.join("last");
+    let best_dir = dir.join("best");
+    let config_hash = plan.config_hash.clone();
+    let mut w = StageWriter::begin(
+        dir.clone(),
+        &format!("train fold {fold}"),
+        plan.config_hash,
+        &plan.inputs,
+    )?;
+
+    let data = fold_data(ctx, fold)?;
+    let tok_dir = ctx.stage_dir(Stage::Prepare).join("tokenizer");
+    let tok = QaTokenizer::load(&tok_dir)?;
+    B::seed(device, mix(t.seed, fold, 0, 1));
+    let (mut model, enc_cfg, base_cfg) = initial_model::<B>(s, &tok, device)?;
+    let mut optim = QaOptimizer::<B>::new(t.optim_config());
+    let mut st = TrainerState {
+        config_hash: config_hash.clone(),
+        ..Default::default()
+    };
+
+    // Resume from the last checkpoint when it was made with these settings.
+    let state_path = last_dir.join("trainer_state.json");
+    if let Ok(bytes) = std::fs::read(&state_path) {
+        let saved: TrainerState = serde_json::from_slice(&bytes)
+            .with_context(|| format!("parsing {}", state_path.display()))?;
+        if saved.config_hash == config_hash {
+            let (m, _, _) =
+                QaModel::<B>::from_pretrained(&last_dir, &s.model.head_config(), device)?;
+            model = m;
+            let os: OptimState =
+                serde_json::from_slice(&std::fs::read(last_dir.join("optimizer.json"))?)?;
+            optim.load_state(os, device)?;
+            st = saved;
+            if st.best.is_some() && !best_dir.exists() {
+                st.best = None;
+            }
+            ctx.ui
+                .info(&format!("train fold {fold}: resuming at step {}", st.step));
+        } else {
+            ctx.ui.info(&format!(
+                "train fold {fold}: settings changed, starting over"
+            ));
+            std::fs::remove_dir_all(&last_dir).ok();
+        }
+    }
+
+    let batches_per_epoch = data.train_rows.len().div_ceil(t.batch_size);
+    let steps_per_epoch = batches_per_epoch.div_ceil(t.gradient_accumulation);
+    let total_steps = steps_per_epoch * t.epochs;
+    let warmup = warmup_steps(total_steps, t.warmup_steps, t.warmup_ratio);
+    let eval_every = if t.eval_every == 0 {
+        steps_per_epoch
+    } else {
+        t.eval_every
+    };
+    let ckpt_every = if t.checkpoint_every == 0 {
+        eval_every
+    } else {
+        t.checkpoint_every
+    };
+    let loss_cfg = t.loss_config();
+    ctx.ui.info(&format!(
+        "train fold {fold}: {} training windows, {} validation windows, {total_steps} steps ({warmup} warmup), device {}",
+        data.train_rows.len(),
+        data.val_rows.len(),
+        t.device
+    ));
+
+    let bar = ctx.ui.bar(total_steps as u64, &format!("fold {fold}"));
+    bar.set_position(st.step as u64);
+    let started = std::time::Instant::now();
+    let time_before = st.train_seconds;
+    let mut running = (0.0f64, 0usize);
+    let mut stop = false;
+    let mut accum = GradientsAccumulator::<QaModel<B>>::new();
+    let mut in_accum = 0usize;
+
+    let save_last = |model: &QaModel<B>, optim: &QaOptimizer<B>, st: &TrainerState| -> Result<()> {
+        let os = serde_json::to_vec(&optim.state())?;
+        let ts = serde_json::to_vec_pretty(st)?;
+        save_dir(
+            model,
+            &enc_cfg,
+            base_cfg.as_ref(),
+            &tok_dir,
+            &last_dir,
+            &[("optimizer.json", os), ("trainer_state.json", ts)],
+        )
+    };
+
+    'epochs: for epoch in st.epoch..t.epochs {
+        let mut order = data.train_rows.clone();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(t.seed, fold, epoch, 2)));
+        let batches: Vec<&[usize]> = order.chunks(t.batch_size).collect();
+        let first = if epoch == st.epoch { st.batch } else { 0 };
+        for (bi, rows) in batches.iter().enumerate().skip(first) {
+            B::seed(device, mix(t.seed, fold, epoch * batches_per_epoch + bi, 3));
+            let b = batch::<B>(&data.feats, rows, device);
+            let (s_log, e_log) = model.forward(b.input_ids, b.attention_mask, b.token_type_ids);
+            let loss = qa_loss(&loss_cfg, s_log, e_log, b.start_positions, b.end_positions);
+            let loss = loss / t.gradient_accumulation as f64;
+            let value = loss.clone().into_scalar().elem::<f64>() * t.gradient_accumulation as f64;
+            if !value.is_finite() {
+                bail!(
+                    "train fold {fold}: the loss became {value} at step {} (epoch {epoch}, batch {bi}); the last good checkpoint is in {}",
+                    st.step,
+                    last_dir.display()
+                );
+            }
+            running.0 += value;
+            running.1 += 1;
+            st.windows_seen += rows.len();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            accum.accumulate(&model, grads);
+            in_accum += 1;
+            if in_accum < t.gradient_accumulation && bi + 1 < batches.len() {
+                continue;
+            }
+            in_accum = 0;
+            let mut grads = accum.grads();
+            if t.max_grad_norm > 0.0 {
+                let (g, norm) = clip_grad_norm(&model, grads, t.max_grad_norm);
+                if !norm.is_finite() {
+                    bail!(
+                        "train fold {fold}: gradient norm {norm} at step {}",
+                        st.step
+                    );
+                }
+                grads = g;
+            }
+            let lr = lr_at(t.schedule, t.learning_rate, st.step, warmup, total_steps);
+            model = optim.step(lr, model, grads);
+            st.step += 1;
+            st.epoch = epoch;
+            st.batch = bi + 1;
+            bar.inc(1);
+            bar.set_message(format!(
+                "fold {fold} loss {:.4}",
+                running.0 / running.1.max(1) as f64
+            ));
+
+            let last_step = st.step == total_steps;
+            if st.step % eval_every == 0 || last_step {
+                let valid = model.valid();
+                let (vloss, sacc, eacc, em, f1, _) = validate(&valid, &data, s, device);
+                let line = EvalLine {
+                    step: st.step,
+                    epoch: epoch as f64 + (bi + 1) as f64 / batches.len() as f64,
+                    lr,
+                    train_loss: running.0 / running.1.max(1) as f64,
+                    loss: vloss,
+                    start_acc: sacc,
+                    end_acc: eacc,
+                    exact_match: em,
+                    f1,
+                    elapsed_s: time_before + started.elapsed().as_secs_f64(),
+                };
+                running = (0.0, 0);
+                let improved = st
+                    .best
+                    .as_ref()
+                    .is_none_or(|b| line.score(t.keep_best_by) > b.score(t.keep_best_by));
+                if improved {
+                    save_dir(
+                        &valid,
+                        &enc_cfg,
+                        base_cfg.as_ref(),
+                        &tok_dir,
+                        &best_dir,
+                        &[],
+                    )?;
+                    st.best = Some(line.clone());
+                    st.evals_since_best = 0;
+                } else {
+                    st.evals_since_best += 1;
+                }
+                bar.println(format!(
+                    "fold {fold} step {}: loss {:.4} val loss {:.4} EM {:.2} F1 {:.2}{}",
+                    line.step,
+                    line.train_loss,
+                    line.loss,
+                    line.exact_match,
+                    line.f1,
+                    if improved { " (best)" } else { "" }
+                ));
+                st.history.push(line);
+                let lines: String = st
+                    .history
+                    .iter()
+                    .filter_map(|l| serde_json::to_string(l).ok())
+                    .map(|l| l + "\n")
+                    .collect();
+                crate::run::write_atomic(&dir.join("metrics.jsonl"), lines.as_bytes())?;
+                if t.patience > 0 && st.evals_since_best >= t.patience {
+                    ctx.ui.info(&format!(
+                        "train fold {fold}: no improvement in {} validations, stopping early",
+                        t.patience
+                    ));
+                    stop = true;
+                }
+            }
+            if st.step % ckpt_every == 0 || last_step || stop {
+                st.train_seconds = time_before + started.elapsed().as_secs_f64();
+                save_last(&model, &optim, &st)?;
+            }
+            if stop {
+                break 'epochs;
+            }
+        }
+        st.batch = 0;
+        st.epoch = epoch + 1;
+    }
+    bar.finish_and_clear();
+    st.train_seconds = time_before + started.elapsed().as_secs_f64();
+    save_last(&model, &optim, &st)?;
+    if !best_dir.exists() {
+        bail!("train fold {fold}: no validation ran, so there is no best checkpoint");
+    }
+    for f in ["model.safetensors", "config.json"] {
+        w.record(&format!("best/{f}"))?;
+    }
+    w.record("metrics.jsonl")?;
+    let best = st.best.clone();
+    ctx.ui.info(&format!(
+        "train fold {fold}: best {:?} = {:.4} at step {} ({:.0} windows/s)",
+        t.keep_best_by,
+        best.as_ref()
+            .map(|b| b.score(t.keep_best_by))
+            .unwrap_or(f64::NAN)
+            .abs(),
+        best.as_ref().map(|b| b.step).unwrap_or(0),
+        st.windows_seen as f64 / st.train_seconds.max(1e-9)
+    ));
+    w.finish(json!({
+        "fold": fold,
+        "steps": st.step,
+        "best": best,
+        "first": st.history.first(),
+        "train_seconds": st.train_seconds,
+        "windows_per_second": st.windows_seen as f64 / st.train_seconds.max(1e-9),
+        "train_windows": data.train_rows.len(),
+        "val_windows": data.val_rows.len(),
+    }))
+}
+
+use burn::tensor::ElementConversion;
