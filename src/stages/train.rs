@@ -309,7 +309,11 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
         ..Default::default()
     };
 
-    // Resume from the last checkpoint when it was made with these settings.
+    // Resume from the last checkpoint when it was made with these settings (not with --force).
+    if ctx.force && last_dir.exists() {
+        std::fs::remove_dir_all(&last_dir)
+            .with_context(|| format!("removing {}", last_dir.display()))?;
+    }
     let state_path = last_dir.join("trainer_state.json");
     if let Ok(bytes) = std::fs::read(&state_path) {
         let saved: TrainerState = serde_json::from_slice(&bytes)
@@ -357,6 +361,10 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
         t.device
     ));
 
+    // Test hook: stop as a crash would, right after a checkpoint at this step.
+    let interrupt_after: Option<usize> = std::env::var("PIPELINE_INTERRUPT_AFTER_STEP")
+        .ok()
+        .and_then(|v| v.parse().ok());
     let bar = ctx.ui.bar(total_steps as u64, &format!("fold {fold}"));
     bar.set_position(st.step as u64);
     let started = std::time::Instant::now();
@@ -496,6 +504,13 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
             }
             if stop {
                 break 'epochs;
+            }
+            if interrupt_after.is_some_and(|n| st.step >= n) {
+                save_last(&model, &optim, &st)?;
+                bail!(
+                    "train fold {fold}: interrupted after step {} (PIPELINE_INTERRUPT_AFTER_STEP)",
+                    st.step
+                );
             }
         }
         st.batch = 0;

@@ -1,0 +1,179 @@
+//! `pipeline run all` end to end on the shipped sample with a tiny model (CPU), resume after an
+//! interruption, and status per fold.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use serde_json::Value;
+
+/// A tiny, fast version of the embedded default: 2 folds, a 1-layer model, short windows.
+const TINY: &[&str] = &[
+    "--set",
+    "split.folds=2",
+    "--set",
+    "prepare.vocab_size=600",
+    "--set",
+    "model.hidden_size=32",
+    "--set",
+    "model.num_hidden_layers=1",
+    "--set",
+    "model.intermediate_size=64",
+    "--set",
+    "train.epochs=2",
+    "--set",
+    "train.batch_size=32",
+    "--set",
+    "train.learning_rate=1e-3",
+    "--set",
+    "train.eval_every=5",
+];
+
+fn args<'a>(head: &[&'a str]) -> Vec<&'a str> {
+    head.iter().chain(TINY).copied().collect()
+}
+
+fn json(p: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .unwrap()
+}
+
+#[test]
+fn run_all_produces_scores_and_a_submission() {
+    let ws = workspace();
+    let d = ws.path();
+    let out = ok(d, &args(&["run", "all"]));
+    assert!(out.contains("done: submission"), "{out}");
+    let run = d.join("outputs/sample");
+    for f in [
+        "train/fold-0/best/model.safetensors",
+        "train/fold-1/best/config.json",
+        "train/fold-0/last/optimizer.json",
+        "train/fold-0/metrics.jsonl",
+        "predict/fold-1/test_logits.safetensors",
+        "predict/fold-0/oof_logits.safetensors",
+        "ensemble/test_logits.safetensors",
+        "evaluate/metrics.json",
+        "evaluate/report.md",
+        "submit/predictions.json",
+        "submit/nbest_predictions.json",
+        "submit/submission.csv",
+    ] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    // Validation loss falls during training.
+    let lines: Vec<Value> = std::fs::read_to_string(run.join("train/fold-0/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() >= 2);
+    let first = lines[0]["loss"].as_f64().unwrap();
+    let last = lines.last().unwrap()["loss"].as_f64().unwrap();
+    assert!(
+        last < first,
+        "validation loss did not fall: {first} -> {last}"
+    );
+    // Every test question is answered, in UTF-8 (not ASCII-escaped).
+    let preds = json(&run.join("submit/predictions.json"));
+    assert_eq!(preds.as_object().unwrap().len(), 76);
+    let raw = std::fs::read_to_string(run.join("submit/predictions.json")).unwrap();
+    assert!(!raw.contains("\\u"), "predictions are ASCII-escaped");
+    let csv = std::fs::read_to_string(run.join("submit/submission.csv")).unwrap();
+    assert!(csv.starts_with("id,answer\n"));
+    for id in preds.as_object().unwrap().keys() {
+        assert!(csv.contains(&format!("\n{id},")), "{id} missing from submission.csv");
+    }
+    let m = json(&run.join("evaluate/metrics.json"));
+    assert_eq!(m["oof"]["total"], 318);
+    assert_eq!(m["test"]["ensemble"]["total"], 76);
+    assert_eq!(m["folds"].as_array().unwrap().len(), 2);
+    // A finished run is up to date, and the ensemble averaged exactly the folds' test logits.
+    let again = ok(d, &args(&["run", "all"]));
+    assert!(again.contains("train: up to date, skipped"), "{again}");
+    let status = ok(d, &args(&["status"]));
+    assert!(status.contains("train fold 1: done, best F1"), "{status}");
+}
+
+fn weights(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap()
+}
+
+#[test]
+fn an_interrupted_fold_resumes_to_the_same_weights() {
+    // Uninterrupted reference.
+    let ws = workspace();
+    let d = ws.path();
+    ok(d, &args(&["run", "prepare", "-q"]));
+    ok(d, &args(&["run", "split", "-q"]));
+    ok(d, &args(&["run", "train", "-q", "--fold", "0"]));
+    let fold0 = d.join("outputs/sample/train/fold-0");
+    let reference = weights(&fold0.join("last/model.safetensors"));
+    let reference_best = weights(&fold0.join("best/model.safetensors"));
+
+    // Same run, interrupted after step 7 (past the checkpoint at step 5), then resumed.
+    let ws2 = workspace();
+    let d2 = ws2.path();
+    ok(d2, &args(&["run", "prepare", "-q"]));
+    ok(d2, &args(&["run", "split", "-q"]));
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .args(args(&["run", "train", "-q", "--fold", "0"]))
+        .env("PIPELINE_INTERRUPT_AFTER_STEP", "7")
+        .current_dir(d2)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("interrupted after step 7"),
+        "{}",
+        text(&o)
+    );
+    let fold0b = d2.join("outputs/sample/train/fold-0");
+    assert!(
+        !fold0b.join("manifest.json").exists(),
+        "an interrupted fold must not be done"
+    );
+    let status = ok(d2, &args(&["status"]));
+    assert!(status.contains("train fold 0: missing"), "{status}");
+    let out = ok(d2, &args(&["run", "train", "--fold", "0"]));
+    assert!(out.contains("resuming at step 7"), "{out}");
+    assert_eq!(
+        reference,
+        weights(&fold0b.join("last/model.safetensors")),
+        "resumed weights differ from the uninterrupted run"
+    );
+    assert_eq!(
+        reference_best,
+        weights(&fold0b.join("best/model.safetensors"))
+    );
+    // Fold 1 was never trained: train as a whole is not done.
+    let status = ok(d2, &args(&["status"]));
+    assert!(status.contains("train fold 0: done"), "{status}");
+    assert!(status.contains("train fold 1: missing"), "{status}");
+}
+
+#[test]
+fn cuda_training_without_a_gpu_fails_cleanly() {
+    let ws = workspace();
+    let d = ws.path();
+    ok(d, &args(&["run", "prepare", "-q"]));
+    ok(d, &args(&["run", "split", "-q"]));
+    let o = pipeline(
+        d,
+        &args(&[
+            "run",
+            "train",
+            "-q",
+            "--fold",
+            "0",
+            "--set",
+            "train.device=cuda",
+        ]),
+    );
+    if o.status.success() {
+        return; // a working GPU: nothing to check here
+    }
+    let t = text(&o);
+    assert!(t.contains("--device cpu") && !t.contains("panicked"), "{t}");
+}
