@@ -83,7 +83,10 @@ fn run_all_produces_scores_and_a_submission() {
     let csv = std::fs::read_to_string(run.join("submit/submission.csv")).unwrap();
     assert!(csv.starts_with("id,answer\n"));
     for id in preds.as_object().unwrap().keys() {
-        assert!(csv.contains(&format!("\n{id},")), "{id} missing from submission.csv");
+        assert!(
+            csv.contains(&format!("\n{id},")),
+            "{id} missing from submission.csv"
+        );
     }
     let m = json(&run.join("evaluate/metrics.json"));
     assert_eq!(m["oof"]["total"], 318);
