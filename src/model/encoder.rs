@@ -14,7 +14,7 @@ use burn::nn::{
 };
 use burn::tensor::activation::{gelu, gelu_approximate, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Distribution, Int, Tensor};
+use burn::tensor::{Distribution, Int, Tensor};
 
 use super::config::{EncoderConfig, Family};
 use super::load::Weights;
@@ -151,7 +151,8 @@ pub struct SelfAttention<B: Backend> {
 }
 
 impl<B: Backend> SelfAttention<B> {
-    fn forward(&self, x: Tensor<B, 3>, pad_mask: Tensor<B, 4, Bool>) -> Tensor<B, 3> {
+    /// `pad_mask` is additive: 0 for real keys, a large negative value for padding, `[b, 1, 1, l]`.
+    fn forward(&self, x: Tensor<B, 3>, pad_mask: Tensor<B, 4>) -> Tensor<B, 3> {
         let [b, l, h] = x.dims();
         let nh = self.num_heads;
         let dh = h / nh;
@@ -160,8 +161,7 @@ impl<B: Backend> SelfAttention<B> {
         let k = heads(self.key.forward(x.clone()));
         let v = heads(self.value.forward(x));
         let scores = q.matmul(k.swap_dims(2, 3)) / (dh as f64).sqrt();
-        // HF adds finfo(dtype).min at padded keys; any value that underflows exp() is the same.
-        let scores = scores.mask_fill(pad_mask.expand([b, nh, l, l]), -1.0e9);
+        let scores = scores + pad_mask;
         let probs = self.dropout.forward(softmax(scores, 3));
         probs.matmul(v).swap_dims(1, 2).reshape([b, l, h])
     }
@@ -279,7 +279,7 @@ impl<B: Backend> Layer<B> {
         })
     }
 
-    fn forward(&self, x: Tensor<B, 3>, pad_mask: Tensor<B, 4, Bool>) -> Tensor<B, 3> {
+    fn forward(&self, x: Tensor<B, 3>, pad_mask: Tensor<B, 4>) -> Tensor<B, 3> {
         let a = &self.attention;
         let ctx = a.self_attention.forward(x.clone(), pad_mask);
         let o = &a.output;
@@ -384,7 +384,8 @@ impl<B: Backend> EncoderModel<B> {
         let mut x = self
             .embeddings
             .forward(input_ids, token_type_ids, positions);
-        let pad_mask = attention_mask.equal_elem(0).reshape([b, 1, 1, l]);
+        // HF adds finfo(dtype).min at padded keys; any value that underflows exp() is the same.
+        let pad_mask = (attention_mask.equal_elem(0).float() * -1.0e9).reshape([b, 1, 1, l]);
         for layer in &self.encoder.layer {
             x = layer.forward(x, pad_mask.clone());
         }

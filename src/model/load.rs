@@ -157,7 +157,9 @@ impl Weights {
         let w: Tensor<B, 2> = self.tensor(&format!("{name}.weight"), [d_out, d_in], device)?;
         let b: Tensor<B, 1> = self.tensor(&format!("{name}.bias"), [d_out], device)?;
         let mut l = LinearConfig::new(d_in, d_out).init(device);
-        l.weight = Param::from_tensor(w.transpose());
+        // Materialise the transpose: a strided parameter would be copied on every use.
+        let wt = Tensor::from_data(w.transpose().into_data(), device);
+        l.weight = Param::from_tensor(wt);
         l.bias = Some(Param::from_tensor(b));
         Ok(l)
     }
