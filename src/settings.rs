@@ -488,7 +488,7 @@ impl Settings {
                     m.model_type
                 );
             }
-            if m.num_attention_heads == 0 || m.hidden_size % m.num_attention_heads != 0 {
+            if m.num_attention_heads == 0 || !m.hidden_size.is_multiple_of(m.num_attention_heads) {
                 bail!(
                     "model.hidden_size ({}) must be a multiple of model.num_attention_heads ({})",
                     m.hidden_size,
@@ -507,7 +507,7 @@ impl Settings {
         {
             bail!("train.epochs, train.batch_size, train.eval_batch_size and train.gradient_accumulation must be positive");
         }
-        if !(t.learning_rate > 0.0) {
+        if t.learning_rate.is_nan() || t.learning_rate <= 0.0 {
             bail!(
                 "train.learning_rate must be positive, got {}",
                 t.learning_rate

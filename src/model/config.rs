@@ -90,7 +90,7 @@ impl EncoderConfig {
     /// Consistency checks with clear messages.
     pub fn check(&self) -> Result<()> {
         self.family()?;
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             bail!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size,

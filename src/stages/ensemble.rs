@@ -15,6 +15,9 @@ use crate::infer::{decode_rows, read_logits, write_logits, Logits};
 use crate::qa::decode::DecodeConfig;
 use crate::run::{Manifest, StageWriter};
 
+/// Character offsets of one window's tokens (`None` outside the context).
+type ContextOffsets = Vec<Option<(usize, usize)>>;
+
 /// How fold logits combine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -82,14 +85,15 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
 
     // Test logits: same windows in every fold, averaged.
     let mut avg: Option<(Logits, Vec<i64>, Vec<i64>)> = None;
-    for fold in 0..k {
+    for (fold, weight) in weights.iter().enumerate() {
+        let weight = *weight as f32;
         let (lg, ex, fi) = read_logits(&pred.join(format!("fold-{fold}/test_logits.safetensors")))?;
         match &mut avg {
             None => {
                 let scaled = Logits {
                     seq: lg.seq,
-                    start: lg.start.iter().map(|x| x * weights[fold] as f32).collect(),
-                    end: lg.end.iter().map(|x| x * weights[fold] as f32).collect(),
+                    start: lg.start.iter().map(|x| x * weight).collect(),
+                    end: lg.end.iter().map(|x| x * weight).collect(),
                 };
                 avg = Some((scaled, ex, fi));
             }
@@ -99,10 +103,10 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
                 }
                 let _ = ex0;
                 for (a, x) in acc.start.iter_mut().zip(&lg.start) {
-                    *a += x * weights[fold] as f32;
+                    *a += x * weight;
                 }
                 for (a, x) in acc.end.iter_mut().zip(&lg.end) {
-                    *a += x * weights[fold] as f32;
+                    *a += x * weight;
                 }
             }
         }
@@ -124,7 +128,7 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
     )?;
     w.record("test_logits.safetensors")?;
     let cfg = decode_config(ctx);
-    let rows_of = |fi: &[i64]| -> (Vec<usize>, Vec<Vec<Option<(usize, usize)>>>) {
+    let rows_of = |fi: &[i64]| -> (Vec<usize>, Vec<ContextOffsets>) {
         (
             fi.iter()
                 .map(|&r| feats.example_index[r as usize] as usize)

@@ -439,7 +439,7 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
             ));
 
             let last_step = st.step == total_steps;
-            if st.step % eval_every == 0 || last_step {
+            if st.step.is_multiple_of(eval_every) || last_step {
                 let valid = model.valid();
                 let (vloss, sacc, eacc, em, f1, _) = validate(&valid, &data, s, device);
                 let line = EvalLine {
@@ -498,7 +498,7 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
                     stop = true;
                 }
             }
-            if st.step % ckpt_every == 0 || last_step || stop {
+            if st.step.is_multiple_of(ckpt_every) || last_step || stop {
                 st.train_seconds = time_before + started.elapsed().as_secs_f64();
                 save_last(&model, &optim, &st)?;
             }
