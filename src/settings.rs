@@ -88,6 +88,10 @@ pub struct DataSettings {
     /// Optional: without it, `split.holdout_fraction` can carve a test split from `train`.
     pub test: Option<PathBuf>,
     pub format: DataFormat,
+    /// Keep only the first N training examples (file order), as run_qa's `max_train_samples`.
+    pub max_train_samples: Option<usize>,
+    /// Keep only the first N test examples.
+    pub max_test_samples: Option<usize>,
 }
 
 /// What to do with a training example whose answer lies beyond its first window.

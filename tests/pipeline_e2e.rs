@@ -180,3 +180,64 @@ fn cuda_training_without_a_gpu_fails_cleanly() {
     let t = text(&o);
     assert!(t.contains("--device cpu") && !t.contains("panicked"), "{t}");
 }
+
+/// The KorQuAD recipe (configs/korquad-tiny.toml) shortened for CI: a subset, 2 folds, 1 epoch,
+/// tiny sizes; skipped where ../shared is absent.
+#[test]
+fn korquad_subset_runs_end_to_end_and_learns() {
+    let Some(korquad) = korquad() else { return };
+    let ws = workspace();
+    let d = ws.path();
+    std::fs::create_dir_all(d.join("configs")).unwrap();
+    std::fs::copy(
+        root().join("configs/korquad-tiny.toml"),
+        d.join("configs/korquad-tiny.toml"),
+    )
+    .unwrap();
+    let train = format!("data.train={}", korquad.display());
+    let a = [
+        "--config",
+        "configs/korquad-tiny.toml",
+        "--set",
+        &train,
+        "--set",
+        "data.max_train_samples=400",
+        "--set",
+        "split.folds=2",
+        "--set",
+        "prepare.vocab_size=1500",
+        "--set",
+        "prepare.max_seq_length=128",
+        "--set",
+        "prepare.doc_stride=32",
+        "--set",
+        "model.hidden_size=32",
+        "--set",
+        "model.num_hidden_layers=1",
+        "--set",
+        "model.intermediate_size=64",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.eval_every=6",
+        "--set",
+        "train.learning_rate=1e-3",
+    ];
+    let run = |head: &[&str]| ok(d, &head.iter().chain(a.iter()).copied().collect::<Vec<_>>());
+    let out = run(&["run", "all"]);
+    assert!(out.contains("done: submission"), "{out}");
+    let r = d.join("outputs/korquad-tiny");
+    let m = json(&r.join("evaluate/metrics.json"));
+    assert!(m["test"]["ensemble"]["total"].as_u64().unwrap() > 0, "{m}");
+    let lines: Vec<Value> = std::fs::read_to_string(r.join("train/fold-1/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (first, last) = (&lines[0]["loss"], &lines.last().unwrap()["loss"]);
+    assert!(
+        last.as_f64() < first.as_f64(),
+        "validation loss did not fall: {first} -> {last}"
+    );
+    assert!(run(&["status"]).contains("submit    done"));
+}

@@ -51,10 +51,16 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
     let t0 = std::time::Instant::now();
     let (mut all, train_report) =
         examples::load(&s.data.train, s.data.format, true, p.repair_window)?;
+    if let Some(n) = s.data.max_train_samples {
+        all.truncate(n);
+    }
     let n_train = all.len();
     let test_report = match &s.data.test {
         Some(test) => {
-            let (ex, rep) = examples::load(test, s.data.format, false, p.repair_window)?;
+            let (mut ex, rep) = examples::load(test, s.data.format, false, p.repair_window)?;
+            if let Some(n) = s.data.max_test_samples {
+                ex.truncate(n);
+            }
             all.extend(ex);
             Some(rep)
         }
