@@ -10,18 +10,6 @@ use serde_json::Value;
 
 type B = Autodiff<Flex>;
 
-fn floats(v: &Value) -> Vec<f32> {
-    fn walk(v: &Value, out: &mut Vec<f32>) {
-        match v {
-            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
-            x => out.push(x.as_f64().unwrap() as f32),
-        }
-    }
-    let mut out = Vec::new();
-    walk(v, &mut out);
-    out
-}
-
 #[test]
 fn losses_and_gradients_match_torch() {
     let fx: Value =

@@ -24,18 +24,6 @@ fn ints(v: &Value) -> Vec<i64> {
         .collect()
 }
 
-fn floats(v: &Value) -> Vec<f32> {
-    fn walk(v: &Value, out: &mut Vec<f32>) {
-        match v {
-            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
-            x => out.push(x.as_f64().unwrap() as f32),
-        }
-    }
-    let mut out = Vec::new();
-    walk(v, &mut out);
-    out
-}
-
 fn int_tensor(rows: &[Vec<i64>]) -> Tensor<B, 2, Int> {
     let l = rows[0].len();
     let flat: Vec<i64> = rows.iter().flatten().copied().collect();

@@ -10,7 +10,7 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor, TensorData};
-use common::fixture;
+use common::{fixture, floats};
 use pipeline::train::clip::{clip_grad_norm, clip_tensors};
 use pipeline::train::optim::{
     adamp_projection, param_specs, update, AdamState, OptimConfig, OptimKind, OptimState,
@@ -27,18 +27,6 @@ const TOL: f64 = 1e-5;
 
 fn read(rel: &str) -> Value {
     serde_json::from_slice(&std::fs::read(fixture(rel)).unwrap()).unwrap()
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    fn walk(v: &Value, out: &mut Vec<f32>) {
-        match v {
-            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
-            x => out.push(x.as_f64().unwrap() as f32),
-        }
-    }
-    let mut out = Vec::new();
-    walk(v, &mut out);
-    out
 }
 
 fn values<BB: Backend, const D: usize>(t: &Tensor<BB, D>) -> Vec<f32> {

@@ -75,3 +75,16 @@ pub fn workspace() -> tempfile::TempDir {
     std::os::unix::fs::symlink(root().join("tests"), dir.path().join("tests")).unwrap();
     dir
 }
+
+/// Every number of a (nested) JSON array, flattened, as f32.
+pub fn floats(v: &serde_json::Value) -> Vec<f32> {
+    fn walk(v: &serde_json::Value, out: &mut Vec<f32>) {
+        match v {
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            x => out.push(x.as_f64().expect("a number") as f32),
+        }
+    }
+    let mut out = Vec::new();
+    walk(v, &mut out);
+    out
+}
