@@ -33,7 +33,7 @@ use crate::qa::metrics;
 use crate::qa::windows::QaTokenizer;
 use crate::run::{Manifest, StageWriter};
 use crate::settings::{KeepBestBy, Settings};
-use crate::train::batch::{batch, logits};
+use crate::train::batch::batch;
 use crate::train::clip::clip_grad_norm;
 use crate::train::loss::qa_loss;
 use crate::train::optim::{OptimState, QaOptimizer};
@@ -174,20 +174,21 @@ fn validate<B: Backend>(
     let t = &s.train;
     let loss_cfg = t.loss_config();
     let mut loss_sum = 0.0;
+    // One forward pass gives both the loss and the logits to decode.
+    let seq = data.feats.max_seq_length;
+    let mut lg = Logits {
+        seq,
+        start: Vec::with_capacity(data.val_rows.len() * seq),
+        end: Vec::with_capacity(data.val_rows.len() * seq),
+    };
     for chunk in data.val_rows.chunks(t.eval_batch_size) {
         let b = batch::<B>(&data.feats, chunk, device);
         let (st, en) = model.forward(b.input_ids, b.attention_mask, b.token_type_ids);
+        lg.start.extend(st.to_data().convert::<f32>().iter::<f32>());
+        lg.end.extend(en.to_data().convert::<f32>().iter::<f32>());
         let loss = qa_loss(&loss_cfg, st, en, b.start_positions, b.end_positions);
         loss_sum += loss.into_scalar().elem::<f64>() * chunk.len() as f64;
     }
-    let lg = logits(
-        model,
-        &data.feats,
-        &data.val_rows,
-        t.eval_batch_size,
-        device,
-        &|_| {},
-    );
     let l = lg.seq;
     let (mut hit_s, mut hit_e, mut labelled) = (0usize, 0usize, 0usize);
     for (k, &r) in data.val_rows.iter().enumerate() {
