@@ -4,6 +4,7 @@
 //! folder ([`run`], [`artifacts`]); pure QA logic lives in [`qa`].
 
 pub mod artifacts;
+pub mod bench;
 pub mod cli;
 pub mod device;
 pub mod infer;

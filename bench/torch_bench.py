@@ -1,0 +1,73 @@
+"""PyTorch + transformers reference for `pipeline bench`: the same training step
+(RobertaForQuestionAnswering, CE start/end loss, clip_grad_norm_ 1.0, AdamW) on random inputs of
+the same shape, printed as the same JSON fields.
+
+Usage: torch_bench.py --model roberta-base|roberta-large --seq 384 --batch 8 --steps 10
+       --warmup 2 [--device cuda] [--precision f32|bf16] [--peak-tflops X]
+"""
+
+import argparse
+import json
+import time
+
+import torch
+from transformers import RobertaConfig, RobertaForQuestionAnswering
+
+SHAPES = {"roberta-base": (768, 12, 12, 3072), "roberta-large": (1024, 24, 16, 4096), "tiny": (32, 2, 4, 64)}
+
+p = argparse.ArgumentParser()
+p.add_argument("--model", default="roberta-base")
+p.add_argument("--seq", type=int, default=384)
+p.add_argument("--batch", type=int, default=8)
+p.add_argument("--steps", type=int, default=10)
+p.add_argument("--warmup", type=int, default=2)
+p.add_argument("--device", default="cuda")
+p.add_argument("--precision", default="f32")
+p.add_argument("--peak-tflops", type=float, default=None)
+a = p.parse_args()
+
+h, layers, heads, inter = SHAPES[a.model]
+cfg = RobertaConfig(vocab_size=1000 if a.model == "tiny" else 50265, hidden_size=h, num_hidden_layers=layers,
+                    num_attention_heads=heads, intermediate_size=inter, max_position_embeddings=514,
+                    type_vocab_size=1, pad_token_id=1, layer_norm_eps=1e-5)
+dev = torch.device(a.device)
+model = RobertaForQuestionAnswering(cfg).to(dev).train()
+opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01)
+ids = torch.randint(3, cfg.vocab_size - 1, (a.batch, a.seq), device=dev)
+mask = torch.ones_like(ids)
+sp = torch.randint(1, a.seq - 1, (a.batch,), device=dev)
+ep = torch.randint(1, a.seq - 1, (a.batch,), device=dev)
+autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.precision == "bf16")
+
+
+def step():
+    with autocast:
+        out = model(input_ids=ids, attention_mask=mask, start_positions=sp, end_positions=ep)
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+for _ in range(a.warmup):
+    step()
+if dev.type == "cuda":
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+t0 = time.perf_counter()
+for _ in range(a.steps):
+    step()
+if dev.type == "cuda":
+    torch.cuda.synchronize()
+dt = (time.perf_counter() - t0) / a.steps
+params = sum(p.numel() for p in model.parameters())
+emb = (cfg.vocab_size + cfg.max_position_embeddings + cfg.type_vocab_size) * h
+flops = 6.0 * (params - emb) + 12.0 * layers * h * a.seq
+tps = a.batch * a.seq / dt
+print(json.dumps({
+    "model": a.model, "device": a.device, "precision": a.precision, "seq": a.seq, "batch": a.batch,
+    "steps": a.steps, "parameters": params, "step_seconds": dt, "examples_per_second": a.batch / dt,
+    "tokens_per_second": tps, "achieved_tflops": flops * tps / 1e12,
+    "mfu": (flops * tps / 1e12 / a.peak_tflops) if a.peak_tflops else None,
+    "peak_gpu_memory_mib": torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None,
+}))

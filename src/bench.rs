@@ -1,0 +1,193 @@
+//! `pipeline bench`: training throughput on random inputs for a model shape.
+//!
+//! Runs `warmup` then `steps` full training steps (forward, CE loss, backward, global-norm
+//! clipping, AdamW) of a randomly initialised encoder + linear head, synchronising on the loss
+//! every step, and reports examples/s, tokens/s, the step time, peak host memory and
+//! model-FLOPs utilisation: training FLOPs per token ≈ 6 × non-embedding parameters + 12 ×
+//! layers × hidden × seq, divided by the peak given with `--peak-tflops`.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use burn::module::{AutodiffModule, Module};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Distribution, ElementConversion, Int, Tensor};
+use serde::Serialize;
+
+use crate::device::Device;
+use crate::model::config::EncoderConfig;
+use crate::model::{HeadConfig, QaModel};
+use crate::train::clip::clip_grad_norm;
+use crate::train::loss::{qa_loss, LossConfig};
+use crate::train::optim::{OptimConfig, QaOptimizer};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchArgs {
+    /// `tiny`, `roberta-base`, `roberta-large`, or a HF `config.json`.
+    pub model: String,
+    pub seq: usize,
+    pub batch: usize,
+    pub steps: usize,
+    pub warmup: usize,
+    pub device: Device,
+    pub precision: String,
+    /// The device's peak in TFLOP/s for MFU (none: MFU is not reported).
+    pub peak_tflops: Option<f64>,
+}
+
+/// The measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub device: String,
+    pub precision: String,
+    pub seq: usize,
+    pub batch: usize,
+    pub steps: usize,
+    pub parameters: usize,
+    pub non_embedding_parameters: usize,
+    pub step_seconds: f64,
+    pub examples_per_second: f64,
+    pub tokens_per_second: f64,
+    pub train_flops_per_token: f64,
+    pub achieved_tflops: f64,
+    pub mfu: Option<f64>,
+    pub peak_tflops: Option<f64>,
+    pub peak_host_memory_mib: Option<f64>,
+}
+
+/// A named shape or a `config.json`.
+pub fn model_config(name: &str) -> Result<EncoderConfig> {
+    let shape = |h: usize, l: usize, heads: usize, i: usize| EncoderConfig {
+        model_type: "roberta".into(),
+        vocab_size: 50265,
+        hidden_size: h,
+        num_hidden_layers: l,
+        num_attention_heads: heads,
+        intermediate_size: i,
+        hidden_act: "gelu".into(),
+        hidden_dropout_prob: 0.1,
+        attention_probs_dropout_prob: 0.1,
+        max_position_embeddings: 514,
+        type_vocab_size: 1,
+        layer_norm_eps: 1e-5,
+        pad_token_id: 1,
+        initializer_range: 0.02,
+    };
+    Ok(match name {
+        "tiny" => EncoderConfig {
+            vocab_size: 1000,
+            ..shape(32, 2, 4, 64)
+        },
+        "roberta-base" => shape(768, 12, 12, 3072),
+        "roberta-large" => shape(1024, 24, 16, 4096),
+        path => EncoderConfig::load(Path::new(path))?,
+    })
+}
+
+/// Runs the benchmark on the chosen device.
+pub fn run(args: &BenchArgs) -> Result<BenchReport> {
+    if args.precision != "f32" {
+        bail!(
+            "--precision {}: only f32 is implemented so far",
+            args.precision
+        );
+    }
+    let cfg = model_config(&args.model)?;
+    if args.seq > cfg.max_seq_length()? {
+        bail!(
+            "--seq {} is longer than the model allows ({})",
+            args.seq,
+            cfg.max_seq_length()?
+        );
+    }
+    match args.device {
+        Device::Cpu => {
+            run_on::<burn::backend::Autodiff<burn::backend::Flex>>(args, &cfg, &Default::default())
+        }
+        Device::Cuda(i) => {
+            let d = crate::device::cuda_device(i)?;
+            run_on::<burn::backend::Autodiff<crate::device::CudaBackend>>(args, &cfg, &d)
+        }
+    }
+}
+
+fn run_on<B: AutodiffBackend>(
+    args: &BenchArgs,
+    cfg: &EncoderConfig,
+    device: &B::Device,
+) -> Result<BenchReport> {
+    let (b, s) = (args.batch, args.seq);
+    let mut model = QaModel::<B>::init(cfg, &HeadConfig::default(), device)?;
+    let parameters = model.num_params();
+    let embedding =
+        (cfg.vocab_size + cfg.max_position_embeddings + cfg.type_vocab_size) * cfg.hidden_size;
+    let non_embedding = parameters.saturating_sub(embedding);
+    let mut optim = QaOptimizer::<B>::new(OptimConfig::default());
+    let loss_cfg = LossConfig::default();
+    // Ids from 3 upwards: no pad token, so every position is real.
+    let ids: Tensor<B, 2, Int> = Tensor::<B, 2>::random(
+        [b, s],
+        Distribution::Uniform(3.0, (cfg.vocab_size - 1) as f64),
+        device,
+    )
+    .int();
+    let mask: Tensor<B, 2, Int> = Tensor::ones([b, s], device);
+    let types: Tensor<B, 2, Int> = Tensor::zeros([b, s], device);
+    let labels = |lo: f64| -> Tensor<B, 1, Int> {
+        Tensor::<B, 1>::random([b], Distribution::Uniform(lo, (s - 1) as f64), device).int()
+    };
+    let (sp, ep) = (labels(1.0), labels(1.0));
+    let mut step = |model: QaModel<B>| -> QaModel<B> {
+        let (st, en) = model.forward(ids.clone(), mask.clone(), types.clone());
+        let loss = qa_loss(&loss_cfg, st, en, sp.clone(), ep.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let (grads, _) = clip_grad_norm(&model, grads, 1.0);
+        let model = optim.step(1e-5, model, grads);
+        // Synchronise on a value that depends on the update.
+        let _: f64 = model.qa_outputs.weight.val().sum().into_scalar().elem();
+        model
+    };
+    for _ in 0..args.warmup {
+        model = step(model);
+    }
+    let t0 = Instant::now();
+    for _ in 0..args.steps.max(1) {
+        model = step(model);
+    }
+    let step_seconds = t0.elapsed().as_secs_f64() / args.steps.max(1) as f64;
+    let _ = model.valid();
+    let tokens_per_second = (b * s) as f64 / step_seconds;
+    let flops_per_token =
+        6.0 * non_embedding as f64 + 12.0 * (cfg.num_hidden_layers * cfg.hidden_size * s) as f64;
+    let achieved = flops_per_token * tokens_per_second / 1e12;
+    Ok(BenchReport {
+        model: args.model.clone(),
+        device: args.device.to_string(),
+        precision: args.precision.clone(),
+        seq: s,
+        batch: b,
+        steps: args.steps,
+        parameters,
+        non_embedding_parameters: non_embedding,
+        step_seconds,
+        examples_per_second: b as f64 / step_seconds,
+        tokens_per_second,
+        train_flops_per_token: flops_per_token,
+        achieved_tflops: achieved,
+        mfu: args.peak_tflops.map(|p| achieved / p),
+        peak_tflops: args.peak_tflops,
+        peak_host_memory_mib: peak_host_memory_mib(),
+    })
+}
+
+/// The process's peak resident memory (`VmHWM`), Linux only.
+fn peak_host_memory_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
