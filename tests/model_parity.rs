@@ -375,3 +375,58 @@ fn from_scratch_model_follows_the_model_section() {
     );
     assert_eq!((s.dims(), e.dims()), ([1, 8], [1, 8]));
 }
+
+/// Logits on real KorQuAD questions (the first that fit 64-token windows): windows rebuilt here
+/// from ../shared (their equality with HF's is the tokenisation fixtures' job), logits compared
+/// with transformers'.
+#[test]
+fn korquad_question_logits_match_transformers() {
+    use pipeline::qa::examples::{load_raw, Example};
+    use pipeline::qa::windows::{build_windows, QaTokenizer};
+    use sha2::Digest;
+    let Some(path) = korquad() else { return };
+    let bytes = std::fs::read(&path).unwrap();
+    let digest: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let all: Vec<Example> = load_raw(&path, pipeline::settings::DataFormat::Squad)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.example)
+        .collect();
+    for kind in ["roberta", "bert"] {
+        let fx = read(&format!("models/korquad_logits_{kind}.json"));
+        assert_eq!(fx["source_sha256"].as_str().unwrap(), digest);
+        let dir = fixture(&format!("models/{kind}_qa"));
+        let (model, _) = load(&format!("models/{kind}_qa"));
+        let tok = QaTokenizer::load(&dir).unwrap();
+        let examples: Vec<Example> = fx["examples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                all.iter()
+                    .find(|x| x.id == e["id"].as_str().unwrap())
+                    .unwrap()
+                    .clone()
+            })
+            .collect();
+        let windows = build_windows(&tok, &examples, 64, 16, &|_| {}).unwrap();
+        let want = fx["windows"].as_array().unwrap();
+        assert_eq!(windows.len(), want.len(), "{kind}: windows");
+        let lg = pipeline::infer::window_logits(&model, &windows, 64, &Default::default(), &|_| {});
+        let mut d = 0f32;
+        for (i, (w, f)) in windows.iter().zip(want).enumerate() {
+            assert_eq!(w.example_index as u64, f["example_index"].as_u64().unwrap());
+            for (k, name) in [(&lg.start, "start_logits"), (&lg.end, "end_logits")] {
+                d = d.max(max_abs_diff(&k[i * 64..(i + 1) * 64], &floats(&f[name])));
+            }
+        }
+        eprintln!(
+            "{kind}: KorQuAD logits over {} windows, max |Δ| = {d:e}",
+            windows.len()
+        );
+        assert!(d <= 1e-4, "{kind}: {d}");
+    }
+}

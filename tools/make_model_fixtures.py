@@ -239,6 +239,41 @@ def make_logits(models, toks, examples):
         print(f"logits_{kind}: {len(exs)} questions, {len(windows)} windows")
 
 
+KORQUAD = os.path.join(ROOT, "..", "shared", "data", "korquad", "KorQuAD_v1.0_dev.json")
+# Byte-level BPE splits Hangul into bytes: ~45 windows per question at 64 tokens.
+KORQUAD_QUESTIONS = {"roberta": 4, "bert": 20}
+
+
+def make_korquad_logits(models, toks):
+    """Logits for the first KorQuAD dev questions. No text or ids are stored (the data may not
+    be copied): the Rust test rebuilds the windows from ../shared, whose windows the
+    tokenisation fixtures already prove equal to HF's."""
+    if not os.path.exists(KORQUAD):
+        print(f"skip korquad logits: {KORQUAD} is absent")
+        return
+    import hashlib
+    digest = hashlib.sha256(open(KORQUAD, "rb").read()).hexdigest()
+    every = flatten(load_squad(KORQUAD))
+    for kind, tok_name in (("roberta", "bbpe"), ("bert", "wordpiece")):
+        model, tok = models[kind], toks[tok_name]
+        # Questions must leave more than `stride` context tokens in a 64-token window (HF
+        # refuses otherwise); byte-level BPE makes Korean questions long.
+        fits = [x for x in every
+                if len(tok(x["question"].lstrip(), add_special_tokens=False)["input_ids"]) + 4 + STRIDE < MAX_LEN]
+        exs = fits[:KORQUAD_QUESTIONS[kind]]
+        feats = prepare_features(tok, exs, MAX_LEN, STRIDE)
+        s, e, _ = forward(model, feats)
+        fx = {
+            "model": f"models/{kind}_qa", "tokenizer": tok_name, "source_sha256": digest,
+            "max_seq_length": MAX_LEN, "doc_stride": STRIDE,
+            "examples": [{"id": x["id"]} for x in exs],
+            "windows": [{"example_index": f["example_index"], "start_logits": fl(s[i]),
+                         "end_logits": fl(e[i])} for i, f in enumerate(feats)],
+        }
+        write_json(os.path.join(MODELS, f"korquad_logits_{kind}.json"), fx,
+                   f"{kind}_qa logits on the first {len(exs)} KorQuAD dev questions")
+
+
 def left_padded_case(model, tok_name):
     pairs = [
         ("미차담이 처음 세워진 해는 언제인가?", "미차담은 1901년에 세워진 도시이다."),
@@ -551,6 +586,7 @@ def main():
     examples = flatten(load_squad(SQUAD))
     models = make_checkpoints(toks)
     make_logits(models, toks, examples)
+    make_korquad_logits(models, toks)
     make_infer(models, toks, examples)
     make_lstm()
     make_losses()
