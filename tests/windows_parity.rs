@@ -271,3 +271,30 @@ fn trained_wordpiece_vocab_matches_the_reference_trainer() {
         again.tokenizer.to_string(false).unwrap()
     );
 }
+
+/// A question that leaves no more context room than the stride is a clear error (the
+/// tokenizer itself would panic, HF's raises).
+#[test]
+fn questions_too_long_for_the_window_are_named() {
+    let ex = Example {
+        id: "long-q".into(),
+        title: String::new(),
+        document_id: None,
+        context: "짧은 문맥입니다. 정답은 여기에 있다.".into(),
+        question:
+            "아주 길고 긴 질문이 창 하나를 거의 다 차지해 버리면 어떻게 될까요? 정말 궁금합니다"
+                .into(),
+        answers: vec![],
+    };
+    let err = build_windows(&tokenizer("bbpe"), &[ex], 32, 16, &|_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("example \"long-q\": the question takes"),
+        "{err}"
+    );
+    assert!(
+        err.contains("raise max_seq_length or lower doc_stride"),
+        "{err}"
+    );
+}

@@ -19,8 +19,9 @@ use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{
     AddedToken, Encoding, NormalizedString, Normalizer, OffsetReferential, OffsetType,
-    PaddingDirection, PaddingParams, PaddingStrategy, PostProcessorWrapper, PreTokenizedString,
-    PreTokenizer, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+    PaddingDirection, PaddingParams, PaddingStrategy, PostProcessor, PostProcessorWrapper,
+    PreTokenizedString, PreTokenizer, Tokenizer, TruncationDirection, TruncationParams,
+    TruncationStrategy,
 };
 
 use super::examples::Example;
@@ -289,6 +290,22 @@ fn example_windows(
     let question = plain
         .encode_char_offsets(ex.question.trim_start(), false)
         .map_err(|e| anyhow!("example {:?}: tokenising the question: {e}", ex.id))?;
+    // The tokenizer panics (HF's raises) when the question leaves no more context room than
+    // the stride; say so instead.
+    if let Some(t) = windowing.get_truncation() {
+        let specials = windowing
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(true));
+        let room = t.max_length.saturating_sub(specials + question.len());
+        if room <= t.stride {
+            bail!(
+                "example {:?}: the question takes {} tokens, leaving {room} for the context, not more than doc_stride {}: raise max_seq_length or lower doc_stride",
+                ex.id,
+                question.len(),
+                t.stride
+            );
+        }
+    }
     let mut enc = windowing
         .post_process(question, Some(context), true)
         .map_err(|e| anyhow!("example {:?}: windowing: {e}", ex.id))?;
