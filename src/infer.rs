@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
 use safetensors::tensor::{Dtype, TensorView};
 use serde::Serialize;
 
@@ -44,7 +43,8 @@ pub struct Logits {
     pub end: Vec<f32>,
 }
 
-/// Runs `model` over windows in batches, in evaluation mode (no dropout, no autodiff).
+/// Runs `model` over windows in batches, in evaluation mode (no dropout, no autodiff), through
+/// the same batching as training and prediction use.
 pub fn window_logits<B: Backend>(
     model: &QaModel<B>,
     windows: &[Window],
@@ -53,37 +53,9 @@ pub fn window_logits<B: Backend>(
     on_progress: &dyn Fn(u64),
 ) -> Logits {
     let seq = windows.first().map(|w| w.input_ids.len()).unwrap_or(0);
-    let mut start = Vec::with_capacity(windows.len() * seq);
-    let mut end = Vec::with_capacity(windows.len() * seq);
-    for chunk in windows.chunks(batch_size.max(1)) {
-        let b = chunk.len();
-        let ints = |f: &dyn Fn(&Window) -> &[u32]| -> Tensor<B, 2, Int> {
-            let v: Vec<i64> = chunk
-                .iter()
-                .flat_map(|w| f(w).iter().map(|&x| x as i64))
-                .collect();
-            Tensor::from_data(TensorData::new(v, [b, seq]), device)
-        };
-        let (s, e) = model.forward(
-            ints(&|w| &w.input_ids),
-            ints(&|w| &w.attention_mask),
-            ints(&|w| &w.type_ids),
-        );
-        start.extend(
-            s.into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .unwrap_or_default(),
-        );
-        end.extend(
-            e.into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .unwrap_or_default(),
-        );
-        on_progress(b as u64);
-    }
-    Logits { seq, start, end }
+    let feats = crate::artifacts::Features::from_windows(windows, seq, vec![0; windows.len()]);
+    let rows: Vec<usize> = (0..windows.len()).collect();
+    crate::train::batch::logits(model, &feats, &rows, batch_size, device, on_progress)
 }
 
 /// One n-best entry as HF writes it.
