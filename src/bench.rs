@@ -16,7 +16,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, ElementConversion, Int, Tensor};
 use serde::Serialize;
 
-use crate::device::Device;
+use crate::device::{Device, Precision};
 use crate::model::config::EncoderConfig;
 use crate::model::{HeadConfig, QaModel};
 use crate::train::clip::clip_grad_norm;
@@ -33,7 +33,7 @@ pub struct BenchArgs {
     pub steps: usize,
     pub warmup: usize,
     pub device: Device,
-    pub precision: String,
+    pub precision: Precision,
     /// The device's peak in TFLOP/s for MFU (none: MFU is not reported).
     pub peak_tflops: Option<f64>,
 }
@@ -90,12 +90,6 @@ pub fn model_config(name: &str) -> Result<EncoderConfig> {
 
 /// Runs the benchmark on the chosen device.
 pub fn run(args: &BenchArgs) -> Result<BenchReport> {
-    if args.precision != "f32" {
-        bail!(
-            "--precision {}: only f32 is implemented so far",
-            args.precision
-        );
-    }
     let cfg = model_config(&args.model)?;
     if args.seq > cfg.max_seq_length()? {
         bail!(
@@ -104,15 +98,9 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
             cfg.max_seq_length()?
         );
     }
-    match args.device {
-        Device::Cpu => {
-            run_on::<burn::backend::Autodiff<burn::backend::Flex>>(args, &cfg, &Default::default())
-        }
-        Device::Cuda(i) => {
-            let d = crate::device::cuda_device(i)?;
-            run_on::<burn::backend::Autodiff<crate::device::CudaBackend>>(args, &cfg, &d)
-        }
-    }
+    crate::with_backend!(args.device, args.precision, |B, d| {
+        run_on::<burn::backend::Autodiff<B>>(args, &cfg, d)
+    })
 }
 
 fn run_on<B: AutodiffBackend>(
@@ -151,12 +139,20 @@ fn run_on<B: AutodiffBackend>(
         let _: f64 = model.qa_outputs.weight.val().sum().into_scalar().elem();
         model
     };
-    for _ in 0..args.warmup {
+    // Each step's time on stderr: warm-up steps show kernel compilation and autotuning.
+    let timed = |i: usize, what: &str, t: Instant| {
+        eprintln!("{what} step {i}: {:.3} s", t.elapsed().as_secs_f64());
+    };
+    for i in 0..args.warmup {
+        let t = Instant::now();
         model = step(model);
+        timed(i + 1, "warm-up", t);
     }
     let t0 = Instant::now();
-    for _ in 0..args.steps.max(1) {
+    for i in 0..args.steps.max(1) {
+        let t = Instant::now();
         model = step(model);
+        timed(i + 1, "timed", t);
     }
     let step_seconds = t0.elapsed().as_secs_f64() / args.steps.max(1) as f64;
     let _ = model.valid();
@@ -167,7 +163,7 @@ fn run_on<B: AutodiffBackend>(
     Ok(BenchReport {
         model: args.model.clone(),
         device: args.device.to_string(),
-        precision: args.precision.clone(),
+        precision: args.precision.to_string(),
         seq: s,
         batch: b,
         steps: args.steps,

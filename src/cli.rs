@@ -111,11 +111,11 @@ pub enum Command {
         /// `cpu` or `cuda` / `cuda:N`.
         #[arg(long, default_value = "cpu")]
         device: crate::device::Device,
-        /// Only `f32` so far.
+        /// `f32`, or pure `bf16` / `f16` (CUDA only).
         #[arg(long, default_value = "f32")]
-        precision: String,
+        precision: crate::device::Precision,
         /// The device's peak TFLOP/s at this precision, for MFU (e.g. an H100 SXM: 67 for f32
-        /// on CUDA cores, 495 for TF32 tensor cores).
+        /// on CUDA cores, 495 for TF32 tensor cores, 989 for bf16/f16 tensor cores).
         #[arg(long)]
         peak_tflops: Option<f64>,
     },

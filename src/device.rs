@@ -40,6 +40,78 @@ impl std::fmt::Display for Device {
 /// The CUDA backend as this project uses it (fused kernels, f32).
 pub type CudaBackend = burn::backend::Cuda<f32, i32>;
 
+/// Floating-point type of weights, activations, gradients and optimizer state. `bf16` and `f16`
+/// are pure half precision (no f32 master copy) and only run on CUDA; checkpoints are always
+/// written in f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+impl FromStr for Precision {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "f32" | "fp32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            "f16" | "fp16" => Ok(Precision::F16),
+            other => Err(anyhow!("unknown precision {other:?}: use f32, bf16 or f16")),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        })
+    }
+}
+
+/// Evaluates `$body` with the type `$B` bound to the backend for (`$device`, `$precision`) and
+/// `$d` to a reference to its device; CPU is f32 only. The body returns a `Result`.
+#[macro_export]
+macro_rules! with_backend {
+    ($device:expr, $precision:expr, |$B:ident, $d:ident| $body:expr) => {{
+        use $crate::device::{Device, Precision};
+        match ($device, $precision) {
+            (Device::Cpu, Precision::F32) => {
+                type $B = burn::backend::Flex;
+                let cpu = burn::backend::flex::FlexDevice;
+                let $d = &cpu;
+                $body
+            }
+            (Device::Cpu, p) => Err(anyhow::anyhow!(
+                "precision {p} needs a CUDA device (the CPU backend computes in f32)"
+            )),
+            (Device::Cuda(i), p) => {
+                let dev = $crate::device::cuda_device(i)?;
+                let $d = &dev;
+                match p {
+                    Precision::F32 => {
+                        type $B = burn::backend::Cuda<f32, i32>;
+                        $body
+                    }
+                    Precision::Bf16 => {
+                        type $B = burn::backend::Cuda<burn::tensor::bf16, i32>;
+                        $body
+                    }
+                    Precision::F16 => {
+                        type $B = burn::backend::Cuda<burn::tensor::f16, i32>;
+                        $body
+                    }
+                }
+            }
+        }
+    }};
+}
+
 /// Creates CUDA device `index` and runs one tiny kernel; a missing driver, device or NVRTC
 /// becomes an error (Burn's CUDA runtime panics instead), so callers can fail cleanly.
 pub fn cuda_device(index: usize) -> Result<burn::backend::cuda::CudaDevice> {
@@ -112,5 +184,20 @@ mod tests {
         assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda(0));
         assert_eq!("cuda:3".parse::<Device>().unwrap(), Device::Cuda(3));
         assert!("tpu".parse::<Device>().is_err());
+    }
+
+    #[test]
+    fn parses_precisions_and_cpu_is_f32_only() {
+        assert_eq!("bf16".parse::<Precision>().unwrap(), Precision::Bf16);
+        assert_eq!("fp16".parse::<Precision>().unwrap(), Precision::F16);
+        assert!("f8".parse::<Precision>().is_err());
+        let run = || -> Result<()> {
+            crate::with_backend!(Device::Cpu, Precision::Bf16, |B, _d| {
+                let _ = std::marker::PhantomData::<B>;
+                Ok(())
+            })
+        };
+        let r = run();
+        assert!(r.unwrap_err().to_string().contains("needs a CUDA device"));
     }
 }

@@ -44,18 +44,28 @@ pub struct Logits {
 }
 
 /// Runs `model` over windows in batches, in evaluation mode (no dropout, no autodiff), through
-/// the same batching as training and prediction use.
+/// the same batching as training and prediction use (`fixed_shape`: see
+/// [`crate::train::batch::forward_chunks`]).
 pub fn window_logits<B: Backend>(
     model: &QaModel<B>,
     windows: &[Window],
     batch_size: usize,
+    fixed_shape: bool,
     device: &B::Device,
     on_progress: &dyn Fn(u64),
 ) -> Logits {
     let seq = windows.first().map(|w| w.input_ids.len()).unwrap_or(0);
     let feats = crate::artifacts::Features::from_windows(windows, seq, vec![0; windows.len()]);
     let rows: Vec<usize> = (0..windows.len()).collect();
-    crate::train::batch::logits(model, &feats, &rows, batch_size, device, on_progress)
+    crate::train::batch::logits(
+        model,
+        &feats,
+        &rows,
+        batch_size,
+        fixed_shape,
+        device,
+        on_progress,
+    )
 }
 
 /// One n-best entry as HF writes it.
@@ -240,7 +250,10 @@ fn run_on<B: Backend>(args: &InferArgs, device: &B::Device, ui: Ui) -> Result<()
         &|_| {},
     )?;
     let bar = ui.bar(windows.len() as u64, "infer");
-    let logits = window_logits(&model, &windows, args.batch_size, device, &|n| bar.inc(n));
+    let fixed = args.device != Device::Cpu;
+    let logits = window_logits(&model, &windows, args.batch_size, fixed, device, &|n| {
+        bar.inc(n)
+    });
     bar.finish_and_clear();
     let (preds, nbest) = decode_all(&examples, &windows, &logits, &args.decode);
     std::fs::create_dir_all(&args.out)

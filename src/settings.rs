@@ -239,6 +239,8 @@ pub enum KeepBestBy {
 pub struct TrainSettings {
     /// `cpu` (flex) or `cuda` / `cuda:N`.
     pub device: String,
+    /// `f32`, or pure `bf16` / `f16` on CUDA (prediction uses the same).
+    pub precision: crate::device::Precision,
     pub epochs: usize,
     pub batch_size: usize,
     pub eval_batch_size: usize,
@@ -258,6 +260,9 @@ pub struct TrainSettings {
     /// Global-norm clipping; 0 = off (the seed's "no-clip").
     pub max_grad_norm: f64,
     pub gradient_accumulation: usize,
+    /// Drop each epoch's last, incomplete training batch (HF's `dataloader_drop_last`); on
+    /// CUDA this keeps one batch shape, so kernels are compiled and autotuned once.
+    pub drop_last: bool,
     pub seed: u64,
     /// Validate every N optimizer steps; 0 = at the end of every epoch.
     pub eval_every: usize,
@@ -275,6 +280,7 @@ impl Default for TrainSettings {
     fn default() -> Self {
         Self {
             device: "cpu".into(),
+            precision: Default::default(),
             epochs: 3,
             batch_size: 32,
             eval_batch_size: 64,
@@ -292,6 +298,7 @@ impl Default for TrainSettings {
             warmup_steps: None,
             max_grad_norm: 1.0,
             gradient_accumulation: 1,
+            drop_last: false,
             seed: 42,
             eval_every: 0,
             keep_best_by: KeepBestBy::F1,
@@ -501,9 +508,16 @@ impl Settings {
             }
         }
         let t = &self.train;
-        t.device
+        let device = t
+            .device
             .parse::<crate::device::Device>()
             .map_err(|e| anyhow::anyhow!("train.device: {e}"))?;
+        if device == crate::device::Device::Cpu && t.precision != crate::device::Precision::F32 {
+            bail!(
+                "train.precision = \"{}\" needs train.device = \"cuda\" (the CPU backend computes in f32)",
+                t.precision
+            );
+        }
         if t.epochs == 0
             || t.batch_size == 0
             || t.eval_batch_size == 0

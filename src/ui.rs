@@ -16,6 +16,19 @@ impl Ui {
         }
     }
 
+    /// A line printed above `bar` (or plainly on stderr when the bar is hidden because stderr
+    /// is not a terminal, so logs keep it); nothing when quiet.
+    pub fn note(&self, bar: &ProgressBar, msg: &str) {
+        if self.quiet {
+            return;
+        }
+        if bar.is_hidden() {
+            eprintln!("{msg}");
+        } else {
+            bar.println(msg);
+        }
+    }
+
     /// A progress bar of `len` steps (hidden when quiet or when stderr is not a terminal).
     pub fn bar(&self, len: u64, msg: &str) -> ProgressBar {
         if self.quiet {

@@ -415,7 +415,14 @@ fn korquad_question_logits_match_transformers() {
         let windows = build_windows(&tok, &examples, 64, 16, &|_| {}).unwrap();
         let want = fx["windows"].as_array().unwrap();
         assert_eq!(windows.len(), want.len(), "{kind}: windows");
-        let lg = pipeline::infer::window_logits(&model, &windows, 64, &Default::default(), &|_| {});
+        let lg = pipeline::infer::window_logits(
+            &model,
+            &windows,
+            64,
+            true,
+            &Default::default(),
+            &|_| {},
+        );
         let mut d = 0f32;
         for (i, (w, f)) in windows.iter().zip(want).enumerate() {
             assert_eq!(w.example_index as u64, f["example_index"].as_u64().unwrap());

@@ -241,3 +241,49 @@ fn korquad_subset_runs_end_to_end_and_learns() {
     );
     assert!(run(&["status"]).contains("submit    done"));
 }
+
+#[test]
+fn drop_last_trains_only_full_batches_and_half_precision_needs_cuda() {
+    let ws = workspace();
+    let d = ws.path();
+    ok(d, &args(&["run", "prepare", "-q"]));
+    ok(d, &args(&["run", "split", "-q"]));
+    // After TINY, so these win over its batch size.
+    let mut a = args(&["run", "train", "--fold", "0"]);
+    a.extend([
+        "--set",
+        "train.drop_last=true",
+        "--set",
+        "train.batch_size=25",
+    ]);
+    let out = ok(d, &a);
+    // "train fold 0: N training windows, M validation windows, S steps (W warmup), ..."
+    let line = out
+        .lines()
+        .find(|l| l.contains("training windows"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let n: usize = line
+        .split_whitespace()
+        .nth(3)
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    let steps = 2 * (n / 25); // train.epochs = 2 (TINY)
+    assert_ne!(
+        n % 25,
+        0,
+        "{n} windows: the fold should leave a partial batch"
+    );
+    assert!(line.contains(&format!(" {steps} steps")), "{line}");
+    let metrics =
+        std::fs::read_to_string(d.join("outputs/sample/train/fold-0/metrics.jsonl")).unwrap();
+    let last: Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    assert_eq!(last["step"].as_u64().unwrap() as usize, steps);
+
+    let err = fails(d, &args(&["run", "train", "--set", "train.precision=bf16"]));
+    assert!(
+        err.contains("train.precision") && err.contains("cuda"),
+        "{err}"
+    );
+    let err = fails(d, &args(&["run", "train", "--set", "train.precision=f8"]));
+    assert!(err.contains("precision"), "{err}");
+}

@@ -21,13 +21,9 @@ use crate::train::batch::logits;
 /// Runs one fold.
 pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
     let device: Device = ctx.settings.train.device.parse()?;
-    match device {
-        Device::Cpu => run_on::<burn::backend::Flex>(ctx, plan, &Default::default()),
-        Device::Cuda(i) => {
-            let d = crate::device::cuda_device(i)?;
-            run_on::<crate::device::CudaBackend>(ctx, plan, &d)
-        }
-    }
+    crate::with_backend!(device, ctx.settings.train.precision, |B, d| {
+        run_on::<B>(ctx, plan, d)
+    })
 }
 
 fn run_on<B: Backend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Result<Manifest> {
@@ -60,7 +56,8 @@ fn run_on<B: Backend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Result<Manif
         ("oof_logits.safetensors", &oof),
         ("test_logits.safetensors", &test),
     ] {
-        let lg = logits(&model, &feats, rows, bs, device, &|n| bar.inc(n));
+        let fixed = super::train::fixed_shape(&ctx.settings);
+        let lg = logits(&model, &feats, rows, bs, fixed, device, &|n| bar.inc(n));
         let ex: Vec<i64> = rows.iter().map(|&r| feats.example_index[r]).collect();
         let fi: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
         write_logits(&w.path(name), &lg, &ex, Some(&fi))?;

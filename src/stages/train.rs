@@ -9,8 +9,10 @@
 //! run takes exactly the steps an uninterrupted one takes.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -33,7 +35,7 @@ use crate::qa::metrics;
 use crate::qa::windows::QaTokenizer;
 use crate::run::{Manifest, StageWriter};
 use crate::settings::{KeepBestBy, Settings};
-use crate::train::batch::batch;
+use crate::train::batch::{batch, forward_chunks};
 use crate::train::clip::clip_grad_norm;
 use crate::train::loss::qa_loss;
 use crate::train::optim::{OptimState, QaOptimizer};
@@ -88,18 +90,18 @@ pub fn fold_dir(run_dir: &Path, fold: usize) -> PathBuf {
     run_dir.join("train").join(format!("fold-{fold}"))
 }
 
+/// Whether batches keep one shape (padded evaluation batches): on CUDA, where every new shape
+/// costs kernel compilation and autotuning; the CPU backend gains nothing from padding.
+pub fn fixed_shape(s: &Settings) -> bool {
+    !matches!(s.train.device.parse(), Ok(Device::Cpu))
+}
+
 /// Runs one fold on the configured device.
 pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
     let device: Device = ctx.settings.train.device.parse()?;
-    match device {
-        Device::Cpu => {
-            run_on::<burn::backend::Autodiff<burn::backend::Flex>>(ctx, plan, &Default::default())
-        }
-        Device::Cuda(i) => {
-            let d = crate::device::cuda_device(i)?;
-            run_on::<burn::backend::Autodiff<crate::device::CudaBackend>>(ctx, plan, &d)
-        }
-    }
+    crate::with_backend!(device, ctx.settings.train.precision, |B, d| {
+        run_on::<burn::backend::Autodiff<B>>(ctx, plan, d)
+    })
 }
 
 /// The data a fold trains and validates on.
@@ -181,14 +183,21 @@ fn validate<B: Backend>(
         start: Vec::with_capacity(data.val_rows.len() * seq),
         end: Vec::with_capacity(data.val_rows.len() * seq),
     };
-    for chunk in data.val_rows.chunks(t.eval_batch_size) {
-        let b = batch::<B>(&data.feats, chunk, device);
-        let (st, en) = model.forward(b.input_ids, b.attention_mask, b.token_type_ids);
-        lg.start.extend(st.to_data().convert::<f32>().iter::<f32>());
-        lg.end.extend(en.to_data().convert::<f32>().iter::<f32>());
-        let loss = qa_loss(&loss_cfg, st, en, b.start_positions, b.end_positions);
-        loss_sum += loss.into_scalar().elem::<f64>() * chunk.len() as f64;
-    }
+    forward_chunks(
+        model,
+        &data.feats,
+        &data.val_rows,
+        t.eval_batch_size,
+        fixed_shape(s),
+        device,
+        |chunk, st, en| {
+            lg.start.extend(st.to_data().convert::<f32>().iter::<f32>());
+            lg.end.extend(en.to_data().convert::<f32>().iter::<f32>());
+            let b = batch::<B>(&data.feats, chunk, device);
+            let loss = qa_loss(&loss_cfg, st, en, b.start_positions, b.end_positions);
+            loss_sum += loss.into_scalar().elem::<f64>() * chunk.len() as f64;
+        },
+    );
     let l = lg.seq;
     let (mut hit_s, mut hit_e, mut labelled) = (0usize, 0usize, 0usize);
     for (k, &r) in data.val_rows.iter().enumerate() {
@@ -340,7 +349,18 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
         }
     }
 
-    let batches_per_epoch = data.train_rows.len().div_ceil(t.batch_size);
+    let batches_per_epoch = if t.drop_last {
+        data.train_rows.len() / t.batch_size
+    } else {
+        data.train_rows.len().div_ceil(t.batch_size)
+    };
+    if batches_per_epoch == 0 {
+        bail!(
+            "train fold {fold}: {} training windows make no full batch of {} (train.drop_last = true)",
+            data.train_rows.len(),
+            t.batch_size
+        );
+    }
     let steps_per_epoch = batches_per_epoch.div_ceil(t.gradient_accumulation);
     let total_steps = steps_per_epoch * t.epochs;
     let warmup = warmup_steps(total_steps, t.warmup_steps, t.warmup_ratio);
@@ -368,7 +388,9 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
         .and_then(|v| v.parse().ok());
     let bar = ctx.ui.bar(total_steps as u64, &format!("fold {fold}"));
     bar.set_position(st.step as u64);
-    let started = std::time::Instant::now();
+    let started = Instant::now();
+    let mut last_log = Instant::now();
+    let windows_at_start = st.windows_seen;
     let time_before = st.train_seconds;
     let mut running = (0.0f64, 0usize);
     let mut stop = false;
@@ -391,7 +413,7 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
     'epochs: for epoch in st.epoch..t.epochs {
         let mut order = data.train_rows.clone();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(t.seed, fold, epoch, 2)));
-        let batches: Vec<&[usize]> = order.chunks(t.batch_size).collect();
+        let batches: Vec<&[usize]> = order.chunks(t.batch_size).take(batches_per_epoch).collect();
         let first = if epoch == st.epoch { st.batch } else { 0 };
         for (bi, rows) in batches.iter().enumerate().skip(first) {
             B::seed(device, mix(t.seed, fold, epoch * batches_per_epoch + bi, 3));
@@ -438,6 +460,16 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
                 "fold {fold} loss {:.4}",
                 running.0 / running.1.max(1) as f64
             ));
+            // Without a terminal (logs, nohup) the bar is hidden: a plain line every 30 s.
+            if bar.is_hidden() && last_log.elapsed().as_secs() >= 30 {
+                last_log = Instant::now();
+                ctx.ui.info(&format!(
+                    "fold {fold} step {}/{total_steps}: loss {:.4}, {:.1} windows/s",
+                    st.step,
+                    running.0 / running.1.max(1) as f64,
+                    (st.windows_seen - windows_at_start) as f64 / started.elapsed().as_secs_f64()
+                ));
+            }
 
             let last_step = st.step == total_steps;
             if st.step.is_multiple_of(eval_every) || last_step {
@@ -474,15 +506,18 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
                 } else {
                     st.evals_since_best += 1;
                 }
-                bar.println(format!(
-                    "fold {fold} step {}: loss {:.4} val loss {:.4} EM {:.2} F1 {:.2}{}",
-                    line.step,
-                    line.train_loss,
-                    line.loss,
-                    line.exact_match,
-                    line.f1,
-                    if improved { " (best)" } else { "" }
-                ));
+                ctx.ui.note(
+                    &bar,
+                    &format!(
+                        "fold {fold} step {}: loss {:.4} val loss {:.4} EM {:.2} F1 {:.2}{}",
+                        line.step,
+                        line.train_loss,
+                        line.loss,
+                        line.exact_match,
+                        line.f1,
+                        if improved { " (best)" } else { "" }
+                    ),
+                );
                 st.history.push(line);
                 let lines: String = st
                     .history

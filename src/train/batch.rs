@@ -43,24 +43,134 @@ pub fn batch<B: Backend>(feats: &Features, rows: &[usize], device: &B::Device) -
     }
 }
 
-/// Start/end logits of `rows`, in that order, computed `batch_size` windows at a time.
+/// Runs the model in chunks of `batch_size` windows of `rows` and hands `each` every chunk's
+/// rows with their start/end logits. With `fixed_shape`, a short last chunk is padded to
+/// `batch_size` by repeating its first window and the padding is cut off the logits before
+/// `each` sees them: a JIT backend (CUDA) then compiles and autotunes one batch shape, not two.
+pub fn forward_chunks<B: Backend>(
+    model: &QaModel<B>,
+    feats: &Features,
+    rows: &[usize],
+    batch_size: usize,
+    fixed_shape: bool,
+    device: &B::Device,
+    mut each: impl FnMut(&[usize], Tensor<B, 2>, Tensor<B, 2>),
+) {
+    let size = batch_size.max(1);
+    for chunk in rows.chunks(size) {
+        let n = chunk.len();
+        let padded: Vec<usize>;
+        let input = if fixed_shape && n < size {
+            padded = chunk
+                .iter()
+                .copied()
+                .chain(std::iter::repeat_n(chunk[0], size - n))
+                .collect();
+            &padded[..]
+        } else {
+            chunk
+        };
+        let b = batch::<B>(feats, input, device);
+        let (s, e) = model.forward(b.input_ids, b.attention_mask, b.token_type_ids);
+        if input.len() > n {
+            each(chunk, s.narrow(0, 0, n), e.narrow(0, 0, n));
+        } else {
+            each(chunk, s, e);
+        }
+    }
+}
+
+/// Start/end logits of `rows`, in that order, computed `batch_size` windows at a time (see
+/// [`forward_chunks`] for `fixed_shape`).
 pub fn logits<B: Backend>(
     model: &QaModel<B>,
     feats: &Features,
     rows: &[usize],
     batch_size: usize,
+    fixed_shape: bool,
     device: &B::Device,
     on_progress: &dyn Fn(u64),
 ) -> Logits {
     let seq = feats.max_seq_length;
     let mut start = Vec::with_capacity(rows.len() * seq);
     let mut end = Vec::with_capacity(rows.len() * seq);
-    for chunk in rows.chunks(batch_size.max(1)) {
-        let b = batch::<B>(feats, chunk, device);
-        let (s, e) = model.forward(b.input_ids, b.attention_mask, b.token_type_ids);
-        start.extend(s.into_data().convert::<f32>().iter::<f32>());
-        end.extend(e.into_data().convert::<f32>().iter::<f32>());
-        on_progress(chunk.len() as u64);
-    }
+    forward_chunks(
+        model,
+        feats,
+        rows,
+        batch_size,
+        fixed_shape,
+        device,
+        |chunk, s, e| {
+            start.extend(s.into_data().convert::<f32>().iter::<f32>());
+            end.extend(e.into_data().convert::<f32>().iter::<f32>());
+            on_progress(chunk.len() as u64);
+        },
+    );
     Logits { seq, start, end }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::HeadConfig;
+    use burn::backend::Flex;
+
+    /// 7 windows of length 8 with varied ids and padding.
+    fn features() -> Features {
+        let (n, l) = (7, 8);
+        let mut f = Features {
+            max_seq_length: l,
+            input_ids: vec![1; n * l],
+            attention_mask: vec![0; n * l],
+            token_type_ids: vec![0; n * l],
+            offsets: vec![-1; n * l * 2],
+            example_index: (0..n as i64).collect(),
+            window_index: vec![0; n],
+            start_positions: vec![1; n],
+            end_positions: vec![2; n],
+            train_window: vec![1; n],
+        };
+        for r in 0..n {
+            for j in 0..(3 + r % 5) {
+                f.input_ids[r * l + j] = (3 + r * 7 + j * 11) as i32 % 90 + 3;
+                f.attention_mask[r * l + j] = 1;
+            }
+        }
+        f
+    }
+
+    #[test]
+    fn padded_last_batch_gives_the_same_logits_for_the_real_rows() {
+        let cfg = crate::bench::model_config("tiny").unwrap();
+        let model =
+            QaModel::<Flex>::init(&cfg, &HeadConfig::default(), &Default::default()).unwrap();
+        let f = features();
+        let rows = [6, 0, 3, 5, 1];
+        let plain = logits(&model, &f, &rows, 3, false, &Default::default(), &|_| {});
+        // Progress counts real rows only: 3, then 2 (not the padded 3).
+        let seen = std::cell::RefCell::new(Vec::new());
+        let padded = logits(&model, &f, &rows, 3, true, &Default::default(), &|n| {
+            seen.borrow_mut().push(n)
+        });
+        assert_eq!(*seen.borrow(), vec![3, 2]);
+        assert_eq!(padded.start.len(), rows.len() * 8);
+        assert_eq!(padded.end.len(), rows.len() * 8);
+        let d = plain
+            .start
+            .iter()
+            .chain(&plain.end)
+            .zip(padded.start.iter().chain(&padded.end))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(d <= 1e-6, "max |Δ| {d}");
+        // And the rows are in order: row 6 alone equals the first window's logits.
+        let one = logits(&model, &f, &[6], 3, true, &Default::default(), &|_| {});
+        let d1 = one
+            .start
+            .iter()
+            .zip(&padded.start[..8])
+            .map(|(a, b)| (a - b).abs());
+        assert!(d1.fold(0f32, f32::max) <= 1e-6);
+    }
 }

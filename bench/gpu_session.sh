@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# One prepared run for a lent GPU machine (15 minutes of device time in all): CUDA probe, model
+# parity on CUDA, the KorQuAD recipe (configs/korquad-tiny.toml) trained on CUDA, the sample
+# trained on CUDA (to compare with the CPU run), and pipeline bench against PyTorch.
+#
+# Prepared on the development machine (gpu/ is ignored by git, never committed):
+#   strip -o gpu/pipeline target/release/pipeline && gzip -f gpu/pipeline
+#   gzip -c ../shared/data/korquad/KorQuAD_v1.0_dev.json > gpu/korquad.json.gz   # optional
+# Run there from the repository root: `bash bench/gpu_session.sh` (logs and results go to $OUT).
+# Every step has a time cap and a global deadline (DEADLINE seconds, default 430) so the call
+# ends in time; steps that do not fit are skipped and say so.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu-out}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/log.txt") 2>&1
+T0=$(date +%s)
+DEADLINE=${DEADLINE:-430}
+now() { echo $(($(date +%s) - T0)); }
+say() { echo "[$(now)s] $*" >&2; }
+# cap N: seconds a step may take (at most N, at most what is left before the deadline)
+cap() { local left=$((DEADLINE - $(now))); [ "$left" -lt "$1" ] && echo "$left" || echo "$1"; }
+step() { # step NAME MAX_S CMD...: runs CMD under its cap, logs rc and time
+  local name=$1 max=$2; shift 2
+  local c; c=$(cap "$max")
+  if [ "$c" -lt 10 ]; then say "SKIP $name (no time left)"; return 99; fi
+  say "BEGIN $name (cap ${c}s)"
+  local t=$(date +%s)
+  timeout -k 5 "$c" "$@"; local rc=$?
+  say "END $name rc=$rc in $(($(date +%s) - t))s"
+  return $rc
+}
+
+say "== probe"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
+for c in /usr/local/cuda /usr/local/cuda-13.0 /opt/cuda; do
+  [ -f "$c/include/cuda.h" ] && { export CUDA_PATH=$c; break; }
+done
+if [ -z "${CUDA_PATH:-}" ] && command -v nvcc >/dev/null; then
+  CUDA_PATH=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")"); export CUDA_PATH
+fi
+echo "CUDA_PATH=${CUDA_PATH:-none}; nvcc: $(nvcc --version 2>/dev/null | tail -1)"
+if ! ldconfig -p | grep -q 'libnvrtc.so'; then
+  lib=$(ls "${CUDA_PATH:-/nonexistent}"/lib64/libnvrtc.so* 2>/dev/null | head -1)
+  [ -z "$lib" ] && lib=$(python3 -c 'import glob,site;print(next(iter(sorted(p for s in site.getsitepackages() for p in glob.glob(s+"/nvidia/**/libnvrtc.so*",recursive=True))),""))' 2>/dev/null)
+  [ -n "$lib" ] && export LD_LIBRARY_PATH="$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+echo "nvrtc: $(ldconfig -p | grep -m1 libnvrtc.so || echo "${LD_LIBRARY_PATH:-not found}")"
+python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__, torch.cuda.get_device_name(0))'
+BIN=/tmp/pipeline
+gunzip -c gpu/pipeline.gz > $BIN && chmod +x $BIN || { say "no gpu/pipeline.gz"; exit 1; }
+if [ -f gpu/korquad.json.gz ] && [ ! -f ../shared/data/korquad/KorQuAD_v1.0_dev.json ]; then
+  mkdir -p ../shared/data/korquad && gunzip -c gpu/korquad.json.gz > ../shared/data/korquad/KorQuAD_v1.0_dev.json
+fi
+PEAK_F32=67; PEAK_HALF=989 # H100 SXM dense peaks (TFLOP/s): f32 CUDA cores, bf16/f16 tensor cores
+
+# bench NAME CAP ARGS...: ours (pipeline bench) or torch with a GPU-memory poller; one TSV line
+bench() {
+  local name=$1 max=$2; shift 2
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >/tmp/mem.txt 2>/dev/null &
+  local mp=$!
+  step "$name" "$max" "$@" >/tmp/bench.out; local rc=$?
+  kill $mp 2>/dev/null; wait $mp 2>/dev/null
+  printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$(sort -n /tmp/mem.txt | tail -1)" "$(grep '^{' /tmp/bench.out | tail -1)" | tee -a "$OUT/bench.tsv"
+}
+ours() { bench "pipeline $*" "$CAPB" $BIN bench --device cuda "$@"; }
+torchb() { bench "pytorch $*" "$CAPB" python3 bench/torch_bench.py --device cuda "$@"; }
+
+say "== smoke: tiny model training steps on CUDA"
+CAPB=90 ours --model tiny --seq 64 --batch 8 --steps 5 --warmup 2
+say "== parity: tiny checkpoints, pipeline infer on CUDA vs transformers logits"
+step parity 60 python3 bench/gpu_parity.py $BIN --device cuda
+
+say "== KorQuAD recipe on CUDA (f32)"
+if [ -f ../shared/data/korquad/KorQuAD_v1.0_dev.json ]; then
+  step korquad 170 $BIN run all --config configs/korquad-tiny.toml --set train.device=cuda
+  cp outputs/korquad-tiny/evaluate/metrics.json "$OUT/korquad_metrics.json" 2>/dev/null
+  cp outputs/korquad-tiny/evaluate/report.md "$OUT/korquad_report.md" 2>/dev/null
+  for f in outputs/korquad-tiny/train/fold-*/metrics.jsonl; do
+    sed "s/^/$(basename "$(dirname "$f")")\t/" "$f"
+  done >"$OUT/korquad_train.tsv" 2>/dev/null
+else
+  say "SKIP korquad (no data)"
+fi
+
+say "== roberta-base seq 384 batch 16: pipeline vs PyTorch, f32 and bf16"
+CAPB=70
+ours --model roberta-base --seq 384 --batch 16 --steps 8 --warmup 3 --precision f32 --peak-tflops $PEAK_F32
+torchb --model roberta-base --seq 384 --batch 16 --steps 8 --warmup 3 --precision f32 --peak-tflops $PEAK_F32
+ours --model roberta-base --seq 384 --batch 16 --steps 8 --warmup 3 --precision bf16 --peak-tflops $PEAK_HALF
+torchb --model roberta-base --seq 384 --batch 16 --steps 8 --warmup 3 --precision bf16 --peak-tflops $PEAK_HALF
+
+say "== the sample (pipeline.toml) on CUDA, to compare with the CPU run"
+step sample 60 $BIN run all --set run.name=sample-cuda --set train.device=cuda
+for f in outputs/sample-cuda/train/fold-*/metrics.jsonl; do
+  sed "s/^/$(basename "$(dirname "$f")")\t/" "$f"
+done >"$OUT/sample_cuda_train.tsv" 2>/dev/null
+
+say "== roberta-large seq 384 batch 8, then seq 512, while time is left"
+CAPB=80
+ours --model roberta-large --seq 384 --batch 8 --steps 5 --warmup 2 --precision bf16 --peak-tflops $PEAK_HALF
+torchb --model roberta-large --seq 384 --batch 8 --steps 5 --warmup 2 --precision bf16 --peak-tflops $PEAK_HALF
+ours --model roberta-large --seq 384 --batch 8 --steps 5 --warmup 2 --precision f32 --peak-tflops $PEAK_F32
+torchb --model roberta-large --seq 384 --batch 8 --steps 5 --warmup 2 --precision f32 --peak-tflops $PEAK_F32
+say "== done"
+cut -f1-4 "$OUT/bench.tsv" | cut -c1-400
