@@ -97,6 +97,27 @@ fn run_all_produces_scores_and_a_submission() {
     assert!(again.contains("train: up to date, skipped"), "{again}");
     let status = ok(d, &args(&["status"]));
     assert!(status.contains("train fold 1: done, best F1"), "{status}");
+
+    // Hard voting reruns only ensemble, evaluate and submit: one vote per fold and question,
+    // the prediction is the top of the tally.
+    let mut hv = args(&["run", "all"]);
+    hv.extend(["--set", "ensemble.method=hard_vote"]);
+    let out = ok(d, &hv);
+    assert!(out.contains("predict: up to date, skipped"), "{out}");
+    let votes = json(&run.join("ensemble/votes.json"));
+    let preds = json(&run.join("submit/predictions.json"));
+    assert_eq!(votes.as_object().unwrap().len(), 76);
+    for (id, tally) in votes.as_object().unwrap() {
+        let tally = tally.as_array().unwrap();
+        let n: u64 = tally.iter().map(|v| v["votes"].as_u64().unwrap()).sum();
+        assert_eq!(n, 2, "{id}: one vote per fold");
+        assert!(tally
+            .windows(2)
+            .all(|w| w[0]["votes"].as_u64() >= w[1]["votes"].as_u64()));
+        assert_eq!(preds[id], tally[0]["text"], "{id}");
+    }
+    let m = json(&run.join("evaluate/metrics.json"));
+    assert_eq!(m["test"]["ensemble"]["total"], 76);
 }
 
 fn weights(p: &Path) -> Vec<u8> {

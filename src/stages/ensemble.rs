@@ -1,5 +1,7 @@
-//! `ensemble`: averages the folds' test logits window by window, then decodes; also pools the
-//! out-of-fold logits into out-of-fold predictions for an honest cross-validation score.
+//! `ensemble`: averages the folds' test logits window by window, then decodes (or, with
+//! `hard_vote`, decodes every fold alone and votes on the answer text, writing `votes.json`);
+//! also pools the out-of-fold logits into out-of-fold predictions for an honest
+//! cross-validation score.
 //!
 //! Reads `predict/fold-K/*_logits.safetensors`, `prepare/` and `train/fold-K/manifest.json`
 //! (for `weighted`); writes `ensemble/test_logits.safetensors`, `predictions.json`,
@@ -18,6 +20,9 @@ use crate::run::{Manifest, StageWriter};
 /// Character offsets of one window's tokens (`None` outside the context).
 type ContextOffsets = Vec<Option<(usize, usize)>>;
 
+/// Logits with the example and feature index of each row, as `read_logits` returns them.
+type RowLogits = (Logits, Vec<i64>, Vec<i64>);
+
 /// How fold logits combine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -27,6 +32,51 @@ pub enum EnsembleMethod {
     Mean,
     /// Mean weighted by each fold's best validation score (`train.keep_best_by`).
     Weighted,
+    /// Each fold decodes its own logits; the answer text most folds give wins, ties going to
+    /// the higher mean score (start + end logit). Works for folds with different windows.
+    HardVote,
+}
+
+/// One answer text's votes across folds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Vote {
+    pub text: String,
+    pub votes: usize,
+    /// Mean of start + end logit over the folds that gave this text.
+    pub mean_score: f64,
+    /// The folds that gave it.
+    pub folds: Vec<usize>,
+}
+
+/// Tallies the folds' answers (`answers[k]` = fold k's text and score), most votes first, ties
+/// by higher mean score, then by the earliest fold. Empty when there are no answers.
+pub fn hard_vote(answers: &[(String, f32)]) -> Vec<Vote> {
+    let mut votes: Vec<Vote> = Vec::new();
+    for (fold, (text, score)) in answers.iter().enumerate() {
+        match votes.iter_mut().find(|v| &v.text == text) {
+            Some(v) => {
+                v.mean_score += f64::from(*score);
+                v.votes += 1;
+                v.folds.push(fold);
+            }
+            None => votes.push(Vote {
+                text: text.clone(),
+                votes: 1,
+                mean_score: f64::from(*score),
+                folds: vec![fold],
+            }),
+        }
+    }
+    for v in &mut votes {
+        v.mean_score /= v.votes as f64;
+    }
+    // Stable sort: equal (votes, mean) keep first-fold order.
+    votes.sort_by(|a, b| {
+        b.votes
+            .cmp(&a.votes)
+            .then(b.mean_score.total_cmp(&a.mean_score))
+    });
+    votes
 }
 
 /// The decode settings.
@@ -47,6 +97,41 @@ pub fn fold_scores(ctx: &Ctx) -> Result<Vec<serde_json::Value>> {
         .collect()
 }
 
+/// The folds' test logits combined with `weights`, and the feature rows they belong to
+/// (example and feature index per row; `None` without folds); folds must share their windows.
+fn mean_test_logits(
+    pred: &std::path::Path,
+    weights: &[f64],
+) -> Result<Option<RowLogits>> {
+    let mut acc: Option<RowLogits> = None;
+    for (fold, weight) in weights.iter().enumerate() {
+        let weight = *weight as f32;
+        let (lg, ex, fi) = read_logits(&pred.join(format!("fold-{fold}/test_logits.safetensors")))?;
+        match &mut acc {
+            None => {
+                let scaled = Logits {
+                    seq: lg.seq,
+                    start: lg.start.iter().map(|x| x * weight).collect(),
+                    end: lg.end.iter().map(|x| x * weight).collect(),
+                };
+                acc = Some((scaled, ex, fi));
+            }
+            Some((a, _, fi0)) => {
+                if &fi != fi0 || lg.seq != a.seq {
+                    bail!("fold {fold}'s test windows differ from fold 0's: average folds that share one prepare stage, or use ensemble.method = \"hard_vote\"");
+                }
+                for (x, y) in a.start.iter_mut().zip(&lg.start) {
+                    *x += y * weight;
+                }
+                for (x, y) in a.end.iter_mut().zip(&lg.end) {
+                    *x += y * weight;
+                }
+            }
+        }
+    }
+    Ok(acc)
+}
+
 /// Runs the stage.
 pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
     let s = &ctx.settings;
@@ -57,8 +142,19 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
     let k = s.split.folds;
     let pred = ctx.stage_dir(Stage::Predict);
 
+    let cfg = decode_config(ctx);
+    let rows_of = |fi: &[i64]| -> (Vec<usize>, Vec<ContextOffsets>) {
+        (
+            fi.iter()
+                .map(|&r| feats.example_index[r as usize] as usize)
+                .collect(),
+            fi.iter()
+                .map(|&r| feats.context_offsets(r as usize))
+                .collect(),
+        )
+    };
     let weights: Vec<f64> = match s.ensemble.method {
-        EnsembleMethod::Mean => vec![1.0 / k as f64; k],
+        EnsembleMethod::Mean | EnsembleMethod::HardVote => vec![1.0 / k as f64; k],
         EnsembleMethod::Weighted => {
             let key = match s.train.keep_best_by {
                 crate::settings::KeepBestBy::Em => "exact_match",
@@ -83,65 +179,79 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
         }
     };
 
-    // Test logits: same windows in every fold, averaged.
-    let mut avg: Option<(Logits, Vec<i64>, Vec<i64>)> = None;
-    for (fold, weight) in weights.iter().enumerate() {
-        let weight = *weight as f32;
-        let (lg, ex, fi) = read_logits(&pred.join(format!("fold-{fold}/test_logits.safetensors")))?;
-        match &mut avg {
-            None => {
-                let scaled = Logits {
-                    seq: lg.seq,
-                    start: lg.start.iter().map(|x| x * weight).collect(),
-                    end: lg.end.iter().map(|x| x * weight).collect(),
-                };
-                avg = Some((scaled, ex, fi));
-            }
-            Some((acc, ex0, fi0)) => {
-                if &fi != fi0 || lg.seq != acc.seq {
-                    bail!("fold {fold}'s test windows differ from fold 0's: folds must share one prepare stage");
-                }
-                let _ = ex0;
-                for (a, x) in acc.start.iter_mut().zip(&lg.start) {
-                    *a += x * weight;
-                }
-                for (a, x) in acc.end.iter_mut().zip(&lg.end) {
-                    *a += x * weight;
-                }
+    let preds = if s.ensemble.method == EnsembleMethod::HardVote {
+        // Every fold decodes its own windows; then one vote per fold and question.
+        let mut answers: std::collections::BTreeMap<String, Vec<(String, f32)>> =
+            Default::default();
+        for fold in 0..k {
+            let (lg, _, fi) =
+                read_logits(&pred.join(format!("fold-{fold}/test_logits.safetensors")))?;
+            let (re, ro) = rows_of(&fi);
+            let (_, nbest) = decode_rows(&examples, &re, &ro, &lg, &cfg);
+            for (id, list) in nbest {
+                let (text, score) = list
+                    .first()
+                    .map(|e| (e.text.clone(), e.start_logit + e.end_logit))
+                    .unwrap_or_default();
+                answers.entry(id).or_default().push((text, score));
             }
         }
-    }
-    let (test_lg, test_ex, test_fi) = avg.unwrap_or((
-        Logits {
-            seq: feats.max_seq_length,
-            start: vec![],
-            end: vec![],
-        },
-        vec![],
-        vec![],
-    ));
-    write_logits(
-        &w.path("test_logits.safetensors"),
-        &test_lg,
-        &test_ex,
-        Some(&test_fi),
-    )?;
-    w.record("test_logits.safetensors")?;
-    let cfg = decode_config(ctx);
-    let rows_of = |fi: &[i64]| -> (Vec<usize>, Vec<ContextOffsets>) {
-        (
-            fi.iter()
-                .map(|&r| feats.example_index[r as usize] as usize)
-                .collect(),
-            fi.iter()
-                .map(|&r| feats.context_offsets(r as usize))
-                .collect(),
-        )
+        let tallies: std::collections::BTreeMap<String, Vec<Vote>> = answers
+            .into_iter()
+            .map(|(id, a)| (id, hard_vote(&a)))
+            .collect();
+        let preds: std::collections::BTreeMap<String, String> = tallies
+            .iter()
+            .map(|(id, v)| {
+                (
+                    id.clone(),
+                    v.first().map(|v| v.text.clone()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        w.write_json("predictions.json", &preds)?;
+        w.write_json("votes.json", &tallies)?;
+        // submit reads an n-best list: the tallies in its shape (probability = vote share).
+        let nbest: std::collections::BTreeMap<String, Vec<crate::infer::NbestEntry>> = tallies
+            .iter()
+            .map(|(id, vs)| {
+                let list = vs
+                    .iter()
+                    .map(|v| crate::infer::NbestEntry {
+                        text: v.text.clone(),
+                        probability: v.votes as f32 / k as f32,
+                        start_logit: v.mean_score as f32,
+                        end_logit: 0.0,
+                    })
+                    .collect();
+                (id.clone(), list)
+            })
+            .collect();
+        w.write_json("nbest_predictions.json", &nbest)?;
+        preds
+    } else {
+        let (test_lg, test_ex, test_fi) = mean_test_logits(&pred, &weights)?.unwrap_or((
+            Logits {
+                seq: feats.max_seq_length,
+                start: vec![],
+                end: vec![],
+            },
+            vec![],
+            vec![],
+        ));
+        write_logits(
+            &w.path("test_logits.safetensors"),
+            &test_lg,
+            &test_ex,
+            Some(&test_fi),
+        )?;
+        w.record("test_logits.safetensors")?;
+        let (re, ro) = rows_of(&test_fi);
+        let (preds, nbest) = decode_rows(&examples, &re, &ro, &test_lg, &cfg);
+        w.write_json("predictions.json", &preds)?;
+        w.write_json("nbest_predictions.json", &nbest)?;
+        preds
     };
-    let (re, ro) = rows_of(&test_fi);
-    let (preds, nbest) = decode_rows(&examples, &re, &ro, &test_lg, &cfg);
-    w.write_json("predictions.json", &preds)?;
-    w.write_json("nbest_predictions.json", &nbest)?;
 
     // Out-of-fold: every training window belongs to exactly one fold.
     let mut oof = Logits {
@@ -172,4 +282,30 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
         "test_predictions": preds.len(),
         "oof_predictions": oof_preds.len(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(t: &str, s: f32) -> (String, f32) {
+        (t.to_string(), s)
+    }
+
+    #[test]
+    fn hard_vote_takes_the_majority_then_the_higher_mean_score() {
+        // Majority wins even against a higher score.
+        let v = hard_vote(&[a("서울", 1.0), a("부산", 9.0), a("서울", 2.0)]);
+        assert_eq!(v[0].text, "서울");
+        assert_eq!((v[0].votes, v[0].folds.clone()), (2, vec![0, 2]));
+        assert!((v[0].mean_score - 1.5).abs() < 1e-12);
+        assert_eq!(v[1].text, "부산");
+        // A tie goes to the higher mean score.
+        let v = hard_vote(&[a("A", 1.0), a("B", 3.0), a("A", 4.0), a("B", 3.0)]);
+        assert_eq!(v[0].text, "B");
+        // Equal votes and scores: the earliest fold's answer.
+        let v = hard_vote(&[a("x", 2.0), a("y", 2.0)]);
+        assert_eq!(v[0].text, "x");
+        assert!(hard_vote(&[]).is_empty());
+    }
 }
