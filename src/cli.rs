@@ -46,6 +46,18 @@ pub struct ConfigArgs {
     pub set: Vec<String>,
 }
 
+impl ConfigArgs {
+    /// The same arguments again, for a child process.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut v = vec!["--config".to_string(), self.config.display().to_string()];
+        for s in &self.set {
+            v.push("--set".into());
+            v.push(s.clone());
+        }
+        v
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run one stage, or all of them in order (skipping those up to date).
@@ -141,7 +153,8 @@ pub fn main() -> Result<()> {
             force,
         } => {
             let settings = Settings::load(&config.config, &config.set)?;
-            let ctx = Ctx::new(settings, force, fold, ui)?;
+            let mut ctx = Ctx::new(settings, force, fold, ui)?;
+            ctx.config_args = config.to_args();
             match stage_of(target) {
                 Some(stage) => stages::run_stage(&ctx, stage),
                 None => stages::run_all(&ctx),

@@ -233,6 +233,10 @@ pub enum KeepBestBy {
     EndAcc,
 }
 
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
 /// `[train]`: fine-tuning one model per fold.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -263,6 +267,11 @@ pub struct TrainSettings {
     /// Drop each epoch's last, incomplete training batch (HF's `dataloader_drop_last`); on
     /// CUDA this keeps one batch shape, so kernels are compiled and autotuned once.
     pub drop_last: bool,
+    /// Folds trained at once, each in its own process (`pipeline run train --fold K`); 2 on a
+    /// 2-core machine uses both cores. Results equal training the folds one by one. Not part
+    /// of the train stage's settings hash (left out of serialisation at 1).
+    #[serde(skip_serializing_if = "is_one")]
+    pub parallel_folds: usize,
     pub seed: u64,
     /// Validate every N optimizer steps; 0 = at the end of every epoch.
     pub eval_every: usize,
@@ -299,6 +308,7 @@ impl Default for TrainSettings {
             max_grad_norm: 1.0,
             gradient_accumulation: 1,
             drop_last: false,
+            parallel_folds: 1,
             seed: 42,
             eval_every: 0,
             keep_best_by: KeepBestBy::F1,
@@ -517,6 +527,9 @@ impl Settings {
                 "train.precision = \"{}\" needs train.device = \"cuda\" (the CPU backend computes in f32)",
                 t.precision
             );
+        }
+        if t.parallel_folds == 0 {
+            bail!("train.parallel_folds must be at least 1");
         }
         if t.epochs == 0
             || t.batch_size == 0

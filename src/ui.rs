@@ -2,6 +2,10 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// Environment variable that hides progress bars (plain progress lines instead); set for the
+/// fold processes of `train.parallel_folds`, whose bars would overwrite each other.
+pub const PLAIN_PROGRESS: &str = "PIPELINE_PLAIN_PROGRESS";
+
 /// Where user-facing messages go (stderr; stdout is kept for results such as `score`'s JSON).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Ui {
@@ -31,7 +35,7 @@ impl Ui {
 
     /// A progress bar of `len` steps (hidden when quiet or when stderr is not a terminal).
     pub fn bar(&self, len: u64, msg: &str) -> ProgressBar {
-        if self.quiet {
+        if self.quiet || std::env::var_os(PLAIN_PROGRESS).is_some() {
             return ProgressBar::hidden();
         }
         let bar = ProgressBar::new(len);

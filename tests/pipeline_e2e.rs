@@ -308,3 +308,42 @@ fn drop_last_trains_only_full_batches_and_half_precision_needs_cuda() {
     let err = fails(d, &args(&["run", "train", "--set", "train.precision=f8"]));
     assert!(err.contains("precision"), "{err}");
 }
+
+#[test]
+fn parallel_folds_train_in_processes_to_the_same_weights() {
+    let ws = workspace();
+    let d = ws.path();
+    ok(d, &args(&["run", "prepare", "-q"]));
+    ok(d, &args(&["run", "split", "-q"]));
+    let mut a = args(&["run", "train"]);
+    a.extend(["--set", "train.parallel_folds=2"]);
+    let out = ok(d, &a);
+    assert!(out.contains("2 at a time in separate processes"), "{out}");
+    // Plain progress lines from the fold processes, no bars.
+    assert!(out.contains("fold 1 step"), "{out}");
+    // Same settings hash as one-by-one training: nothing to redo.
+    let status = ok(d, &args(&["status"]));
+    assert!(status.contains("train     done"), "{status}");
+
+    let ws2 = workspace();
+    let d2 = ws2.path();
+    ok(d2, &args(&["run", "prepare", "-q"]));
+    ok(d2, &args(&["run", "split", "-q"]));
+    ok(d2, &args(&["run", "train", "-q"]));
+    for k in 0..2 {
+        let f = format!("outputs/sample/train/fold-{k}/last/model.safetensors");
+        assert_eq!(
+            weights(&d.join(&f)),
+            weights(&d2.join(&f)),
+            "fold {k}: parallel and one-by-one training differ"
+        );
+    }
+    // A failing fold process fails the stage with a clear line.
+    let mut bad = args(&["run", "train", "--force"]);
+    bad.extend(["--set", "train.parallel_folds=2", "--set", "train.device=cuda"]);
+    let o = pipeline(d, &bad);
+    if !o.status.success() {
+        let t = text(&o);
+        assert!(t.contains("fold(s) [0, 1] failed"), "{t}");
+    }
+}

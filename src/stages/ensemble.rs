@@ -99,10 +99,7 @@ pub fn fold_scores(ctx: &Ctx) -> Result<Vec<serde_json::Value>> {
 
 /// The folds' test logits combined with `weights`, and the feature rows they belong to
 /// (example and feature index per row; `None` without folds); folds must share their windows.
-fn mean_test_logits(
-    pred: &std::path::Path,
-    weights: &[f64],
-) -> Result<Option<RowLogits>> {
+fn mean_test_logits(pred: &std::path::Path, weights: &[f64]) -> Result<Option<RowLogits>> {
     let mut acc: Option<RowLogits> = None;
     for (fold, weight) in weights.iter().enumerate() {
         let weight = *weight as f32;

@@ -15,7 +15,7 @@ pub mod train;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::run::{self, Manifest, Status};
@@ -77,6 +77,8 @@ pub struct Ctx {
     pub force: bool,
     pub fold: Option<usize>,
     pub ui: Ui,
+    /// The `--config` / `--set` arguments this run was started with, for fold processes.
+    pub config_args: Vec<String>,
 }
 
 impl Ctx {
@@ -96,6 +98,7 @@ impl Ctx {
             force,
             fold,
             ui,
+            config_args: Vec::new(),
         })
     }
 
@@ -152,6 +155,11 @@ pub fn plans(ctx: &Ctx, stage: Stage) -> Result<Vec<Plan>> {
     let prep = ctx.stage_dir(Stage::Prepare);
     let split = ctx.stage_dir(Stage::Split).join("folds.parquet");
     let input = |p: PathBuf| (p.display().to_string(), p);
+    // How many folds train at once does not change a fold's result.
+    let train_hashed = crate::settings::TrainSettings {
+        parallel_folds: 1,
+        ..s.train.clone()
+    };
     let one = |config_hash: String, inputs: Vec<(String, PathBuf)>| {
         Ok(vec![Plan {
             label: stage.name().to_string(),
@@ -185,13 +193,18 @@ pub fn plans(ctx: &Ctx, stage: Stage) -> Result<Vec<Plan>> {
                     }
                     (
                         train::fold_dir(&ctx.run_dir, k),
-                        hash_of(&(&s.model, &s.train, &s.decode, &s.evaluate, k))?,
+                        hash_of(&(&s.model, &train_hashed, &s.decode, &s.evaluate, k))?,
                         inputs,
                     )
                 } else {
                     (
                         ctx.stage_dir(Stage::Predict).join(format!("fold-{k}")),
-                        hash_of(&(&s.train.device, s.train.eval_batch_size, k))?,
+                        if s.train.precision == crate::device::Precision::F32 {
+                            hash_of(&(&s.train.device, s.train.eval_batch_size, k))?
+                        } else {
+                            let p = s.train.precision;
+                            hash_of(&(&s.train.device, s.train.eval_batch_size, k, p))?
+                        },
                         vec![
                             input(prep.join("features.safetensors")),
                             input(split.clone()),
@@ -294,6 +307,9 @@ pub fn status(ctx: &Ctx, stage: Stage) -> Result<(Status, Option<Manifest>)> {
 }
 
 fn run_one(ctx: &Ctx, stage: Stage) -> Result<()> {
+    if stage == Stage::Train && ctx.fold.is_none() && ctx.settings.train.parallel_folds > 1 {
+        return train_in_processes(ctx);
+    }
     for p in plans(ctx, stage)? {
         if !ctx.force && unit_status(ctx, stage, &p)?.0 == Status::Done {
             ctx.ui.info(&format!("{}: up to date, skipped", p.label));
@@ -312,6 +328,70 @@ fn run_one(ctx: &Ctx, stage: Stage) -> Result<()> {
         };
         ctx.ui
             .info(&format!("{label}: done in {:.1}s", m.elapsed_s));
+    }
+    Ok(())
+}
+
+/// Trains the folds that are not done in `train.parallel_folds` child processes at a time
+/// (`pipeline run train --fold K` with this run's config), so a CPU run uses every core; each
+/// fold keeps its own seeded random streams, so results equal one-by-one training.
+fn train_in_processes(ctx: &Ctx) -> Result<()> {
+    let mut queue = std::collections::VecDeque::new();
+    for p in plans(ctx, Stage::Train)? {
+        if !ctx.force && unit_status(ctx, Stage::Train, &p)?.0 == Status::Done {
+            ctx.ui.info(&format!("{}: up to date, skipped", p.label));
+        } else if let Some(k) = p.fold {
+            queue.push_back(k);
+        }
+    }
+    let width = ctx.settings.train.parallel_folds;
+    ctx.ui.info(&format!(
+        "train: folds {:?}, {width} at a time in separate processes",
+        queue
+    ));
+    let exe = std::env::current_exe().context("locating the pipeline executable")?;
+    let mut running: Vec<(usize, std::process::Child)> = Vec::new();
+    let mut failed = Vec::new();
+    loop {
+        while running.len() < width {
+            let Some(k) = queue.pop_front() else { break };
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.args(["run", "train", "--fold", &k.to_string()])
+                .args(&ctx.config_args)
+                .env(crate::ui::PLAIN_PROGRESS, "1");
+            if ctx.force {
+                cmd.arg("--force");
+            }
+            if ctx.ui.quiet {
+                cmd.arg("-q");
+            }
+            let child = cmd
+                .spawn()
+                .with_context(|| format!("starting the process for train fold {k}"))?;
+            running.push((k, child));
+        }
+        if running.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let mut i = 0;
+        while i < running.len() {
+            match running[i].1.try_wait()? {
+                Some(status) => {
+                    let (k, _) = running.swap_remove(i);
+                    if !status.success() {
+                        failed.push(k);
+                    }
+                }
+                None => i += 1,
+            }
+        }
+    }
+    if !failed.is_empty() {
+        failed.sort_unstable();
+        bail!(
+            "train: fold(s) {failed:?} failed (their errors are above); `pipeline run train` resumes them"
+        );
     }
     Ok(())
 }
