@@ -4,31 +4,10 @@
 # recipe's fold 0 with a progress line every 30 s (steady-state windows/s). Same preparation as
 # bench/gpu_session.sh (gpu/pipeline.gz, optional gpu/korquad.json.gz); results under $OUT.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/gpu-out}
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/diag.txt") 2>&1
-T0=$(date +%s)
 DEADLINE=${DEADLINE:-320}
-now() { echo $(($(date +%s) - T0)); }
-say() { echo "[$(now)s] $*" >&2; }
-cap() { local left=$((DEADLINE - $(now))); [ "$left" -lt "$1" ] && echo "$left" || echo "$1"; }
-step() {
-  local name=$1 max=$2; shift 2
-  local c; c=$(cap "$max")
-  if [ "$c" -lt 10 ]; then say "SKIP $name (no time left)"; return 99; fi
-  say "BEGIN $name (cap ${c}s)"
-  local t=$(date +%s)
-  timeout -k 5 "$c" "$@"; local rc=$?
-  say "END $name rc=$rc in $(($(date +%s) - t))s"
-  return $rc
-}
+LOG=diag.txt
+source "$(dirname "$0")/gpu_common.sh"
 [ -f /usr/local/cuda/include/cuda.h ] && export CUDA_PATH=/usr/local/cuda
-BIN=/tmp/pipeline
-gunzip -c gpu/pipeline.gz >$BIN && chmod +x $BIN || exit 1
-if [ -f gpu/korquad.json.gz ] && [ ! -f ../shared/data/korquad/KorQuAD_v1.0_dev.json ]; then
-  mkdir -p ../shared/data/korquad && gunzip -c gpu/korquad.json.gz >../shared/data/korquad/KorQuAD_v1.0_dev.json
-fi
 cat >cubecl.toml <<'TOML'
 [compilation.logger]
 level = "basic"

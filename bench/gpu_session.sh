@@ -10,26 +10,9 @@
 # Every step has a time cap and a global deadline (DEADLINE seconds, default 430) so the call
 # ends in time; steps that do not fit are skipped and say so.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/gpu-out}
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/log.txt") 2>&1
-T0=$(date +%s)
 DEADLINE=${DEADLINE:-430}
-now() { echo $(($(date +%s) - T0)); }
-say() { echo "[$(now)s] $*" >&2; }
-# cap N: seconds a step may take (at most N, at most what is left before the deadline)
-cap() { local left=$((DEADLINE - $(now))); [ "$left" -lt "$1" ] && echo "$left" || echo "$1"; }
-step() { # step NAME MAX_S CMD...: runs CMD under its cap, logs rc and time
-  local name=$1 max=$2; shift 2
-  local c; c=$(cap "$max")
-  if [ "$c" -lt 10 ]; then say "SKIP $name (no time left)"; return 99; fi
-  say "BEGIN $name (cap ${c}s)"
-  local t=$(date +%s)
-  timeout -k 5 "$c" "$@"; local rc=$?
-  say "END $name rc=$rc in $(($(date +%s) - t))s"
-  return $rc
-}
+LOG=log.txt
+source "$(dirname "$0")/gpu_common.sh"
 
 say "== probe"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
@@ -47,11 +30,6 @@ if ! ldconfig -p | grep -q 'libnvrtc.so'; then
 fi
 echo "nvrtc: $(ldconfig -p | grep -m1 libnvrtc.so || echo "${LD_LIBRARY_PATH:-not found}")"
 python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__, torch.cuda.get_device_name(0))'
-BIN=/tmp/pipeline
-gunzip -c gpu/pipeline.gz > $BIN && chmod +x $BIN || { say "no gpu/pipeline.gz"; exit 1; }
-if [ -f gpu/korquad.json.gz ] && [ ! -f ../shared/data/korquad/KorQuAD_v1.0_dev.json ]; then
-  mkdir -p ../shared/data/korquad && gunzip -c gpu/korquad.json.gz > ../shared/data/korquad/KorQuAD_v1.0_dev.json
-fi
 PEAK_F32=67; PEAK_HALF=989 # H100 SXM dense peaks (TFLOP/s): f32 CUDA cores, bf16/f16 tensor cores
 # The first run (2026-11-26) spent its whole time compiling autotune candidates at CubeCL's
 # default level; fewer candidates per shape by default here (AUTOTUNE=balanced to compare).
