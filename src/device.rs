@@ -112,14 +112,37 @@ macro_rules! with_backend {
     }};
 }
 
-/// Creates CUDA device `index` and runs one tiny kernel; a missing driver, device or NVRTC
-/// becomes an error (Burn's CUDA runtime panics instead), so callers can fail cleanly.
+/// Creates CUDA device `index` and runs one tiny kernel; a missing driver, NVRTC, CUDA headers
+/// or device becomes a one-line error (Burn's CUDA runtime panics instead), so callers can fail
+/// cleanly.
 pub fn cuda_device(index: usize) -> Result<burn::backend::cuda::CudaDevice> {
     use burn::tensor::Tensor;
-    if !driver_library_found() {
+    let fallback = "use --device cpu (train.device = \"cpu\") instead";
+    // SAFETY: only tries to dlopen the libraries, as Burn's CUDA runtime does at its first use.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
         return Err(anyhow!(
-            "--device cuda:{index}: no CUDA driver (libcuda.so.1) found on this machine; use --device cpu"
+            "--device cuda:{index}: no NVIDIA driver library (libcuda.so) can be loaded on this machine; {fallback}"
         ));
+    }
+    // SAFETY: as above.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(anyhow!(
+            "--device cuda:{index}: NVRTC (libnvrtc.so, from the CUDA toolkit) cannot be loaded: install the toolkit or add its lib64 folder to LD_LIBRARY_PATH; or {fallback}"
+        ));
+    }
+    match cuda_toolkit_dir(std::env::var_os("CUDA_PATH"), &|p| p.exists()) {
+        Some(dir) if dir.join("include").join("cuda.h").exists() => {}
+        Some(dir) => {
+            return Err(anyhow!(
+                "--device cuda:{index}: the CUDA headers are missing ({} does not exist; kernels are compiled at run time and need them): set CUDA_PATH to the CUDA toolkit folder, or {fallback}",
+                dir.join("include").join("cuda.h").display()
+            ))
+        }
+        None => {
+            return Err(anyhow!(
+                "--device cuda:{index}: no CUDA toolkit folder (CUDA_PATH unset; none of /usr/local/cuda, /opt/cuda, /usr/bin/nvcc exists); its headers are needed to compile kernels: set CUDA_PATH, or {fallback}"
+            ))
+        }
     }
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
@@ -143,35 +166,32 @@ pub fn cuda_device(index: usize) -> Result<burn::backend::cuda::CudaDevice> {
                 .unwrap_or_else(|| "unknown error".into());
             let first = msg.lines().next().unwrap_or("").trim().to_string();
             Err(anyhow!(
-                "CUDA device {index} is not usable here ({first}); a CUDA driver, an NVIDIA GPU and NVRTC are needed. Use --device cpu instead"
+                "CUDA device {index} is not usable here ({first}); {fallback}"
             ))
         }
     }
 }
 
-/// Whether the NVIDIA driver library is on a standard path or `LD_LIBRARY_PATH`.
-fn driver_library_found() -> bool {
-    let mut dirs: Vec<std::path::PathBuf> = std::env::var("LD_LIBRARY_PATH")
-        .unwrap_or_default()
-        .split(':')
-        .filter(|d| !d.is_empty())
-        .map(Into::into)
-        .collect();
-    for d in [
-        "/usr/lib/x86_64-linux-gnu",
-        "/usr/lib/aarch64-linux-gnu",
-        "/usr/lib64",
-        "/usr/lib",
-        "/usr/local/nvidia/lib64",
-        "/usr/local/nvidia/lib",
-        "/usr/local/cuda/lib64",
-        "/usr/local/cuda/compat",
-        "/usr/lib/wsl/lib",
-    ] {
-        dirs.push(d.into());
+/// The CUDA toolkit folder Burn's CUDA runtime will use for kernel headers, found the way it
+/// looks (`CUDA_PATH`, then `/usr/local/cuda`, `/opt/cuda`, then `/usr` when `/usr/bin/nvcc`
+/// exists); `exists` is the file test (injectable for tests).
+fn cuda_toolkit_dir(
+    cuda_path: Option<std::ffi::OsString>,
+    exists: &dyn Fn(&std::path::Path) -> bool,
+) -> Option<std::path::PathBuf> {
+    use std::path::{Path, PathBuf};
+    if let Some(p) = cuda_path {
+        return Some(PathBuf::from(p));
     }
-    dirs.iter()
-        .any(|d| d.join("libcuda.so.1").exists() || d.join("libcuda.so").exists())
+    if exists(Path::new("/usr/local/cuda")) {
+        Some("/usr/local/cuda".into())
+    } else if exists(Path::new("/opt/cuda")) {
+        Some("/opt/cuda".into())
+    } else if exists(Path::new("/usr/bin/nvcc")) {
+        Some("/usr".into())
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -184,6 +204,21 @@ mod tests {
         assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda(0));
         assert_eq!("cuda:3".parse::<Device>().unwrap(), Device::Cuda(3));
         assert!("tpu".parse::<Device>().is_err());
+    }
+
+    #[test]
+    fn finds_the_cuda_toolkit_as_burns_runtime_does() {
+        use std::path::{Path, PathBuf};
+        let none = |_: &Path| false;
+        assert_eq!(
+            cuda_toolkit_dir(Some("/x/cuda".into()), &none),
+            Some(PathBuf::from("/x/cuda"))
+        );
+        assert_eq!(cuda_toolkit_dir(None, &none), None);
+        let opt = |p: &Path| p == Path::new("/opt/cuda");
+        assert_eq!(cuda_toolkit_dir(None, &opt), Some("/opt/cuda".into()));
+        let nvcc = |p: &Path| p == Path::new("/usr/bin/nvcc");
+        assert_eq!(cuda_toolkit_dir(None, &nvcc), Some("/usr".into()));
     }
 
     #[test]

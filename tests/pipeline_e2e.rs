@@ -340,7 +340,12 @@ fn parallel_folds_train_in_processes_to_the_same_weights() {
     }
     // A failing fold process fails the stage with a clear line.
     let mut bad = args(&["run", "train", "--force"]);
-    bad.extend(["--set", "train.parallel_folds=2", "--set", "train.device=cuda"]);
+    bad.extend([
+        "--set",
+        "train.parallel_folds=2",
+        "--set",
+        "train.device=cuda",
+    ]);
     let o = pipeline(d, &bad);
     if !o.status.success() {
         let t = text(&o);
