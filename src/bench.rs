@@ -23,18 +23,29 @@ use crate::train::clip::clip_grad_norm;
 use crate::train::loss::{qa_loss, LossConfig};
 use crate::train::optim::{OptimConfig, QaOptimizer};
 
-/// What to measure.
-#[derive(Debug, Clone)]
+/// What to measure (also `pipeline bench`'s arguments).
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// `tiny`, `roberta-base`, `roberta-large`, or a HF `config.json`.
+    /// `tiny`, `roberta-base`, `roberta-large`, or a HF config.json.
+    #[arg(long, default_value = "roberta-base")]
     pub model: String,
+    #[arg(long, default_value_t = 384)]
     pub seq: usize,
+    #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    #[arg(long, default_value_t = 10)]
     pub steps: usize,
+    #[arg(long, default_value_t = 2)]
     pub warmup: usize,
+    /// `cpu` or `cuda` / `cuda:N`.
+    #[arg(long, default_value = "cpu")]
     pub device: Device,
+    /// `f32`, or pure `bf16` / `f16` (CUDA only).
+    #[arg(long, default_value = "f32")]
     pub precision: Precision,
-    /// The device's peak in TFLOP/s for MFU (none: MFU is not reported).
+    /// The device's peak TFLOP/s at this precision, for MFU (e.g. an H100 SXM: 67 for f32 on
+    /// CUDA cores, 495 for TF32 tensor cores, 989 for bf16/f16 tensor cores); none: no MFU.
+    #[arg(long)]
     pub peak_tflops: Option<f64>,
 }
 

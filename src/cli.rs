@@ -108,29 +108,7 @@ pub enum Command {
     },
     /// Measure training throughput on random inputs (examples/s, tokens/s, MFU) for a model
     /// shape; prints one JSON object.
-    Bench {
-        /// `tiny`, `roberta-base`, `roberta-large`, or a HF config.json.
-        #[arg(long, default_value = "roberta-base")]
-        model: String,
-        #[arg(long, default_value_t = 384)]
-        seq: usize,
-        #[arg(long, default_value_t = 8)]
-        batch: usize,
-        #[arg(long, default_value_t = 10)]
-        steps: usize,
-        #[arg(long, default_value_t = 2)]
-        warmup: usize,
-        /// `cpu` or `cuda` / `cuda:N`.
-        #[arg(long, default_value = "cpu")]
-        device: crate::device::Device,
-        /// `f32`, or pure `bf16` / `f16` (CUDA only).
-        #[arg(long, default_value = "f32")]
-        precision: crate::device::Precision,
-        /// The device's peak TFLOP/s at this precision, for MFU (e.g. an H100 SXM: 67 for f32
-        /// on CUDA cores, 495 for TF32 tensor cores, 989 for bf16/f16 tensor cores).
-        #[arg(long)]
-        peak_tflops: Option<f64>,
-    },
+    Bench(crate::bench::BenchArgs),
     /// Score a predictions.json ({"id": "answer", ...}) against a SQuAD-format file, as the
     /// official scripts do; prints {"exact_match", "f1", "total"} as JSON.
     Score {
@@ -205,26 +183,8 @@ pub fn main() -> Result<()> {
             };
             crate::infer::run(&args, ui)
         }
-        Command::Bench {
-            model,
-            seq,
-            batch,
-            steps,
-            warmup,
-            device,
-            precision,
-            peak_tflops,
-        } => {
-            let report = crate::bench::run(&crate::bench::BenchArgs {
-                model,
-                seq,
-                batch,
-                steps,
-                warmup,
-                device,
-                precision,
-                peak_tflops,
-            })?;
+        Command::Bench(args) => {
+            let report = crate::bench::run(&args)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }

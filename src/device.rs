@@ -28,6 +28,14 @@ impl FromStr for Device {
     }
 }
 
+impl Device {
+    /// Whether batches should keep one shape (padding the last one): on CUDA every new shape
+    /// costs kernel compilation and autotuning; the CPU backend gains nothing from padding.
+    pub fn wants_fixed_shapes(self) -> bool {
+        self != Device::Cpu
+    }
+}
+
 impl std::fmt::Display for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -250,7 +250,7 @@ fn run_on<B: Backend>(args: &InferArgs, device: &B::Device, ui: Ui) -> Result<()
         &|_| {},
     )?;
     let bar = ui.bar(windows.len() as u64, "infer");
-    let fixed = args.device != Device::Cpu;
+    let fixed = args.device.wants_fixed_shapes();
     let logits = window_logits(&model, &windows, args.batch_size, fixed, device, &|n| {
         bar.inc(n)
     });

@@ -35,7 +35,7 @@ use crate::qa::metrics;
 use crate::qa::windows::QaTokenizer;
 use crate::run::{Manifest, StageWriter};
 use crate::settings::{KeepBestBy, Settings};
-use crate::train::batch::{batch, forward_chunks};
+use crate::train::batch::{batch, forward_chunks, labels};
 use crate::train::clip::clip_grad_norm;
 use crate::train::loss::qa_loss;
 use crate::train::optim::{OptimState, QaOptimizer};
@@ -90,10 +90,13 @@ pub fn fold_dir(run_dir: &Path, fold: usize) -> PathBuf {
     run_dir.join("train").join(format!("fold-{fold}"))
 }
 
-/// Whether batches keep one shape (padded evaluation batches): on CUDA, where every new shape
-/// costs kernel compilation and autotuning; the CPU backend gains nothing from padding.
+/// Whether evaluation batches keep one shape on the configured device (see
+/// [`Device::wants_fixed_shapes`]).
 pub fn fixed_shape(s: &Settings) -> bool {
-    !matches!(s.train.device.parse(), Ok(Device::Cpu))
+    s.train
+        .device
+        .parse::<Device>()
+        .is_ok_and(Device::wants_fixed_shapes)
 }
 
 /// Runs one fold on the configured device.
@@ -193,8 +196,8 @@ fn validate<B: Backend>(
         |chunk, st, en| {
             lg.start.extend(st.to_data().convert::<f32>().iter::<f32>());
             lg.end.extend(en.to_data().convert::<f32>().iter::<f32>());
-            let b = batch::<B>(&data.feats, chunk, device);
-            let loss = qa_loss(&loss_cfg, st, en, b.start_positions, b.end_positions);
+            let (sp, ep) = labels::<B>(&data.feats, chunk, device);
+            let loss = qa_loss(&loss_cfg, st, en, sp, ep);
             loss_sum += loss.into_scalar().elem::<f64>() * chunk.len() as f64;
         },
     );

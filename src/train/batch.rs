@@ -30,17 +30,27 @@ pub fn batch<B: Backend>(feats: &Features, rows: &[usize], device: &B::Device) -
         }
         Tensor::from_data(TensorData::new(v, [b, l]), device)
     };
-    let labels = |src: &[i32]| -> Tensor<B, 1, Int> {
-        let v: Vec<i64> = rows.iter().map(|&r| src[r] as i64).collect();
-        Tensor::from_data(TensorData::new(v, [b]), device)
-    };
+    let (start_positions, end_positions) = labels::<B>(feats, rows, device);
     Batch {
         input_ids: gather(&|i| feats.input_ids[i] as i64),
         attention_mask: gather(&|i| feats.attention_mask[i] as i64),
         token_type_ids: gather(&|i| feats.token_type_ids[i] as i64),
-        start_positions: labels(&feats.start_positions),
-        end_positions: labels(&feats.end_positions),
+        start_positions,
+        end_positions,
     }
+}
+
+/// The start and end labels of `rows` as tensors on `device`.
+pub fn labels<B: Backend>(
+    feats: &Features,
+    rows: &[usize],
+    device: &B::Device,
+) -> (Tensor<B, 1, Int>, Tensor<B, 1, Int>) {
+    let of = |src: &[i32]| -> Tensor<B, 1, Int> {
+        let v: Vec<i64> = rows.iter().map(|&r| src[r] as i64).collect();
+        Tensor::from_data(TensorData::new(v, [rows.len()]), device)
+    };
+    (of(&feats.start_positions), of(&feats.end_positions))
 }
 
 /// Runs the model in chunks of `batch_size` windows of `rows` and hands `each` every chunk's
