@@ -49,11 +49,13 @@ def step():
     opt.zero_grad(set_to_none=True)
 
 
+w0 = time.perf_counter()
 for _ in range(a.warmup):
     step()
 if dev.type == "cuda":
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
+warmup_seconds = time.perf_counter() - w0
 t0 = time.perf_counter()
 for _ in range(a.steps):
     step()
@@ -69,5 +71,8 @@ print(json.dumps({
     "steps": a.steps, "parameters": params, "step_seconds": dt, "examples_per_second": a.batch / dt,
     "tokens_per_second": tps, "achieved_tflops": flops * tps / 1e12,
     "mfu": (flops * tps / 1e12 / a.peak_tflops) if a.peak_tflops else None,
+    "warmup_seconds": warmup_seconds,
     "peak_gpu_memory_mib": torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None,
+    # the caching allocator's reserved memory: what pipeline's peak_device_memory_mib measures
+    "peak_device_memory_mib": torch.cuda.max_memory_reserved() / 2**20 if dev.type == "cuda" else None,
 }))

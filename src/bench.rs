@@ -68,6 +68,12 @@ pub struct BenchReport {
     pub mfu: Option<f64>,
     pub peak_tflops: Option<f64>,
     pub peak_host_memory_mib: Option<f64>,
+    /// Seconds of the warm-up steps together (on CUDA: mostly kernel compilation and
+    /// autotuning, unless the kernel cache already holds them).
+    pub warmup_seconds: f64,
+    /// CUDA: the most GPU memory Burn's allocator held after any step (its reserved pages, like
+    /// PyTorch's `max_memory_reserved`).
+    pub peak_device_memory_mib: Option<f64>,
 }
 
 /// A named shape or a `config.json`.
@@ -109,8 +115,15 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
             cfg.max_seq_length()?
         );
     }
+    let device_memory = || match args.device {
+        Device::Cuda(index) => crate::device::cuda_reserved_mib(index),
+        Device::Cpu => None,
+    };
     crate::with_backend!(args.device, args.precision, |B, d| {
-        run_on::<burn::backend::Autodiff<B>>(args, &cfg, d)
+        if let Some(summary) = crate::device::take_cuda_summary() {
+            eprintln!("{summary}");
+        }
+        run_on::<burn::backend::Autodiff<B>>(args, &cfg, d, &device_memory)
     })
 }
 
@@ -118,6 +131,7 @@ fn run_on<B: AutodiffBackend>(
     args: &BenchArgs,
     cfg: &EncoderConfig,
     device: &B::Device,
+    device_memory: &dyn Fn() -> Option<f64>,
 ) -> Result<BenchReport> {
     let (b, s) = (args.batch, args.seq);
     let mut model = QaModel::<B>::init(cfg, &HeadConfig::default(), device)?;
@@ -151,21 +165,30 @@ fn run_on<B: AutodiffBackend>(
         model
     };
     // Each step's time on stderr: warm-up steps show kernel compilation and autotuning.
-    let timed = |i: usize, what: &str, t: Instant| {
+    let mut peak_device: Option<f64> = None;
+    let mut timed = |i: usize, what: &str, t: Instant| {
         eprintln!("{what} step {i}: {:.3} s", t.elapsed().as_secs_f64());
+        if let Some(mib) = device_memory() {
+            peak_device = Some(peak_device.map_or(mib, |p| p.max(mib)));
+        }
     };
+    let w0 = Instant::now();
     for i in 0..args.warmup {
         let t = Instant::now();
         model = step(model);
         timed(i + 1, "warm-up", t);
     }
+    let warmup_seconds = w0.elapsed().as_secs_f64();
     let t0 = Instant::now();
+    let mut timed_total = 0.0;
     for i in 0..args.steps.max(1) {
         let t = Instant::now();
         model = step(model);
+        timed_total += t.elapsed().as_secs_f64();
         timed(i + 1, "timed", t);
     }
-    let step_seconds = t0.elapsed().as_secs_f64() / args.steps.max(1) as f64;
+    // Step time without the memory queries between steps.
+    let step_seconds = timed_total.min(t0.elapsed().as_secs_f64()) / args.steps.max(1) as f64;
     let _ = model.valid();
     let tokens_per_second = (b * s) as f64 / step_seconds;
     let flops_per_token =
@@ -188,6 +211,8 @@ fn run_on<B: AutodiffBackend>(
         mfu: args.peak_tflops.map(|p| achieved / p),
         peak_tflops: args.peak_tflops,
         peak_host_memory_mib: peak_host_memory_mib(),
+        warmup_seconds,
+        peak_device_memory_mib: peak_device,
     })
 }
 

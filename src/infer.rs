@@ -218,6 +218,9 @@ pub fn run(args: &InferArgs, ui: Ui) -> Result<()> {
 }
 
 fn run_on<B: Backend>(args: &InferArgs, device: &B::Device, ui: Ui) -> Result<()> {
+    if let Some(summary) = crate::device::take_cuda_summary() {
+        ui.info(&summary);
+    }
     let cfg = EncoderConfig::load(&args.model.join("config.json"))?;
     let tok = QaTokenizer::load(&args.model)?;
     check_compatible(&cfg, &tok, args.max_seq_length, &args.model)?;

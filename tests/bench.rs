@@ -41,6 +41,10 @@ fn bench_reports_throughput_on_cpu() {
     );
     let mfu = r["mfu"].as_f64().unwrap();
     assert!((mfu - r["achieved_tflops"].as_f64().unwrap()).abs() < 1e-12);
+    // One warm-up step was timed; the CPU has no device memory to report.
+    assert!(r["warmup_seconds"].as_f64().unwrap() > 0.0);
+    assert!(r["peak_device_memory_mib"].is_null());
+    assert!(r["peak_host_memory_mib"].as_f64().unwrap() > 0.0);
 }
 
 #[test]

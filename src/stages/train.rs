@@ -297,6 +297,9 @@ fn mix(seed: u64, fold: usize, n: usize, salt: u64) -> u64 {
 }
 
 fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Result<Manifest> {
+    if let Some(summary) = crate::device::take_cuda_summary() {
+        ctx.ui.info(&summary);
+    }
     let s = &ctx.settings;
     let t = &s.train;
     let fold = plan.fold.context("train runs per fold")?;
