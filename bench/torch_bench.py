@@ -3,7 +3,9 @@
 the same shape, printed as the same JSON fields.
 
 Usage: torch_bench.py --model roberta-base|roberta-large --seq 384 --batch 8 --steps 10
-       --warmup 2 [--device cuda] [--precision f32|bf16] [--peak-tflops X]
+       --warmup 2 [--device cuda] [--precision f32|bf16-mixed] [--peak-tflops X]
+(bf16-mixed, also spelt bf16: torch.autocast with f32 weights, as HF Trainer's --bf16 and
+pipeline's train.precision = "bf16-mixed" do)
 """
 
 import argparse
@@ -22,7 +24,7 @@ p.add_argument("--batch", type=int, default=8)
 p.add_argument("--steps", type=int, default=10)
 p.add_argument("--warmup", type=int, default=2)
 p.add_argument("--device", default="cuda")
-p.add_argument("--precision", default="f32")
+p.add_argument("--precision", default="f32", choices=["f32", "bf16", "bf16-mixed"])
 p.add_argument("--peak-tflops", type=float, default=None)
 a = p.parse_args()
 
@@ -37,7 +39,7 @@ ids = torch.randint(3, cfg.vocab_size - 1, (a.batch, a.seq), device=dev)
 mask = torch.ones_like(ids)
 sp = torch.randint(1, a.seq - 1, (a.batch,), device=dev)
 ep = torch.randint(1, a.seq - 1, (a.batch,), device=dev)
-autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.precision == "bf16")
+autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.precision in ("bf16", "bf16-mixed"))
 
 
 def step():

@@ -5,6 +5,17 @@ use std::str::FromStr;
 
 use anyhow::{anyhow, Result};
 
+/// Environment variable choosing evaluation-time attention (`fused` or `naive`).
+pub const ATTENTION_ENV: &str = "PIPELINE_ATTENTION";
+
+/// Whether evaluation and prediction use Burn's fused attention op (`PIPELINE_ATTENTION=fused`;
+/// flash attention on CUDA) instead of matmul, softmax, matmul (the default). Off by default:
+/// on the CPU it measured no faster (KorQuAD predict, L 256: 40.1 s vs 39.2 s) and CUDA's kernel
+/// has not yet run on a GPU here; the parity tests prove both paths give transformers' logits.
+pub fn fused_attention_requested() -> bool {
+    matches!(std::env::var(ATTENTION_ENV).as_deref(), Ok("fused"))
+}
+
 /// Where tensors live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Device {
@@ -48,16 +59,32 @@ impl std::fmt::Display for Device {
 /// The CUDA backend as this project uses it (fused kernels, f32).
 pub type CudaBackend = burn::backend::Cuda<f32, i32>;
 
-/// Floating-point type of weights, activations, gradients and optimizer state. `bf16` and `f16`
-/// are pure half precision (no f32 master copy) and only run on CUDA; checkpoints are always
-/// written in f32.
+/// Floating-point arithmetic of training and prediction. `bf16-mixed` is `torch.autocast`'s
+/// (HF Trainer's `--bf16`): f32 weights, gradients and optimizer state, matrix products in bf16
+/// (see [`crate::model::amp`]); it runs on both backends. `bf16` and `f16` are pure half
+/// precision (weights, activations and optimizer state, no f32 master copy) and only run on
+/// CUDA. Checkpoints are always written in f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     #[default]
     F32,
+    #[serde(rename = "bf16-mixed")]
+    Bf16Mixed,
     Bf16,
     F16,
+}
+
+impl Precision {
+    /// The dtype of matrix products under autocast (`bf16-mixed`), else none.
+    pub fn autocast(self) -> Option<burn::tensor::FloatDType> {
+        (self == Precision::Bf16Mixed).then_some(burn::tensor::FloatDType::BF16)
+    }
+
+    /// Whether the weights themselves are half precision (CUDA only).
+    pub fn is_pure_half(self) -> bool {
+        matches!(self, Precision::Bf16 | Precision::F16)
+    }
 }
 
 impl FromStr for Precision {
@@ -65,9 +92,12 @@ impl FromStr for Precision {
     fn from_str(s: &str) -> Result<Self> {
         match s.trim() {
             "f32" | "fp32" => Ok(Precision::F32),
+            "bf16-mixed" | "amp" => Ok(Precision::Bf16Mixed),
             "bf16" => Ok(Precision::Bf16),
             "f16" | "fp16" => Ok(Precision::F16),
-            other => Err(anyhow!("unknown precision {other:?}: use f32, bf16 or f16")),
+            other => Err(anyhow!(
+                "unknown precision {other:?}: use f32, bf16-mixed, bf16 or f16"
+            )),
         }
     }
 }
@@ -76,6 +106,7 @@ impl std::fmt::Display for Precision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Precision::F32 => "f32",
+            Precision::Bf16Mixed => "bf16-mixed",
             Precision::Bf16 => "bf16",
             Precision::F16 => "f16",
         })
@@ -83,26 +114,32 @@ impl std::fmt::Display for Precision {
 }
 
 /// Evaluates `$body` with the type `$B` bound to the backend for (`$device`, `$precision`) and
-/// `$d` to a reference to its device; CPU is f32 only. The body returns a `Result`.
+/// `$d` to a reference to its device, under autocast for `bf16-mixed`; pure half precision is
+/// CUDA only. The body returns a `Result`.
 #[macro_export]
 macro_rules! with_backend {
     ($device:expr, $precision:expr, |$B:ident, $d:ident| $body:expr) => {{
         use $crate::device::{Device, Precision};
-        match ($device, $precision) {
-            (Device::Cpu, Precision::F32) => {
+        let precision: Precision = $precision;
+        let device: Device = $device;
+        let autocast = precision.autocast();
+        let fused = $crate::device::fused_attention_requested();
+        $crate::model::amp::with_fused_attention(fused, || {
+        $crate::model::amp::autocast(autocast, || match (device, precision) {
+            (Device::Cpu, p) if p.is_pure_half() => Err(anyhow::anyhow!(
+                "precision {p} needs a CUDA device (the CPU backend keeps f32 weights; bf16-mixed runs there)"
+            )),
+            (Device::Cpu, _) => {
                 type $B = burn::backend::Flex;
                 let cpu = burn::backend::flex::FlexDevice;
                 let $d = &cpu;
                 $body
             }
-            (Device::Cpu, p) => Err(anyhow::anyhow!(
-                "precision {p} needs a CUDA device (the CPU backend computes in f32)"
-            )),
             (Device::Cuda(i), p) => {
                 let dev = $crate::device::cuda_device(i)?;
                 let $d = &dev;
                 match p {
-                    Precision::F32 => {
+                    Precision::F32 | Precision::Bf16Mixed => {
                         type $B = burn::backend::Cuda<f32, i32>;
                         $body
                     }
@@ -116,7 +153,8 @@ macro_rules! with_backend {
                     }
                 }
             }
-        }
+        })
+        })
     }};
 }
 
@@ -462,6 +500,16 @@ mod tests {
     fn parses_precisions_and_cpu_is_f32_only() {
         assert_eq!("bf16".parse::<Precision>().unwrap(), Precision::Bf16);
         assert_eq!("fp16".parse::<Precision>().unwrap(), Precision::F16);
+        assert_eq!(
+            "bf16-mixed".parse::<Precision>().unwrap(),
+            Precision::Bf16Mixed
+        );
+        assert_eq!(Precision::Bf16Mixed.to_string(), "bf16-mixed");
+        assert_eq!(
+            Precision::Bf16Mixed.autocast(),
+            Some(burn::tensor::FloatDType::BF16)
+        );
+        assert_eq!(Precision::Bf16.autocast(), None);
         assert!("f8".parse::<Precision>().is_err());
         let run = || -> Result<()> {
             crate::with_backend!(Device::Cpu, Precision::Bf16, |B, _d| {

@@ -208,13 +208,14 @@ pub fn write_json_utf8<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 
 /// Runs `infer` on the chosen backend.
 pub fn run(args: &InferArgs, ui: Ui) -> Result<()> {
-    match args.device {
+    let fused = crate::device::fused_attention_requested();
+    crate::model::amp::with_fused_attention(fused, || match args.device {
         Device::Cpu => run_on::<burn::backend::Flex>(args, &Default::default(), ui),
         Device::Cuda(i) => {
             let device = crate::device::cuda_device(i)?;
             run_on::<crate::device::CudaBackend>(args, &device, ui)
         }
-    }
+    })
 }
 
 fn run_on<B: Backend>(args: &InferArgs, device: &B::Device, ui: Ui) -> Result<()> {

@@ -522,9 +522,9 @@ impl Settings {
             .device
             .parse::<crate::device::Device>()
             .map_err(|e| anyhow::anyhow!("train.device: {e}"))?;
-        if device == crate::device::Device::Cpu && t.precision != crate::device::Precision::F32 {
+        if device == crate::device::Device::Cpu && t.precision.is_pure_half() {
             bail!(
-                "train.precision = \"{}\" needs train.device = \"cuda\" (the CPU backend computes in f32)",
+                "train.precision = \"{}\" needs train.device = \"cuda\" (the CPU backend keeps f32 weights; \"bf16-mixed\" runs there)",
                 t.precision
             );
         }

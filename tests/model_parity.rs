@@ -83,6 +83,23 @@ fn roberta_logits_match_transformers() {
     assert!(d <= 1e-4, "max |Δ| {d}");
 }
 
+/// Evaluation-time attention through Burn's fused op (what `infer` and `predict` use on the
+/// CPU) gives the same logits, also with left and right padding.
+#[test]
+fn fused_attention_matches_transformers_too() {
+    use pipeline::model::amp::with_fused_attention;
+    let (model, _) = load("models/roberta_qa");
+    let fx = read("models/logits_roberta.json");
+    let d = with_fused_attention(true, || check_logits(&model, &fx));
+    eprintln!("roberta_qa, fused attention: max |Δ logits| = {d:e}");
+    assert!(d <= 1e-4, "max |Δ| {d}");
+    let (bert, _) = load("models/bert_qa");
+    let d = with_fused_attention(true, || {
+        check_logits(&bert, &read("models/logits_bert.json"))
+    });
+    assert!(d <= 1e-4, "max |Δ| {d}");
+}
+
 #[test]
 fn bert_from_pytorch_bin_matches_transformers() {
     let (model, report) = load("models/bert_qa");
@@ -106,7 +123,13 @@ fn sharded_safetensors_load_the_same_model() {
 fn left_and_right_padding_give_transformers_logits() {
     let (model, _) = load("models/roberta_qa");
     let fx = &read("models/logits_roberta.json")["left_padded"];
-    for side in ["left", "right"] {
+    // Naive attention, then Burn's fused op (infer/predict on the CPU).
+    for (side, fused) in [
+        ("left", false),
+        ("right", false),
+        ("left", true),
+        ("right", true),
+    ] {
         let b = &fx[side];
         let ids: Vec<Vec<i64>> = b["input_ids"]
             .as_array()
@@ -121,7 +144,9 @@ fn left_and_right_padding_give_transformers_logits() {
             .map(ints)
             .collect();
         let types = vec![vec![0; ids[0].len()]; ids.len()];
-        let (s, e) = model.forward(int_tensor(&ids), int_tensor(&mask), int_tensor(&types));
+        let (s, e) = pipeline::model::amp::with_fused_attention(fused, || {
+            model.forward(int_tensor(&ids), int_tensor(&mask), int_tensor(&types))
+        });
         let (s, e) = (
             s.into_data().to_vec::<f32>().unwrap(),
             e.into_data().to_vec::<f32>().unwrap(),
@@ -134,8 +159,8 @@ fn left_and_right_padding_give_transformers_logits() {
                 d = d.max((s[i] - ws[i]).abs()).max((e[i] - we[i]).abs());
             }
         }
-        eprintln!("roberta {side}-padded: max |Δ logits| on real tokens = {d:e}");
-        assert!(d <= 1e-4, "{side}: max |Δ| {d}");
+        eprintln!("roberta {side}-padded (fused {fused}): max |Δ logits| on real tokens = {d:e}");
+        assert!(d <= 1e-4, "{side}, fused {fused}: max |Δ| {d}");
     }
 }
 

@@ -16,6 +16,7 @@ use burn::tensor::activation::{gelu, gelu_approximate, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor};
 
+use super::amp;
 use super::config::{EncoderConfig, Family};
 use super::load::Weights;
 
@@ -151,20 +152,42 @@ pub struct SelfAttention<B: Backend> {
 }
 
 impl<B: Backend> SelfAttention<B> {
-    /// `pad_mask` is additive: 0 for real keys, a large negative value for padding, `[b, 1, 1, l]`.
-    fn forward(&self, x: Tensor<B, 3>, pad_mask: Tensor<B, 4>) -> Tensor<B, 3> {
+    fn forward(&self, x: Tensor<B, 3>, mask: &KeyMask<B>) -> Tensor<B, 3> {
         let [b, l, h] = x.dims();
         let nh = self.num_heads;
         let dh = h / nh;
         let heads = |t: Tensor<B, 3>| t.reshape([b, l, nh, dh]).swap_dims(1, 2);
-        let q = heads(self.query.forward(x.clone()));
-        let k = heads(self.key.forward(x.clone()));
-        let v = heads(self.value.forward(x));
-        let scores = q.matmul(k.swap_dims(2, 3)) / (dh as f64).sqrt();
+        let q = heads(amp::linear(&self.query, x.clone()));
+        let k = heads(amp::linear(&self.key, x.clone()));
+        let v = heads(amp::linear(&self.value, x));
+        let pad_mask = match mask {
+            KeyMask::Additive(m) => m.clone(),
+            KeyMask::Padded(keys) => {
+                // Without dropout (no autodiff): Burn's fused attention, softmax(q kᵀ/√dh) v
+                // with padded keys at -inf, computed tile by tile (flash attention on CUDA).
+                let keys = keys.clone().expand([b, nh, l, l]);
+                let back = burn::tensor::FloatDType::from(q.dtype());
+                let (q, k, v) = (amp::to_compute(q), amp::to_compute(k), amp::to_compute(v));
+                let ctx =
+                    burn::tensor::module::attention(q, k, v, Some(keys), None, Default::default());
+                return ctx.cast(back).swap_dims(1, 2).reshape([b, l, h]);
+            }
+        };
+        let scores = amp::matmul(q, k.swap_dims(2, 3)) / (dh as f64).sqrt();
         let scores = scores + pad_mask;
         let probs = self.dropout.forward(softmax(scores, 3));
-        probs.matmul(v).swap_dims(1, 2).reshape([b, l, h])
+        amp::matmul(probs, v).swap_dims(1, 2).reshape([b, l, h])
     }
+}
+
+/// Padded keys, as each attention layer takes them.
+#[derive(Debug, Clone)]
+pub enum KeyMask<B: Backend> {
+    /// Added to the scores: 0 for real keys, a large negative value for padding, `[b, 1, 1, l]`
+    /// (training, where attention dropout needs the probabilities).
+    Additive(Tensor<B, 4>),
+    /// True at padded keys, `[b, 1, 1, l]` (evaluation: fused attention).
+    Padded(Tensor<B, 4, burn::tensor::Bool>),
 }
 
 /// `RobertaSelfOutput`.
@@ -279,14 +302,14 @@ impl<B: Backend> Layer<B> {
         })
     }
 
-    fn forward(&self, x: Tensor<B, 3>, pad_mask: Tensor<B, 4>) -> Tensor<B, 3> {
+    fn forward(&self, x: Tensor<B, 3>, mask: &KeyMask<B>) -> Tensor<B, 3> {
         let a = &self.attention;
-        let ctx = a.self_attention.forward(x.clone(), pad_mask);
+        let ctx = a.self_attention.forward(x.clone(), mask);
         let o = &a.output;
         let attn = o
             .layer_norm
-            .forward(o.dropout.forward(o.dense.forward(ctx)) + x);
-        let inter = self.intermediate.dense.forward(attn.clone());
+            .forward(o.dropout.forward(amp::linear(&o.dense, ctx)) + x);
+        let inter = amp::linear(&self.intermediate.dense, attn.clone());
         let inter = if self.intermediate.approximate_gelu {
             gelu_approximate(inter)
         } else {
@@ -294,7 +317,7 @@ impl<B: Backend> Layer<B> {
         };
         let out = &self.output;
         out.layer_norm
-            .forward(out.dropout.forward(out.dense.forward(inter)) + attn)
+            .forward(out.dropout.forward(amp::linear(&out.dense, inter)) + attn)
     }
 }
 
@@ -384,10 +407,16 @@ impl<B: Backend> EncoderModel<B> {
         let mut x = self
             .embeddings
             .forward(input_ids, token_type_ids, positions);
-        // HF adds finfo(dtype).min at padded keys; any value that underflows exp() is the same.
-        let pad_mask = (attention_mask.equal_elem(0).float() * -1.0e9).reshape([b, 1, 1, l]);
+        let padded = attention_mask.equal_elem(0).reshape([b, 1, 1, l]);
+        let mask = if B::ad_enabled(&x.device()) || !amp::fused_attention() {
+            // HF adds finfo(dtype).min at padded keys; any value that underflows exp() is the
+            // same.
+            KeyMask::Additive(padded.float() * -1.0e9)
+        } else {
+            KeyMask::Padded(padded)
+        };
         for layer in &self.encoder.layer {
-            x = layer.forward(x, pad_mask.clone());
+            x = layer.forward(x, &mask);
         }
         x
     }

@@ -13,6 +13,7 @@ use burn::tensor::activation::{sigmoid, tanh};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 
+use super::amp;
 use super::load::Weights;
 
 /// One direction of one LSTM layer, PyTorch layout.
@@ -78,8 +79,9 @@ impl<B: Backend> LstmDirection<B> {
         let device = x.device();
         // Input projections of all steps at once; only the recurrent part is sequential.
         let bias = (self.bias_ih.val() + self.bias_hh.val()).reshape([1, 1, 4 * h]);
-        let xp = x.matmul(self.weight_ih.val().transpose().unsqueeze_dim(0)) + bias;
-        let w_hh = self.weight_hh.val().transpose();
+        let xp = amp::matmul(x, self.weight_ih.val().transpose().unsqueeze_dim(0)) + bias;
+        // Cast once for all steps under autocast (the per-step cast is then a no-op).
+        let w_hh = amp::to_compute(self.weight_hh.val().transpose());
         let mut hs: Tensor<B, 2> = Tensor::zeros([b, h], &device);
         let mut cs: Tensor<B, 2> = Tensor::zeros([b, h], &device);
         let mut outs: Vec<Tensor<B, 2>> = Vec::with_capacity(l);
@@ -93,7 +95,7 @@ impl<B: Backend> LstmDirection<B> {
                 .clone()
                 .slice([0..b, t..t + 1, 0..4 * h])
                 .reshape([b, 4 * h])
-                + hs.clone().matmul(w_hh.clone());
+                + amp::matmul(hs.clone(), w_hh.clone());
             let i = sigmoid(g.clone().slice([0..b, 0..h]));
             let f = sigmoid(g.clone().slice([0..b, h..2 * h]));
             let gg = tanh(g.clone().slice([0..b, 2 * h..3 * h]));

@@ -3,6 +3,7 @@
 //! Knows nothing of files beyond a HF model folder, nor of stages. Returns start/end logits;
 //! losses are computed apart so prediction reuses the same forward.
 
+pub mod amp;
 pub mod config;
 pub mod encoder;
 pub mod export;
@@ -182,7 +183,7 @@ impl<B: Backend> QaModel<B> {
         if let Some(lstm) = &self.lstm {
             x = lstm.forward(x, attention_mask.float());
         }
-        let logits = self.qa_outputs.forward(x);
+        let logits = amp::linear(&self.qa_outputs, x);
         let start = logits.clone().slice([0..b, 0..l, 0..1]).reshape([b, l]);
         let end = logits.slice([0..b, 0..l, 1..2]).reshape([b, l]);
         (start, end)

@@ -1,0 +1,196 @@
+//! Mixed precision the way `torch.autocast` does it: weights, optimizer state and gradients stay
+//! f32 (the "master" copy), while inside [`autocast`] every matrix product of the model (linear
+//! layers, attention scores and the attention-weighted values, the LSTM head's input and
+//! recurrent products) rounds its inputs to bf16 or f16, multiplies there (tensor cores on a
+//! GPU, with f32 accumulation), and hands back f32. Softmax, layer norm, GELU, the loss and the
+//! optimizer run in f32 as torch's autocast lists them. The backward pass mirrors it: a cast's
+//! gradient is cast back, so weight gradients arrive in f32.
+//!
+//! The state is per thread, like torch's: `autocast(Some(bf16), || model.forward(..))`.
+
+use std::cell::Cell;
+
+use burn::nn::Linear;
+use burn::tensor::backend::Backend;
+use burn::tensor::{FloatDType, Tensor};
+
+thread_local! {
+    static AUTOCAST: Cell<Option<FloatDType>> = const { Cell::new(None) };
+    static FUSED_ATTENTION: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with evaluation-time attention (no autodiff, so no dropout) computed by Burn's
+/// fused attention op (`true`) or as matmul, softmax, matmul (`false`, the default); restored
+/// afterwards. Both give the same numbers up to rounding (the parity tests run the fused one).
+pub fn with_fused_attention<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FUSED_ATTENTION.with(|a| a.set(self.0));
+        }
+    }
+    let _restore = Restore(FUSED_ATTENTION.with(|a| a.replace(on)));
+    f()
+}
+
+/// Whether evaluation-time attention uses the fused op now.
+pub fn fused_attention() -> bool {
+    FUSED_ATTENTION.with(Cell::get)
+}
+
+/// Runs `f` with matrix products computed in `dtype` (`None`: as the tensors are); the previous
+/// setting comes back afterwards, also when `f` panics.
+pub fn autocast<R>(dtype: Option<FloatDType>, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<FloatDType>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            AUTOCAST.with(|a| a.set(self.0));
+        }
+    }
+    let _restore = Restore(AUTOCAST.with(|a| a.replace(dtype)));
+    f()
+}
+
+/// The dtype matrix products use now, if autocast is on.
+pub fn current() -> Option<FloatDType> {
+    AUTOCAST.with(Cell::get)
+}
+
+/// `t` in the autocast dtype (unchanged when autocast is off), for an operand reused by many
+/// products; [`matmul`] leaves it as it is.
+pub fn to_compute<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    match current() {
+        Some(low) => t.cast(low),
+        None => t,
+    }
+}
+
+/// `a.matmul(b)`, under autocast with both sides in the autocast dtype and the result cast back
+/// to `a`'s dtype.
+pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
+    match current() {
+        Some(low) => {
+            let back = FloatDType::from(a.dtype());
+            a.cast(low).matmul(b.cast(low)).cast(back)
+        }
+        None => a.matmul(b),
+    }
+}
+
+/// `l.forward(x)`, under autocast with `x` and the weight in the autocast dtype (the bias is
+/// added in f32 after the product).
+pub fn linear<B: Backend, const D: usize>(l: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    match current() {
+        Some(low) => {
+            let back = FloatDType::from(x.dtype());
+            let y = burn::tensor::module::linear(x.cast(low), l.weight.val().cast(low), None)
+                .cast(back);
+            match &l.bias {
+                Some(bias) => y + bias.val().unsqueeze(),
+                None => y,
+            }
+        }
+        None => l.forward(x),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::tensor::{bf16, Distribution};
+
+    type B = Flex;
+
+    fn round_bf16(v: &[f32]) -> Vec<f64> {
+        v.iter().map(|&x| bf16::from_f32(x).to_f64()).collect()
+    }
+
+    #[test]
+    fn autocast_is_scoped_and_restored() {
+        assert_eq!(current(), None);
+        let inner = autocast(Some(FloatDType::BF16), || {
+            let nested = autocast(None, current);
+            (current(), nested)
+        });
+        assert_eq!(inner, (Some(FloatDType::BF16), None));
+        assert_eq!(current(), None);
+        let _ = std::panic::catch_unwind(|| autocast(Some(FloatDType::F16), || panic!("x")));
+        assert_eq!(current(), None);
+    }
+
+    /// The product of bf16-rounded inputs, accumulated in high precision, rounded to bf16:
+    /// what a tensor-core bf16 matmul with f32 accumulation returns.
+    #[test]
+    fn linear_under_autocast_rounds_inputs_and_output_to_bf16() {
+        let d = Default::default();
+        let l: Linear<B> = crate::model::encoder::hf_linear(16, 8, 0.5, &d);
+        let l = Linear {
+            bias: Some(burn::module::Param::from_tensor(Tensor::random(
+                [8],
+                Distribution::Normal(0.0, 1.0),
+                &d,
+            ))),
+            ..l
+        };
+        let x: Tensor<B, 3> = Tensor::random([2, 3, 16], Distribution::Normal(0.0, 1.0), &d);
+        let got: Vec<f32> = autocast(Some(FloatDType::BF16), || linear(&l, x.clone()))
+            .into_data()
+            .to_vec()
+            .unwrap();
+        let xs = round_bf16(&x.to_data().to_vec::<f32>().unwrap());
+        let ws = round_bf16(&l.weight.val().to_data().to_vec::<f32>().unwrap());
+        let bs: Vec<f32> = l.bias.as_ref().unwrap().val().to_data().to_vec().unwrap();
+        for row in 0..6 {
+            for o in 0..8 {
+                let dot: f64 = (0..16).map(|i| xs[row * 16 + i] * ws[i * 8 + o]).sum();
+                let want = bf16::from_f64(dot).to_f32() + bs[o];
+                let g = got[row * 8 + o];
+                assert!(
+                    (g - want).abs() <= 1e-6 * want.abs().max(1.0),
+                    "{g} vs {want}"
+                );
+            }
+        }
+        // Off: the f32 layer, bit for bit.
+        let plain: Vec<f32> = linear(&l, x.clone()).into_data().to_vec().unwrap();
+        let reference: Vec<f32> = l.forward(x).into_data().to_vec().unwrap();
+        assert_eq!(plain, reference);
+    }
+
+    #[test]
+    fn gradients_under_autocast_are_f32_and_close_to_full_precision() {
+        type A = Autodiff<B>;
+        let d = Default::default();
+        let a: Tensor<A, 3> =
+            Tensor::random([2, 5, 8], Distribution::Normal(0.0, 1.0), &d).require_grad();
+        let b: Tensor<A, 3> =
+            Tensor::random([2, 8, 4], Distribution::Normal(0.0, 1.0), &d).require_grad();
+        let grads = |low: Option<FloatDType>| {
+            let y = autocast(low, || matmul(a.clone(), b.clone()));
+            assert_eq!(y.dtype(), burn::tensor::DType::F32);
+            let g = (y.clone() * y).sum().backward();
+            (a.grad(&g).unwrap(), b.grad(&g).unwrap())
+        };
+        let (fa, fb) = grads(None);
+        let (la, lb) = grads(Some(FloatDType::BF16));
+        assert_eq!(la.dtype(), burn::tensor::DType::F32);
+        // bf16 keeps 8 significant bits (relative error 2^-9 per rounding): a few roundings
+        // per product stay within 2% of the largest gradient, and they are not exact.
+        let close = |low: Tensor<B, 3>, full: Tensor<B, 3>| {
+            let (low, full): (Vec<f32>, Vec<f32>) = (
+                low.into_data().to_vec().unwrap(),
+                full.into_data().to_vec().unwrap(),
+            );
+            let scale = full.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let err = low
+                .iter()
+                .zip(&full)
+                .fold(0f32, |m, (l, f)| m.max((l - f).abs()));
+            assert!(err <= 2e-2 * scale, "max error {err} vs scale {scale}");
+            assert!(err > 0.0, "autocast changed nothing");
+        };
+        close(la, fa);
+        close(lb, fb);
+    }
+}
