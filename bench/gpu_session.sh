@@ -7,6 +7,9 @@
 # Prepared on the development machine (gpu/ is ignored by git, never committed):
 #   strip -o gpu/pipeline target/release/pipeline && gzip -f gpu/pipeline
 #   gzip -c ../shared/data/korquad/KorQuAD_v1.0_dev.json > gpu/korquad.json.gz   # optional
+#   # optional, the build without CubeCL autotuning, to compare warm-up and step time:
+#   cargo build --release --no-default-features && strip -o gpu/pipeline-noautotune \
+#     target/release/pipeline && xz -T2 -f gpu/pipeline-noautotune && cargo build --release
 # Run there from the repository root: `bash bench/gpu_session.sh` (logs and results go to $OUT).
 # Every step has a time cap and a global deadline (DEADLINE seconds, default 540) so the call
 # ends in time; steps that do not fit are skipped and say so. PART=2 runs only the second half
@@ -64,6 +67,12 @@ if [ "$PART" = 1 ]; then
   say "== tiny model on CUDA: cold kernel cache (compile + autotune), then warm"
   CAPB=150 ours --model tiny --seq 64 --batch 8 --steps 20 --warmup 3
   CAPB=60 ours --model tiny --seq 64 --batch 8 --steps 20 --warmup 3
+  if [ -f gpu/pipeline-noautotune.xz ]; then
+    say "== the same without autotuning (one heuristic kernel per op), own kernel cache"
+    xz -dc gpu/pipeline-noautotune.xz >/tmp/pipeline-noautotune && chmod +x /tmp/pipeline-noautotune
+    PIPELINE_KERNEL_CACHE=$PWD/gpu/kernels-noautotune CAPB=120 bench "noautotune tiny" 120 \
+      /tmp/pipeline-noautotune bench --device cuda --model tiny --seq 64 --batch 8 --steps 20 --warmup 3
+  fi
   say "== parity: tiny checkpoints, pipeline infer on CUDA vs transformers logits"
   step parity 60 python3 bench/gpu_parity.py $BIN --device cuda
   PIPELINE_ATTENTION=fused step parity-fused-attention 60 python3 bench/gpu_parity.py $BIN --device cuda
@@ -74,6 +83,9 @@ if [ "$PART" = 1 ]; then
   CAPB=150
   pair --model roberta-base --seq 384 --batch 16 --steps 8 --warmup 3 --precision bf16-mixed --peak-tflops $PEAK_HALF
   ours --model roberta-base --seq 384 --batch 16 --steps 8 --warmup 3 --precision bf16 --peak-tflops $PEAK_HALF
+  [ -x /tmp/pipeline-noautotune ] && PIPELINE_KERNEL_CACHE=$PWD/gpu/kernels-noautotune bench \
+    "noautotune roberta-base bf16-mixed" 150 /tmp/pipeline-noautotune bench --device cuda --model roberta-base \
+    --seq 384 --batch 16 --steps 8 --warmup 3 --precision bf16-mixed --peak-tflops $PEAK_HALF
 fi
 
 say "== KorQuAD recipe on CUDA (f32)"

@@ -74,6 +74,8 @@ pub struct BenchReport {
     /// CUDA: the most GPU memory Burn's allocator held after any step (its reserved pages, like
     /// PyTorch's `max_memory_reserved`).
     pub peak_device_memory_mib: Option<f64>,
+    /// Whether this build autotunes CUDA kernels (the default `autotune` feature).
+    pub autotune: bool,
 }
 
 /// A named shape or a `config.json`.
@@ -213,6 +215,7 @@ fn run_on<B: AutodiffBackend>(
         peak_host_memory_mib: peak_host_memory_mib(),
         warmup_seconds,
         peak_device_memory_mib: peak_device,
+        autotune: cfg!(feature = "autotune"),
     })
 }
 

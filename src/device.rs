@@ -215,6 +215,10 @@ pub fn cuda_device(index: usize) -> Result<burn::backend::cuda::CudaDevice> {
             KernelCache::At(dir) => format!("compiled kernels and autotune results are kept in {} ({KERNEL_CACHE_ENV}=off to disable)", dir.display()),
             KernelCache::Off => format!("the on-disk kernel cache is off ({KERNEL_CACHE_ENV})"),
             KernelCache::UserConfig => "CubeCL's own configuration decides where kernels are cached".into(),
+            KernelCache::Unwritable(dir) => format!(
+                "kernels are not cached: {} cannot be written (set {KERNEL_CACHE_ENV} to a writable folder)",
+                dir.display()
+            ),
         };
         format!(
             "cuda:{index} is {} (compute capability {}.{}): kernels are compiled and autotuned on first use, so the first steps of a new shape are slow; {cache}",
@@ -311,6 +315,8 @@ enum KernelCache {
     Off,
     /// A cubecl.toml (or CubeCL configuration set before) is in charge.
     UserConfig,
+    /// The folder cannot be written: no cache.
+    Unwritable(std::path::PathBuf),
 }
 
 /// The kernel cache's root: `$PIPELINE_KERNEL_CACHE` (`off`, `0`, `none` or empty: no cache),
@@ -358,6 +364,15 @@ fn configure_kernel_cache(gpu: &Gpu) -> KernelCache {
         return KernelCache::Off;
     };
     let dir = kernel_cache_dir(&root, gpu);
+    // CubeCL panics on a cache folder it cannot write; without one it just compiles again.
+    let probe = dir.join(".writable");
+    if std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&probe, b""))
+        .is_err()
+    {
+        return KernelCache::Unwritable(dir);
+    }
+    let _ = std::fs::remove_file(probe);
     let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
     let chosen = apply_kernel_cache(&mut config, &dir);
     CubeClRuntimeConfig::set(config);
