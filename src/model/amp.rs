@@ -23,13 +23,23 @@ thread_local! {
 /// fused attention op (`true`) or as matmul, softmax, matmul (`false`, the default); restored
 /// afterwards. Both give the same numbers up to rounding (the parity tests run the fused one).
 pub fn with_fused_attention<R>(on: bool, f: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
-    impl Drop for Restore {
+    scoped(&FUSED_ATTENTION, on, f)
+}
+
+/// Runs `f` with the thread-local `key` set to `value`, restoring the previous value afterwards,
+/// also when `f` panics.
+fn scoped<T: Copy + 'static, R>(
+    key: &'static std::thread::LocalKey<Cell<T>>,
+    value: T,
+    f: impl FnOnce() -> R,
+) -> R {
+    struct Restore<T: Copy + 'static>(&'static std::thread::LocalKey<Cell<T>>, T);
+    impl<T: Copy + 'static> Drop for Restore<T> {
         fn drop(&mut self) {
-            FUSED_ATTENTION.with(|a| a.set(self.0));
+            self.0.with(|c| c.set(self.1));
         }
     }
-    let _restore = Restore(FUSED_ATTENTION.with(|a| a.replace(on)));
+    let _restore = Restore(key, key.with(|c| c.replace(value)));
     f()
 }
 
@@ -41,14 +51,7 @@ pub fn fused_attention() -> bool {
 /// Runs `f` with matrix products computed in `dtype` (`None`: as the tensors are); the previous
 /// setting comes back afterwards, also when `f` panics.
 pub fn autocast<R>(dtype: Option<FloatDType>, f: impl FnOnce() -> R) -> R {
-    struct Restore(Option<FloatDType>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            AUTOCAST.with(|a| a.set(self.0));
-        }
-    }
-    let _restore = Restore(AUTOCAST.with(|a| a.replace(dtype)));
-    f()
+    scoped(&AUTOCAST, dtype, f)
 }
 
 /// The dtype matrix products use now, if autocast is on.
