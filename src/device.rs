@@ -61,7 +61,8 @@ pub type CudaBackend = burn::backend::Cuda<f32, i32>;
 
 /// Floating-point arithmetic of training and prediction. `bf16-mixed` is `torch.autocast`'s
 /// (HF Trainer's `--bf16`): f32 weights, gradients and optimizer state, matrix products in bf16
-/// (see [`crate::model::amp`]); it runs on both backends. `bf16` and `f16` are pure half
+/// (see [`crate::model::amp`]); `f16-mixed` (`--fp16`) the same in f16 with dynamic loss
+/// scaling (see [`crate::train::scaler`]); both run on both backends. `bf16` and `f16` are pure half
 /// precision (weights, activations and optimizer state, no f32 master copy) and only run on
 /// CUDA. Checkpoints are always written in f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -71,6 +72,8 @@ pub enum Precision {
     F32,
     #[serde(rename = "bf16-mixed")]
     Bf16Mixed,
+    #[serde(rename = "f16-mixed")]
+    F16Mixed,
     Bf16,
     F16,
 }
@@ -78,7 +81,17 @@ pub enum Precision {
 impl Precision {
     /// The dtype of matrix products under autocast (`bf16-mixed`), else none.
     pub fn autocast(self) -> Option<burn::tensor::FloatDType> {
-        (self == Precision::Bf16Mixed).then_some(burn::tensor::FloatDType::BF16)
+        match self {
+            Precision::Bf16Mixed => Some(burn::tensor::FloatDType::BF16),
+            Precision::F16Mixed => Some(burn::tensor::FloatDType::F16),
+            _ => None,
+        }
+    }
+
+    /// Whether training scales the loss (f16's narrow exponent range; see
+    /// [`crate::train::scaler`]).
+    pub fn loss_scaling(self) -> bool {
+        self == Precision::F16Mixed
     }
 
     /// Whether the weights themselves are half precision (CUDA only).
@@ -93,10 +106,11 @@ impl FromStr for Precision {
         match s.trim() {
             "f32" | "fp32" => Ok(Precision::F32),
             "bf16-mixed" | "amp" => Ok(Precision::Bf16Mixed),
+            "f16-mixed" | "fp16-mixed" => Ok(Precision::F16Mixed),
             "bf16" => Ok(Precision::Bf16),
             "f16" | "fp16" => Ok(Precision::F16),
             other => Err(anyhow!(
-                "unknown precision {other:?}: use f32, bf16-mixed, bf16 or f16"
+                "unknown precision {other:?}: use f32, bf16-mixed, f16-mixed, bf16 or f16"
             )),
         }
     }
@@ -107,6 +121,7 @@ impl std::fmt::Display for Precision {
         f.write_str(match self {
             Precision::F32 => "f32",
             Precision::Bf16Mixed => "bf16-mixed",
+            Precision::F16Mixed => "f16-mixed",
             Precision::Bf16 => "bf16",
             Precision::F16 => "f16",
         })
@@ -139,7 +154,7 @@ macro_rules! with_backend {
                 let dev = $crate::device::cuda_device(i)?;
                 let $d = &dev;
                 match p {
-                    Precision::F32 | Precision::Bf16Mixed => {
+                    Precision::F32 | Precision::Bf16Mixed | Precision::F16Mixed => {
                         type $B = burn::backend::Cuda<f32, i32>;
                         $body
                     }

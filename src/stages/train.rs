@@ -36,9 +36,10 @@ use crate::qa::windows::QaTokenizer;
 use crate::run::{Manifest, StageWriter};
 use crate::settings::{KeepBestBy, Settings};
 use crate::train::batch::{batch, forward_chunks, labels};
-use crate::train::clip::clip_grad_norm;
+use crate::train::clip::{clip_grad_norm, grad_norm, scale_grads};
 use crate::train::loss::qa_loss;
 use crate::train::optim::{OptimState, QaOptimizer};
+use crate::train::scaler::LossScaler;
 use crate::train::schedule::{lr_at, warmup_steps};
 
 /// One validation.
@@ -83,6 +84,11 @@ pub struct TrainerState {
     pub history: Vec<EvalLine>,
     pub train_seconds: f64,
     pub windows_seen: usize,
+    /// f16-mixed: the loss scaler, and the optimizer steps it skipped (non-finite gradients).
+    #[serde(default)]
+    pub loss_scaler: Option<LossScaler>,
+    #[serde(default)]
+    pub skipped_steps: usize,
 }
 
 /// The fold's folder.
@@ -416,6 +422,11 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
         )
     };
 
+    // f16-mixed: dynamic loss scaling, continued from the saved state on resume.
+    let mut scaler = t
+        .precision
+        .loss_scaling()
+        .then(|| st.loss_scaler.unwrap_or_default());
     'epochs: for epoch in st.epoch..t.epochs {
         let mut order = data.train_rows.clone();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(t.seed, fold, epoch, 2)));
@@ -427,6 +438,10 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
             let (s_log, e_log) = model.forward(b.input_ids, b.attention_mask, b.token_type_ids);
             let loss = qa_loss(&loss_cfg, s_log, e_log, b.start_positions, b.end_positions);
             let loss = loss / t.gradient_accumulation as f64;
+            let scaled = match &scaler {
+                Some(s) => loss.clone() * s.scale,
+                None => loss.clone(),
+            };
             let value = loss.clone().into_scalar().elem::<f64>() * t.gradient_accumulation as f64;
             if !value.is_finite() {
                 bail!(
@@ -438,7 +453,7 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
             running.0 += value;
             running.1 += 1;
             st.windows_seen += rows.len();
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let grads = GradientsParams::from_grads(scaled.backward(), &model);
             accum.accumulate(&model, grads);
             in_accum += 1;
             if in_accum < t.gradient_accumulation && bi + 1 < batches.len() {
@@ -446,18 +461,34 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
             }
             in_accum = 0;
             let mut grads = accum.grads();
-            if t.max_grad_norm > 0.0 {
-                let (g, norm) = clip_grad_norm(&model, grads, t.max_grad_norm);
-                if !norm.is_finite() {
-                    bail!(
-                        "train fold {fold}: gradient norm {norm} at step {}",
-                        st.step
-                    );
-                }
-                grads = g;
+            if let Some(s) = &scaler {
+                // Unscale in f32 (the scale is a power of two: exact), as GradScaler.unscale_.
+                grads = scale_grads(&model, grads, (1.0 / s.scale) as f32);
             }
+            let norm = if t.max_grad_norm > 0.0 {
+                let (g, norm) = clip_grad_norm(&model, grads, t.max_grad_norm);
+                grads = g;
+                norm
+            } else if scaler.is_some() {
+                grad_norm(&model, &grads)
+            } else {
+                0.0
+            };
+            let step_ok = match scaler.as_mut() {
+                Some(s) => s.update(norm.is_finite()),
+                None if norm.is_finite() => true,
+                None => bail!(
+                    "train fold {fold}: gradient norm {norm} at step {}",
+                    st.step
+                ),
+            };
+            st.loss_scaler = scaler;
             let lr = lr_at(t.schedule, t.learning_rate, st.step, warmup, total_steps);
-            model = optim.step(lr, model, grads);
+            if step_ok {
+                model = optim.step(lr, model, grads);
+            } else {
+                st.skipped_steps += 1;
+            }
             st.step += 1;
             st.epoch = epoch;
             st.batch = bi + 1;
@@ -586,6 +617,8 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
         "first": st.history.first(),
         "train_seconds": st.train_seconds,
         "windows_per_second": st.windows_seen as f64 / st.train_seconds.max(1e-9),
+        "skipped_steps": st.skipped_steps,
+        "loss_scale": st.loss_scaler.map(|s| s.scale),
         "train_windows": data.train_rows.len(),
         "val_windows": data.val_rows.len(),
     }))

@@ -91,6 +91,36 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Scaler<'_, B> {
     }
 }
 
+/// The global L2 norm of the gradients of all float parameters of `module` (each id once).
+pub fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &GradientsParams,
+) -> f64 {
+    let mut collector = NormCollector::<B> {
+        grads,
+        seen: HashSet::new(),
+        norms: Vec::new(),
+    };
+    module.visit(&mut collector);
+    f64::from(norm_of_norms(collector.norms))
+}
+
+/// Multiplies the gradient of every float parameter of `module` by `coef` (in f32).
+pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    mut grads: GradientsParams,
+    coef: f32,
+) -> GradientsParams {
+    let mut scaler = Scaler::<B> {
+        grads: &mut grads,
+        seen: HashSet::new(),
+        coef,
+        _b: std::marker::PhantomData,
+    };
+    module.visit(&mut scaler);
+    grads
+}
+
 /// `clip_grad_norm_` over the gradients of all float parameters of `module`.
 ///
 /// Gradients of ids that are not parameters of `module` are neither counted nor scaled. A
@@ -99,26 +129,14 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Scaler<'_, B> {
 /// Returns the (possibly) rescaled gradients and the total norm before clipping.
 pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,
-    mut grads: GradientsParams,
+    grads: GradientsParams,
     max_norm: f64,
 ) -> (GradientsParams, f64) {
-    let mut collector = NormCollector::<B> {
-        grads: &grads,
-        seen: HashSet::new(),
-        norms: Vec::new(),
-    };
-    module.visit(&mut collector);
-    let total = norm_of_norms(collector.norms);
-    if let Some(coef) = clip_coefficient(total, max_norm) {
-        let mut scaler = Scaler::<B> {
-            grads: &mut grads,
-            seen: HashSet::new(),
-            coef,
-            _b: std::marker::PhantomData,
-        };
-        module.visit(&mut scaler);
+    let total = grad_norm(module, &grads);
+    match clip_coefficient(total as f32, max_norm) {
+        Some(coef) => (scale_grads(module, grads, coef), total),
+        None => (grads, total),
     }
-    (grads, f64::from(total))
 }
 
 #[cfg(test)]

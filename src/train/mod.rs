@@ -4,4 +4,5 @@ pub mod batch;
 pub mod clip;
 pub mod loss;
 pub mod optim;
+pub mod scaler;
 pub mod schedule;
