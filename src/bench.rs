@@ -122,9 +122,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         Device::Cpu => None,
     };
     crate::with_backend!(args.device, args.precision, |B, d| {
-        if let Some(summary) = crate::device::take_cuda_summary() {
-            eprintln!("{summary}");
-        }
+        crate::ui::Ui::default().cuda_summary();
         run_on::<burn::backend::Autodiff<B>>(args, &cfg, d, &device_memory)
     })
 }
@@ -181,7 +179,6 @@ fn run_on<B: AutodiffBackend>(
         timed(i + 1, "warm-up", t);
     }
     let warmup_seconds = w0.elapsed().as_secs_f64();
-    let t0 = Instant::now();
     let mut timed_total = 0.0;
     for i in 0..args.steps.max(1) {
         let t = Instant::now();
@@ -190,7 +187,7 @@ fn run_on<B: AutodiffBackend>(
         timed(i + 1, "timed", t);
     }
     // Step time without the memory queries between steps.
-    let step_seconds = timed_total.min(t0.elapsed().as_secs_f64()) / args.steps.max(1) as f64;
+    let step_seconds = timed_total / args.steps.max(1) as f64;
     let _ = model.valid();
     let tokens_per_second = (b * s) as f64 / step_seconds;
     let flops_per_token =

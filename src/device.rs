@@ -79,7 +79,7 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// The dtype of matrix products under autocast (`bf16-mixed`), else none.
+    /// The dtype of matrix products under autocast (`bf16-mixed`, `f16-mixed`), else none.
     pub fn autocast(self) -> Option<burn::tensor::FloatDType> {
         match self {
             Precision::Bf16Mixed => Some(burn::tensor::FloatDType::BF16),
@@ -129,8 +129,9 @@ impl std::fmt::Display for Precision {
 }
 
 /// Evaluates `$body` with the type `$B` bound to the backend for (`$device`, `$precision`) and
-/// `$d` to a reference to its device, under autocast for `bf16-mixed`; pure half precision is
-/// CUDA only. The body returns a `Result`.
+/// `$d` to a reference to its device, under autocast for the mixed precisions and with the
+/// attention implementation `PIPELINE_ATTENTION` asks for; pure half precision is CUDA only.
+/// The body returns a `Result`.
 #[macro_export]
 macro_rules! with_backend {
     ($device:expr, $precision:expr, |$B:ident, $d:ident| $body:expr) => {{

@@ -208,20 +208,13 @@ pub fn write_json_utf8<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 
 /// Runs `infer` on the chosen backend.
 pub fn run(args: &InferArgs, ui: Ui) -> Result<()> {
-    let fused = crate::device::fused_attention_requested();
-    crate::model::amp::with_fused_attention(fused, || match args.device {
-        Device::Cpu => run_on::<burn::backend::Flex>(args, &Default::default(), ui),
-        Device::Cuda(i) => {
-            let device = crate::device::cuda_device(i)?;
-            run_on::<crate::device::CudaBackend>(args, &device, ui)
-        }
+    crate::with_backend!(args.device, crate::device::Precision::F32, |B, d| {
+        run_on::<B>(args, d, ui)
     })
 }
 
 fn run_on<B: Backend>(args: &InferArgs, device: &B::Device, ui: Ui) -> Result<()> {
-    if let Some(summary) = crate::device::take_cuda_summary() {
-        ui.info(&summary);
-    }
+    ui.cuda_summary();
     let cfg = EncoderConfig::load(&args.model.join("config.json"))?;
     let tok = QaTokenizer::load(&args.model)?;
     check_compatible(&cfg, &tok, args.max_seq_length, &args.model)?;

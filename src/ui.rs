@@ -20,6 +20,14 @@ impl Ui {
         }
     }
 
+    /// The line naming the CUDA device and its kernel cache, the first time a stage asks after
+    /// the device was set up (see [`crate::device::take_cuda_summary`]).
+    pub fn cuda_summary(&self) {
+        if let Some(summary) = crate::device::take_cuda_summary() {
+            self.info(&summary);
+        }
+    }
+
     /// A line printed above `bar` (or plainly on stderr when the bar is hidden because stderr
     /// is not a terminal, so logs keep it); nothing when quiet.
     pub fn note(&self, bar: &ProgressBar, msg: &str) {

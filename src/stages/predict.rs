@@ -27,9 +27,7 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
 }
 
 fn run_on<B: Backend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Result<Manifest> {
-    if let Some(summary) = crate::device::take_cuda_summary() {
-        ctx.ui.info(&summary);
-    }
+    ctx.ui.cuda_summary();
     let fold = plan.fold.context("predict runs per fold")?;
     let mut w = StageWriter::begin(
         plan.dir,

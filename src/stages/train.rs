@@ -303,9 +303,7 @@ fn mix(seed: u64, fold: usize, n: usize, salt: u64) -> u64 {
 }
 
 fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Result<Manifest> {
-    if let Some(summary) = crate::device::take_cuda_summary() {
-        ctx.ui.info(&summary);
-    }
+    ctx.ui.cuda_summary();
     let s = &ctx.settings;
     let t = &s.train;
     let fold = plan.fold.context("train runs per fold")?;
@@ -438,10 +436,6 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
             let (s_log, e_log) = model.forward(b.input_ids, b.attention_mask, b.token_type_ids);
             let loss = qa_loss(&loss_cfg, s_log, e_log, b.start_positions, b.end_positions);
             let loss = loss / t.gradient_accumulation as f64;
-            let scaled = match &scaler {
-                Some(s) => loss.clone() * s.scale,
-                None => loss.clone(),
-            };
             let value = loss.clone().into_scalar().elem::<f64>() * t.gradient_accumulation as f64;
             if !value.is_finite() {
                 bail!(
@@ -453,6 +447,10 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
             running.0 += value;
             running.1 += 1;
             st.windows_seen += rows.len();
+            let scaled = match &scaler {
+                Some(s) => loss * s.scale,
+                None => loss,
+            };
             let grads = GradientsParams::from_grads(scaled.backward(), &model);
             accum.accumulate(&model, grads);
             in_accum += 1;
