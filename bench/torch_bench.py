@@ -2,18 +2,20 @@
 (RobertaForQuestionAnswering, CE start/end loss, clip_grad_norm_ 1.0, AdamW) on random inputs of
 the same shape, printed as the same JSON fields.
 
-Usage: torch_bench.py --model roberta-base|roberta-large --seq 384 --batch 8 --steps 10
-       --warmup 2 [--device cuda] [--precision f32|bf16-mixed] [--peak-tflops X]
+Usage: torch_bench.py --model roberta-base|roberta-large|tiny|<config.json> --seq 384 --batch 8
+       --steps 10 --warmup 2 [--device cuda] [--precision f32|bf16-mixed|f16-mixed] [--peak-tflops X]
 (bf16-mixed, also spelt bf16: torch.autocast with f32 weights, as HF Trainer's --bf16 and
-pipeline's train.precision = "bf16-mixed" do)
+pipeline's train.precision = "bf16-mixed" do; f16-mixed: f16 autocast with torch's GradScaler,
+as HF Trainer's --fp16 and pipeline's "f16-mixed" do)
 """
 
 import argparse
 import json
+import os
 import time
 
 import torch
-from transformers import RobertaConfig, RobertaForQuestionAnswering
+from transformers import AutoConfig, AutoModelForQuestionAnswering, RobertaConfig
 
 SHAPES = {"roberta-base": (768, 12, 12, 3072), "roberta-large": (1024, 24, 16, 4096), "tiny": (32, 2, 4, 64)}
 
@@ -24,30 +26,44 @@ p.add_argument("--batch", type=int, default=8)
 p.add_argument("--steps", type=int, default=10)
 p.add_argument("--warmup", type=int, default=2)
 p.add_argument("--device", default="cuda")
-p.add_argument("--precision", default="f32", choices=["f32", "bf16", "bf16-mixed"])
+p.add_argument("--precision", default="f32", choices=["f32", "bf16", "bf16-mixed", "f16-mixed"])
 p.add_argument("--peak-tflops", type=float, default=None)
 a = p.parse_args()
 
-h, layers, heads, inter = SHAPES[a.model]
-cfg = RobertaConfig(vocab_size=1000 if a.model == "tiny" else 50265, hidden_size=h, num_hidden_layers=layers,
-                    num_attention_heads=heads, intermediate_size=inter, max_position_embeddings=514,
-                    type_vocab_size=1, pad_token_id=1, layer_norm_eps=1e-5)
+if a.model in SHAPES:
+    h, layers, heads, inter = SHAPES[a.model]
+    cfg = RobertaConfig(vocab_size=1000 if a.model == "tiny" else 50265, hidden_size=h,
+                        num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=inter,
+                        max_position_embeddings=514, type_vocab_size=1, pad_token_id=1, layer_norm_eps=1e-5)
+elif os.path.isfile(a.model):
+    # a HF config.json, as `pipeline bench --model <config.json>` takes it
+    with open(a.model) as f:
+        raw = json.load(f)
+    cfg = AutoConfig.for_model(raw.pop("model_type", "roberta"), **raw)
+    h, layers = cfg.hidden_size, cfg.num_hidden_layers
+else:
+    p.error(f"--model {a.model!r}: neither {', '.join(SHAPES)} nor a config.json file")
 dev = torch.device(a.device)
-model = RobertaForQuestionAnswering(cfg).to(dev).train()
+model = AutoModelForQuestionAnswering.from_config(cfg).to(dev).train()
 opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01)
 ids = torch.randint(3, cfg.vocab_size - 1, (a.batch, a.seq), device=dev)
 mask = torch.ones_like(ids)
 sp = torch.randint(1, a.seq - 1, (a.batch,), device=dev)
 ep = torch.randint(1, a.seq - 1, (a.batch,), device=dev)
-autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.precision in ("bf16", "bf16-mixed"))
+half = {"bf16": torch.bfloat16, "bf16-mixed": torch.bfloat16, "f16-mixed": torch.float16}.get(a.precision)
+autocast = torch.autocast(dev.type, dtype=half or torch.float32, enabled=half is not None)
+# loss scaling for f16 only, as HF Trainer's --fp16 does (torch.amp.GradScaler, default settings)
+scaler = torch.amp.GradScaler(dev.type, enabled=a.precision == "f16-mixed")
 
 
 def step():
     with autocast:
         out = model(input_ids=ids, attention_mask=mask, start_positions=sp, end_positions=ep)
-    out.loss.backward()
+    scaler.scale(out.loss).backward()
+    scaler.unscale_(opt)
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
+    scaler.step(opt)
+    scaler.update()
     opt.zero_grad(set_to_none=True)
 
 
