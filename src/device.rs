@@ -149,7 +149,7 @@ macro_rules! with_backend {
                 type $B = burn::backend::Flex;
                 let cpu = burn::backend::flex::FlexDevice;
                 let $d = &cpu;
-                $body
+                $crate::model::amp::with_host_backend(true, || $body)
             }
             (Device::Cuda(i), p) => {
                 let dev = $crate::device::cuda_device(i)?;

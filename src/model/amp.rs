@@ -17,6 +17,20 @@ use burn::tensor::{FloatDType, Tensor};
 thread_local! {
     static AUTOCAST: Cell<Option<FloatDType>> = const { Cell::new(None) };
     static FUSED_ATTENTION: Cell<bool> = const { Cell::new(false) };
+    static HOST_BACKEND: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` knowing that the backend's tensors live in host memory (`true`: the CPU arm of
+/// `with_backend!`), restored afterwards. The model then makes dropout masks on the host and
+/// materialises broadcast attention masks, which the CPU backend adds far faster contiguous;
+/// a GPU backend broadcasts and samples inside its kernels instead.
+pub fn with_host_backend<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    scoped(&HOST_BACKEND, on, f)
+}
+
+/// Whether the model runs on a host-memory backend now (see [`with_host_backend`]).
+pub fn host_backend() -> bool {
+    HOST_BACKEND.with(Cell::get)
 }
 
 /// Runs `f` with evaluation-time attention (no autodiff, so no dropout) computed by Burn's

@@ -18,6 +18,7 @@ use burn::tensor::{Distribution, Int, Tensor};
 
 use super::amp;
 use super::config::{EncoderConfig, Family};
+use super::dropout::dropout;
 use super::load::Weights;
 
 /// A Linear initialised as HF does: N(0, initializer_range), zero bias.
@@ -137,7 +138,7 @@ impl<B: Backend> Embeddings<B> {
         let x = self.word_embeddings.forward(input_ids)
             + self.token_type_embeddings.forward(token_type_ids)
             + self.position_embeddings.forward(position_ids);
-        self.dropout.forward(self.layer_norm.forward(x))
+        dropout(&self.dropout, self.layer_norm.forward(x))
     }
 }
 
@@ -175,7 +176,7 @@ impl<B: Backend> SelfAttention<B> {
         };
         let scores = amp::matmul(q, k.swap_dims(2, 3)) / (dh as f64).sqrt();
         let scores = scores + pad_mask;
-        let probs = self.dropout.forward(softmax(scores, 3));
+        let probs = dropout(&self.dropout, softmax(scores, 3));
         amp::matmul(probs, v).swap_dims(1, 2).reshape([b, l, h])
     }
 }
@@ -184,7 +185,8 @@ impl<B: Backend> SelfAttention<B> {
 #[derive(Debug, Clone)]
 pub enum KeyMask<B: Backend> {
     /// Added to the scores: 0 for real keys, a large negative value for padding, `[b, 1, 1, l]`
-    /// (training, where attention dropout needs the probabilities).
+    /// or, on a host backend, materialised as `[b, heads, l, l]` (training, where attention
+    /// dropout needs the probabilities).
     Additive(Tensor<B, 4>),
     /// True at padded keys, `[b, 1, 1, l]` (evaluation: fused attention).
     Padded(Tensor<B, 4, burn::tensor::Bool>),
@@ -308,7 +310,7 @@ impl<B: Backend> Layer<B> {
         let o = &a.output;
         let attn = o
             .layer_norm
-            .forward(o.dropout.forward(amp::linear(&o.dense, ctx)) + x);
+            .forward(dropout(&o.dropout, amp::linear(&o.dense, ctx)) + x);
         let inter = amp::linear(&self.intermediate.dense, attn.clone());
         let inter = if self.intermediate.approximate_gelu {
             gelu_approximate(inter)
@@ -317,7 +319,7 @@ impl<B: Backend> Layer<B> {
         };
         let out = &self.output;
         out.layer_norm
-            .forward(out.dropout.forward(amp::linear(&out.dense, inter)) + attn)
+            .forward(dropout(&out.dropout, amp::linear(&out.dense, inter)) + attn)
     }
 }
 
@@ -411,7 +413,20 @@ impl<B: Backend> EncoderModel<B> {
         let mask = if B::ad_enabled(&x.device()) || !amp::fused_attention() {
             // HF adds finfo(dtype).min at padded keys; any value that underflows exp() is the
             // same.
-            KeyMask::Additive(padded.float() * -1.0e9)
+            let additive = padded.float() * -1.0e9;
+            if amp::host_backend() {
+                // One contiguous [b, heads, l, l] copy for all layers: the CPU backend adds it
+                // to the scores in place with SIMD, where the broadcast [b, 1, 1, l] took its
+                // generic strided path (a tenth of a training step).
+                let nh = self
+                    .encoder
+                    .layer
+                    .first()
+                    .map_or(1, |layer| layer.attention.self_attention.num_heads);
+                KeyMask::Additive(additive.repeat_dim(2, l).repeat_dim(1, nh))
+            } else {
+                KeyMask::Additive(additive)
+            }
         } else {
             KeyMask::Padded(padded)
         };

@@ -197,7 +197,7 @@ impl<B: Backend> BiLstm<B> {
         let mut x = x;
         for (k, layer) in self.layers.iter().enumerate() {
             if k > 0 {
-                x = self.dropout.forward(x);
+                x = super::dropout::dropout(&self.dropout, x);
             }
             let fwd = layer.forward.forward(x.clone(), mask.clone(), false);
             let rev = layer.reverse.forward(x, mask.clone(), true);

@@ -5,6 +5,7 @@
 
 pub mod amp;
 pub mod config;
+pub mod dropout;
 pub mod encoder;
 pub mod export;
 pub mod heads;
