@@ -320,19 +320,21 @@ fn mixed_precision_trains_close_to_f32_with_f32_checkpoints() {
     ok(d, &args(&["run", "prepare", "-q"]));
     ok(d, &args(&["run", "split", "-q"]));
     let fold = d.join("outputs/sample/train/fold-0");
-    let losses = || -> Vec<f64> {
+    let column = |key: &str| -> Vec<f64> {
         std::fs::read_to_string(fold.join("metrics.jsonl"))
             .unwrap()
             .lines()
             .map(|l| {
-                serde_json::from_str::<Value>(l).unwrap()["loss"]
+                serde_json::from_str::<Value>(l).unwrap()[key]
                     .as_f64()
                     .unwrap()
             })
             .collect()
     };
+    let losses = || column("loss");
     ok(d, &args(&["run", "train", "--fold", "0", "-q"]));
     let f32_losses = losses();
+    let (f32_lrs, steps) = (column("lr"), column("step"));
     for precision in ["bf16-mixed", "f16-mixed"] {
         let mut a = args(&["run", "train", "--fold", "0", "-q"]);
         let set = format!("train.precision={precision}");
@@ -364,6 +366,14 @@ fn mixed_precision_trains_close_to_f32_with_f32_checkpoints() {
                 skipped < summary["steps"].as_u64().unwrap() / 4,
                 "{summary}"
             );
+            // Skipped steps do not advance the schedule (as in HF Trainer): at the last
+            // validation, past the warm-up where the linear decay loses `slope` per step, the
+            // learning rate is `skipped` steps' worth higher than f32's at the same step.
+            assert!(skipped > 0, "no step overflowed: this run tests nothing");
+            let n = f32_lrs.len();
+            let slope = (f32_lrs[n - 2] - f32_lrs[n - 1]) / (steps[n - 1] - steps[n - 2]);
+            let (lr, want) = (column("lr")[n - 1], f32_lrs[n - 1] + skipped as f64 * slope);
+            assert!((lr - want).abs() < 1e-12, "last lr {lr}, want {want}");
         } else {
             assert!(summary["loss_scale"].is_null(), "{summary}");
             assert_eq!(summary["skipped_steps"].as_u64(), Some(0));

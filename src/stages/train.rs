@@ -481,7 +481,15 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
                 ),
             };
             st.loss_scaler = scaler;
-            let lr = lr_at(t.schedule, t.learning_rate, st.step, warmup, total_steps);
+            // The schedule counts optimizer steps taken: a step the loss scaler skipped does
+            // not advance it (HF Trainer steps its scheduler only when the optimizer ran).
+            let lr = lr_at(
+                t.schedule,
+                t.learning_rate,
+                st.step - st.skipped_steps,
+                warmup,
+                total_steps,
+            );
             if step_ok {
                 model = optim.step(lr, model, grads);
             } else {
