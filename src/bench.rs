@@ -40,7 +40,8 @@ pub struct BenchArgs {
     /// `cpu` or `cuda` / `cuda:N`.
     #[arg(long, default_value = "cpu")]
     pub device: Device,
-    /// `f32`, or pure `bf16` / `f16` (CUDA only).
+    /// `f32`; `bf16-mixed` / `f16-mixed` (autocast with f32 weights, as `train.precision`; the
+    /// f16 loss scaler's bookkeeping is not timed); pure `bf16` / `f16` (CUDA only).
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
     /// The device's peak TFLOP/s at this precision, for MFU (e.g. an H100 SXM: 67 for f32 on
