@@ -72,15 +72,37 @@ impl<B: Backend> LstmDirection<B> {
         })
     }
 
+    /// The input projections of all steps at once, `x W_ihᵀ + b_ih + b_hh`: `[b, l, 4H]`.
+    fn input_projection(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let h4 = self.weight_ih.dims()[0];
+        let bias = (self.bias_ih.val() + self.bias_hh.val()).reshape([1, 1, h4]);
+        amp::matmul(x, self.weight_ih.val().transpose().unsqueeze_dim(0)) + bias
+    }
+
     /// Runs over `x` `[b, l, in]` with `mask` `[b, l, 1]` (1 = real token); `[b, l, H]`.
     fn forward(&self, x: Tensor<B, 3>, mask: Tensor<B, 3>, reverse: bool) -> Tensor<B, 3> {
+        let block = (x.dims()[1] as f64).sqrt().ceil().max(1.0) as usize;
+        self.forward_in_blocks(x, mask, reverse, block)
+    }
+
+    /// [`Self::forward`], taking the steps' input projections out of blocks of `block` steps.
+    ///
+    /// The gradient of a slice is a zero tensor of the sliced tensor's size with the slice
+    /// written in, so slicing each step out of the whole `[b, l, 4H]` projection costs l
+    /// full-size tensors in the backward pass (O(l²): most of a BiLSTM step at L 128, and
+    /// gigabytes of memory traffic per layer at L 384). Slicing blocks of √l steps out of it,
+    /// then steps out of the blocks, costs O(l·√l) and gives the same values and gradients.
+    fn forward_in_blocks(
+        &self,
+        x: Tensor<B, 3>,
+        mask: Tensor<B, 3>,
+        reverse: bool,
+        block: usize,
+    ) -> Tensor<B, 3> {
         let [b, l, _] = x.dims();
         let h = self.weight_hh.dims()[1];
         let device = x.device();
-        // Input projections of all steps at once; only the recurrent part is sequential.
-        let bias = (self.bias_ih.val() + self.bias_hh.val()).reshape([1, 1, 4 * h]);
-        let xp = amp::matmul(x, self.weight_ih.val().transpose().unsqueeze_dim(0)) + bias;
-        // Cast once for all steps under autocast (the per-step cast is then a no-op).
+        let xp = self.input_projection(x);
         let w_hh = amp::to_compute(self.weight_hh.val().transpose());
         let mut hs: Tensor<B, 2> = Tensor::zeros([b, h], &device);
         let mut cs: Tensor<B, 2> = Tensor::zeros([b, h], &device);
@@ -90,10 +112,14 @@ impl<B: Backend> LstmDirection<B> {
         } else {
             (0..l).collect()
         };
+        let blocks: Vec<Tensor<B, 3>> = (0..l)
+            .step_by(block)
+            .map(|t0| xp.clone().slice([0..b, t0..(t0 + block).min(l), 0..4 * h]))
+            .collect();
         for t in steps {
-            let g = xp
+            let g = blocks[t / block]
                 .clone()
-                .slice([0..b, t..t + 1, 0..4 * h])
+                .slice([0..b, t % block..t % block + 1, 0..4 * h])
                 .reshape([b, 4 * h])
                 + amp::matmul(hs.clone(), w_hh.clone());
             let i = sigmoid(g.clone().slice([0..b, 0..h]));
@@ -204,5 +230,59 @@ impl<B: Backend> BiLstm<B> {
             x = Tensor::cat(vec![fwd, rev], 2);
         }
         x
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::tensor::TensorData;
+
+    type A = Autodiff<Flex>;
+
+    fn values(t: Tensor<Flex, 2>) -> Vec<f32> {
+        t.into_data().to_vec().unwrap()
+    }
+
+    /// Blocks change how the steps' inputs are sliced, nothing else: outputs and every
+    /// gradient equal the one-block run (each step's input slice taken from the whole
+    /// projection, the torch-parity-tested formulation) bit for bit, padding included.
+    #[test]
+    fn blocked_steps_give_the_same_outputs_and_gradients() {
+        let d = Default::default();
+        let (b, l, d_in, h) = (3, 11, 5, 4);
+        let x: Tensor<A, 3> =
+            Tensor::random([b, l, d_in], Distribution::Normal(0.0, 1.0), &d).require_grad();
+        // lengths 11, 6, 1: right padding, as the windows have it
+        let mask: Vec<f32> = [11, 6, 1]
+            .iter()
+            .flat_map(|&n| (0..l).map(move |t| if t < n { 1.0 } else { 0.0 }))
+            .collect();
+        let mask: Tensor<A, 3> = Tensor::from_data(TensorData::new(mask, [b, l, 1]), &d);
+        let w: Tensor<A, 3> = Tensor::random([b, l, h], Distribution::Default, &d);
+        for reverse in [false, true] {
+            let dir = LstmDirection::<A>::init(d_in, h, &d);
+            let run = |block: usize| {
+                let y = dir.forward_in_blocks(x.clone(), mask.clone(), reverse, block);
+                let g = (y.clone() * w.clone()).sum().backward();
+                let flat = |t: Tensor<Flex, 3>| t.reshape([1, -1]);
+                (
+                    values(flat(y.inner())),
+                    values(flat(x.grad(&g).unwrap())),
+                    values(dir.weight_ih.val().grad(&g).unwrap()),
+                    values(dir.weight_hh.val().grad(&g).unwrap()),
+                    values(dir.bias_ih.val().grad(&g).unwrap().unsqueeze()),
+                )
+            };
+            let whole = run(l);
+            assert!(whole.1.iter().any(|&v| v != 0.0), "no input gradient");
+            // √11 rounds up to 4: blocks of 4, 4 and 3 steps; 1: every step its own block.
+            for block in [4, 1, 5] {
+                assert_eq!(run(block), whole, "block {block}, reverse {reverse}");
+            }
+            // Outputs at padded steps are zero.
+            assert!(whole.0[(b * l - 1) * h..].iter().all(|&v| v == 0.0));
+        }
     }
 }
