@@ -2,7 +2,7 @@
 # One prepared run for a lent GPU machine (15 minutes of device time in all): CUDA probe, the
 # kernel cache cold then warm, model parity on CUDA, pipeline bench against PyTorch at
 # roberta-base (f32, bf16-mixed = autocast on both sides, pure bf16), the KorQuAD recipe and
-# the sample trained on CUDA, then roberta-large while time is left.
+# the sample trained on CUDA, then roberta-large (linear and BiLSTM heads) while time is left.
 #
 # Prepared on the development machine (gpu/ is ignored by git, never committed):
 #   strip -o gpu/pipeline target/release/pipeline && gzip -f gpu/pipeline
@@ -109,6 +109,8 @@ done >"$OUT/sample_cuda_train.tsv" 2>/dev/null
 say "== roberta-large seq 384 batch 8, then seq 512, while time is left"
 CAPB=150
 pair --model roberta-large --seq 384 --batch 8 --steps 5 --warmup 2 --precision bf16-mixed --peak-tflops $PEAK_HALF
+# the competition seed's model: roberta-large + 2-layer BiLSTM head
+pair --model roberta-large --head bilstm --seq 384 --batch 8 --steps 5 --warmup 2 --precision bf16-mixed --peak-tflops $PEAK_HALF
 pair --model roberta-large --seq 384 --batch 8 --steps 5 --warmup 2 --precision f32 --peak-tflops $PEAK_F32
 pair --model roberta-base --seq 512 --batch 16 --steps 5 --warmup 2 --precision bf16-mixed --peak-tflops $PEAK_HALF
 say "== done"

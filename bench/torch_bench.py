@@ -2,8 +2,11 @@
 (RobertaForQuestionAnswering, CE start/end loss, clip_grad_norm_ 1.0, AdamW) on random inputs of
 the same shape, printed as the same JSON fields.
 
-Usage: torch_bench.py --model roberta-base|roberta-large|tiny|<config.json> --seq 384 --batch 8
-       --steps 10 --warmup 2 [--device cuda] [--precision f32|bf16-mixed|f16-mixed] [--peak-tflops X]
+Usage: torch_bench.py --model roberta-base|roberta-large|tiny|<config.json> [--head linear|bilstm]
+       --seq 384 --batch 8 --steps 10 --warmup 2 [--device cuda]
+       [--precision f32|bf16-mixed|f16-mixed] [--peak-tflops X]
+(--head bilstm: the encoder, nn.LSTM(hidden, hidden, 2 layers, bidirectional, dropout 0.1), then
+Linear(2 hidden, 2), as pipeline's model.head = "bilstm" and the competition seed)
 (bf16-mixed, also spelt bf16: torch.autocast with f32 weights, as HF Trainer's --bf16 and
 pipeline's train.precision = "bf16-mixed" do; f16-mixed: f16 autocast with torch's GradScaler,
 as HF Trainer's --fp16 and pipeline's "f16-mixed" do)
@@ -15,12 +18,13 @@ import os
 import time
 
 import torch
-from transformers import AutoConfig, AutoModelForQuestionAnswering, RobertaConfig
+from transformers import AutoConfig, AutoModel, AutoModelForQuestionAnswering, RobertaConfig
 
 SHAPES = {"roberta-base": (768, 12, 12, 3072), "roberta-large": (1024, 24, 16, 4096), "tiny": (32, 2, 4, 64)}
 
 p = argparse.ArgumentParser()
 p.add_argument("--model", default="roberta-base")
+p.add_argument("--head", default="linear", choices=["linear", "bilstm"])
 p.add_argument("--seq", type=int, default=384)
 p.add_argument("--batch", type=int, default=8)
 p.add_argument("--steps", type=int, default=10)
@@ -43,8 +47,33 @@ elif os.path.isfile(a.model):
     h, layers = cfg.hidden_size, cfg.num_hidden_layers
 else:
     p.error(f"--model {a.model!r}: neither {', '.join(SHAPES)} nor a config.json file")
+
+
+class BiLstmQa(torch.nn.Module):
+    """Encoder (no pooler), 2-layer bidirectional LSTM of the encoder's width, Linear(2h, 2);
+    loss as HF's QA models compute it (mean of the start and end cross-entropies)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.encoder = AutoModel.from_config(cfg, add_pooling_layer=False)
+        h = cfg.hidden_size
+        self.lstm = torch.nn.LSTM(h, h, num_layers=2, bidirectional=True, batch_first=True, dropout=0.1)
+        self.qa_outputs = torch.nn.Linear(2 * h, 2)
+
+    def forward(self, input_ids, attention_mask, start_positions, end_positions):
+        x = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        x, _ = self.lstm(x)
+        start, end = self.qa_outputs(x).split(1, dim=-1)
+        ce = torch.nn.functional.cross_entropy
+        loss = (ce(start.squeeze(-1).float(), start_positions) + ce(end.squeeze(-1).float(), end_positions)) / 2
+        return type("Out", (), {"loss": loss})
+
+
 dev = torch.device(a.device)
-model = AutoModelForQuestionAnswering.from_config(cfg).to(dev).train()
+if a.head == "bilstm":
+    model = BiLstmQa(cfg).to(dev).train()
+else:
+    model = AutoModelForQuestionAnswering.from_config(cfg).to(dev).train()
 opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01)
 ids = torch.randint(3, cfg.vocab_size - 1, (a.batch, a.seq), device=dev)
 mask = torch.ones_like(ids)
@@ -85,7 +114,7 @@ emb = (cfg.vocab_size + cfg.max_position_embeddings + cfg.type_vocab_size) * h
 flops = 6.0 * (params - emb) + 12.0 * layers * h * a.seq
 tps = a.batch * a.seq / dt
 print(json.dumps({
-    "model": a.model, "device": a.device, "precision": a.precision, "seq": a.seq, "batch": a.batch,
+    "model": a.model, "head": a.head, "device": a.device, "precision": a.precision, "seq": a.seq, "batch": a.batch,
     "steps": a.steps, "parameters": params, "step_seconds": dt, "examples_per_second": a.batch / dt,
     "tokens_per_second": tps, "achieved_tflops": flops * tps / 1e12,
     "mfu": (flops * tps / 1e12 / a.peak_tflops) if a.peak_tflops else None,

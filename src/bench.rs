@@ -1,7 +1,8 @@
 //! `pipeline bench`: training throughput on random inputs for a model shape.
 //!
 //! Runs `warmup` then `steps` full training steps (forward, CE loss, backward, global-norm
-//! clipping, AdamW) of a randomly initialised encoder + linear head, synchronising on the loss
+//! clipping, AdamW) of a randomly initialised encoder + head (linear, or the seed's BiLSTM with
+//! `--head bilstm`), synchronising on the loss
 //! every step, and reports examples/s, tokens/s, the step time, peak host memory and
 //! model-FLOPs utilisation: training FLOPs per token ≈ 6 × non-embedding parameters + 12 ×
 //! layers × hidden × seq, divided by the peak given with `--peak-tflops`.
@@ -18,7 +19,7 @@ use serde::Serialize;
 
 use crate::device::{Device, Precision};
 use crate::model::config::EncoderConfig;
-use crate::model::{HeadConfig, QaModel};
+use crate::model::{HeadConfig, HeadKind, QaModel};
 use crate::train::clip::clip_grad_norm;
 use crate::train::loss::{qa_loss, LossConfig};
 use crate::train::optim::{OptimConfig, QaOptimizer};
@@ -29,6 +30,10 @@ pub struct BenchArgs {
     /// `tiny`, `roberta-base`, `roberta-large`, or a HF config.json.
     #[arg(long, default_value = "roberta-base")]
     pub model: String,
+    /// `linear` (HF's `qa_outputs`) or `bilstm` (2 bidirectional LSTM layers of the encoder's
+    /// width, then Linear(2 hidden, 2): the competition seed's head).
+    #[arg(long, default_value = "linear", value_parser = ["linear", "bilstm"])]
+    pub head: String,
     #[arg(long, default_value_t = 384)]
     pub seq: usize,
     #[arg(long, default_value_t = 8)]
@@ -54,6 +59,7 @@ pub struct BenchArgs {
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub model: String,
+    pub head: String,
     pub device: String,
     pub precision: String,
     pub seq: usize,
@@ -135,7 +141,14 @@ fn run_on<B: AutodiffBackend>(
     device_memory: &dyn Fn() -> Option<f64>,
 ) -> Result<BenchReport> {
     let (b, s) = (args.batch, args.seq);
-    let mut model = QaModel::<B>::init(cfg, &HeadConfig::default(), device)?;
+    let head = HeadConfig {
+        kind: match args.head.as_str() {
+            "bilstm" => HeadKind::Bilstm,
+            _ => HeadKind::Linear,
+        },
+        ..HeadConfig::default()
+    };
+    let mut model = QaModel::<B>::init(cfg, &head, device)?;
     let parameters = model.num_params();
     let embedding =
         (cfg.vocab_size + cfg.max_position_embeddings + cfg.type_vocab_size) * cfg.hidden_size;
@@ -196,6 +209,7 @@ fn run_on<B: AutodiffBackend>(
     let achieved = flops_per_token * tokens_per_second / 1e12;
     Ok(BenchReport {
         model: args.model.clone(),
+        head: args.head.clone(),
         device: args.device.to_string(),
         precision: args.precision.to_string(),
         seq: s,

@@ -61,3 +61,35 @@ fn bench_on_cuda_without_a_gpu_fails_cleanly() {
     let t = text(&out);
     assert!(t.contains("--device cpu") && !t.contains("panicked"), "{t}");
 }
+
+/// `--head bilstm` benches the seed's model: the encoder plus two bidirectional LSTM layers of
+/// the encoder's width (PyTorch's `nn.LSTM` parameter count: 4H × (in + H) weights and two 4H
+/// biases per direction and layer) and Linear(2H, 2). `torch_bench.py --head bilstm` builds the
+/// same count (107,746 for tiny).
+#[test]
+fn bench_with_the_bilstm_head_counts_its_parameters() {
+    let run = |head: &str| -> Value {
+        let out = pipeline(
+            &root(),
+            &[
+                "bench", "--model", "tiny", "--head", head, "--seq", "16", "--batch", "2",
+                "--steps", "1", "--warmup", "0",
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (linear, bilstm) = (run("linear"), run("bilstm"));
+    assert_eq!(bilstm["head"], "bilstm");
+    let h = 32;
+    let direction = |input: usize| 4 * h * (input + h) + 2 * 4 * h;
+    let lstm = 2 * direction(h) + 2 * direction(2 * h);
+    let params = |r: &Value| r["parameters"].as_u64().unwrap() as usize;
+    assert_eq!(
+        params(&bilstm),
+        params(&linear) - (h * 2 + 2) + lstm + (2 * h * 2 + 2)
+    );
+    assert_eq!(params(&bilstm), 107_746);
+    let out = pipeline(&root(), &["bench", "--model", "tiny", "--head", "gru"]);
+    assert!(!out.status.success() && text(&out).contains("--head"));
+}
