@@ -122,10 +122,13 @@ impl<B: Backend> LstmDirection<B> {
                 .slice([0..b, t % block..t % block + 1, 0..4 * h])
                 .reshape([b, 4 * h])
                 + amp::matmul(hs.clone(), w_hh.clone());
-            let i = sigmoid(g.clone().slice([0..b, 0..h]));
-            let f = sigmoid(g.clone().slice([0..b, h..2 * h]));
-            let gg = tanh(g.clone().slice([0..b, 2 * h..3 * h]));
-            let o = sigmoid(g.slice([0..b, 3 * h..4 * h]));
+            // Gates i, f, o through one sigmoid over all four (elementwise: the same values),
+            // the cell candidate g through tanh.
+            let gates = sigmoid(g.clone());
+            let i = gates.clone().slice([0..b, 0..h]);
+            let f = gates.clone().slice([0..b, h..2 * h]);
+            let o = gates.slice([0..b, 3 * h..4 * h]);
+            let gg = tanh(g.slice([0..b, 2 * h..3 * h]));
             let c_new = f * cs.clone() + i * gg;
             let h_new = o * tanh(c_new.clone());
             let m = mask.clone().slice([0..b, t..t + 1, 0..1]).reshape([b, 1]);
