@@ -2,10 +2,10 @@
 //!
 //! Runs `warmup` then `steps` full training steps (forward, CE loss, backward, global-norm
 //! clipping, AdamW) of a randomly initialised encoder + head (linear, or the seed's BiLSTM with
-//! `--head bilstm`), synchronising on the loss
-//! every step, and reports examples/s, tokens/s, the step time, peak host memory and
-//! model-FLOPs utilisation: training FLOPs per token ≈ 6 × non-embedding parameters + 12 ×
-//! layers × hidden × seq, divided by the peak given with `--peak-tflops`.
+//! `--head bilstm`), synchronising on the loss every step, and reports examples/s, tokens/s,
+//! the step time, peak host memory and model-FLOPs utilisation: training FLOPs per token ≈
+//! 6 × non-embedding parameters + 12 × layers × hidden × seq, divided by the peak given with
+//! `--peak-tflops`.
 
 use std::path::Path;
 use std::time::Instant;

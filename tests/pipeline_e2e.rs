@@ -124,23 +124,27 @@ fn weights(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap()
 }
 
+/// A workspace with the sample prepared and split (the tiny settings), ready to train.
+fn split_workspace() -> tempfile::TempDir {
+    let ws = workspace();
+    ok(ws.path(), &args(&["run", "prepare", "-q"]));
+    ok(ws.path(), &args(&["run", "split", "-q"]));
+    ws
+}
+
 #[test]
 fn an_interrupted_fold_resumes_to_the_same_weights() {
     // Uninterrupted reference.
-    let ws = workspace();
+    let ws = split_workspace();
     let d = ws.path();
-    ok(d, &args(&["run", "prepare", "-q"]));
-    ok(d, &args(&["run", "split", "-q"]));
     ok(d, &args(&["run", "train", "-q", "--fold", "0"]));
     let fold0 = d.join("outputs/sample/train/fold-0");
     let reference = weights(&fold0.join("last/model.safetensors"));
     let reference_best = weights(&fold0.join("best/model.safetensors"));
 
     // Same run, interrupted after step 7 (past the checkpoint at step 5), then resumed.
-    let ws2 = workspace();
+    let ws2 = split_workspace();
     let d2 = ws2.path();
-    ok(d2, &args(&["run", "prepare", "-q"]));
-    ok(d2, &args(&["run", "split", "-q"]));
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline"))
         .args(args(&["run", "train", "-q", "--fold", "0"]))
         .env("PIPELINE_INTERRUPT_AFTER_STEP", "7")
@@ -179,10 +183,8 @@ fn an_interrupted_fold_resumes_to_the_same_weights() {
 
 #[test]
 fn cuda_training_without_a_gpu_fails_cleanly() {
-    let ws = workspace();
+    let ws = split_workspace();
     let d = ws.path();
-    ok(d, &args(&["run", "prepare", "-q"]));
-    ok(d, &args(&["run", "split", "-q"]));
     let o = pipeline(
         d,
         &args(&[
@@ -265,10 +267,8 @@ fn korquad_subset_runs_end_to_end_and_learns() {
 
 #[test]
 fn drop_last_trains_only_full_batches_and_half_precision_needs_cuda() {
-    let ws = workspace();
+    let ws = split_workspace();
     let d = ws.path();
-    ok(d, &args(&["run", "prepare", "-q"]));
-    ok(d, &args(&["run", "split", "-q"]));
     // After TINY, so these win over its batch size.
     let mut a = args(&["run", "train", "--fold", "0"]);
     a.extend([
@@ -311,14 +311,13 @@ fn drop_last_trains_only_full_batches_and_half_precision_needs_cuda() {
 
 /// `train.precision = "bf16-mixed"` / `"f16-mixed"` (autocast: f32 weights, bf16 / f16 matrix
 /// products; f16 with dynamic loss scaling) run on the CPU backend too: the same fold trains to
-/// validation losses within 1% (bf16) / 3% (f16) of f32's, not the same bits (the products really were rounded),
-/// and the checkpoint is still f32. f16-mixed reports its loss scale and skipped steps.
+/// validation losses within 1% (bf16) / 3% (f16) of f32's, not the same bits (the products
+/// really were rounded), and the checkpoint is still f32. f16-mixed reports its loss scale and
+/// skipped steps.
 #[test]
 fn mixed_precision_trains_close_to_f32_with_f32_checkpoints() {
-    let ws = workspace();
+    let ws = split_workspace();
     let d = ws.path();
-    ok(d, &args(&["run", "prepare", "-q"]));
-    ok(d, &args(&["run", "split", "-q"]));
     let fold = d.join("outputs/sample/train/fold-0");
     let column = |key: &str| -> Vec<f64> {
         std::fs::read_to_string(fold.join("metrics.jsonl"))
@@ -343,8 +342,8 @@ fn mixed_precision_trains_close_to_f32_with_f32_checkpoints() {
         let mixed = losses();
         assert_eq!(mixed.len(), f32_losses.len());
         assert_ne!(mixed, f32_losses, "{precision}: autocast changed nothing");
-        // f16-mixed skips the first steps whose scaled gradients overflow (as GradScaler
-        // does), which a run this short feels: 3% there, 1% for bf16.
+        // f16-mixed skips the steps whose scaled gradients overflow (as GradScaler does),
+        // which a run this short feels: 3% there, 1% for bf16.
         let tol = if precision == "f16-mixed" { 0.03 } else { 0.01 };
         for (m, f) in mixed.iter().zip(&f32_losses) {
             assert!((m - f).abs() <= tol * f, "{precision} {m} vs f32 {f}");
@@ -383,10 +382,8 @@ fn mixed_precision_trains_close_to_f32_with_f32_checkpoints() {
 
 #[test]
 fn parallel_folds_train_in_processes_to_the_same_weights() {
-    let ws = workspace();
+    let ws = split_workspace();
     let d = ws.path();
-    ok(d, &args(&["run", "prepare", "-q"]));
-    ok(d, &args(&["run", "split", "-q"]));
     let mut a = args(&["run", "train"]);
     a.extend(["--set", "train.parallel_folds=2"]);
     let out = ok(d, &a);
@@ -397,10 +394,8 @@ fn parallel_folds_train_in_processes_to_the_same_weights() {
     let status = ok(d, &args(&["status"]));
     assert!(status.contains("train     done"), "{status}");
 
-    let ws2 = workspace();
+    let ws2 = split_workspace();
     let d2 = ws2.path();
-    ok(d2, &args(&["run", "prepare", "-q"]));
-    ok(d2, &args(&["run", "split", "-q"]));
     ok(d2, &args(&["run", "train", "-q"]));
     for k in 0..2 {
         let f = format!("outputs/sample/train/fold-{k}/last/model.safetensors");

@@ -6,7 +6,10 @@
 //! optimizer run in f32 as torch's autocast lists them. The backward pass mirrors it: a cast's
 //! gradient is cast back, so weight gradients arrive in f32.
 //!
-//! The state is per thread, like torch's: `autocast(Some(bf16), || model.forward(..))`.
+//! The state is per thread, like torch's: `autocast(Some(bf16), || model.forward(..))`. Two more
+//! per-thread execution settings live here, scoped the same way by `with_backend!`: whether
+//! evaluation uses Burn's fused attention op, and whether the backend's tensors are in host
+//! memory (which picks the CPU fast paths of dropout and the attention mask).
 
 use std::cell::Cell;
 

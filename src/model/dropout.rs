@@ -4,12 +4,12 @@
 //! Burn's own `Dropout` draws its mask element by element from the backend's generator, and on
 //! the CPU backend that is a sequential ChaCha12 draw through a generic sampler, then two
 //! element-wise products (mask, then scale). With attention dropout on `[b, heads, L, L]`
-//! probabilities that was a fifth of a CPU training step. On a host-memory backend ([`super::amp::with_host_backend`],
-//! the CPU arm of `with_backend!`) the mask is instead made here: one draw from the backend's generator seeds
-//! it, so `B::seed` keeps training reproducible, and ChaCha8 streams fill fixed-size chunks in
-//! parallel, so the mask does not depend on the number of threads. The mask already holds the
-//! scale, so applying it is one product. On a GPU, Burn's on-device sampling stays (a host mask
-//! would cross the bus).
+//! probabilities that was a fifth of a CPU training step. On a host-memory backend
+//! ([`super::amp::with_host_backend`], the CPU arm of `with_backend!`) the mask is made here
+//! instead: one draw from the backend's generator seeds it, so `B::seed` keeps training
+//! reproducible, and ChaCha8 streams fill fixed-size chunks in parallel, so the mask does not
+//! depend on the number of threads. The mask already holds the scale, so applying it is one
+//! product. On a GPU, Burn's on-device sampling stays (a host mask would cross the bus).
 
 use burn::nn::Dropout;
 use burn::tensor::backend::Backend;
