@@ -1,34 +1,32 @@
 #!/usr/bin/env bash
 # One prepared run for a lent GPU machine (15 minutes of device time in all), in order of what
-# matters most, since the first GPU session showed that kernel compilation (NVRTC, ~0.4 s a
-# kernel) and autotuning dominate the first minutes: the build without autotuning first (tiny
-# model cold then warm kernel cache, CUDA parity, roberta-base seq 384 against PyTorch in f32
-# and bf16-mixed, the KorQuAD recipe's fold 0 for one epoch to compare its validation loss with
-# the CPU's), then the default (autotuning) build cold, then roberta-large while time is left.
+# matters most: the default build (no autotuning) on the tiny model with a cold then warm kernel
+# cache, CUDA parity, roberta-base seq 384 against PyTorch in f32 and bf16-mixed, the KorQuAD
+# recipe end to end on CUDA (compare with the CPU's scores), roberta-large (linear and BiLSTM
+# heads) against PyTorch, seq 512, and last the autotuning build while time is left.
 #
 # Prepared on the development machine (gpu/ is ignored by git, never committed):
-#   cargo build --release --no-default-features && strip -o gpu/pipeline-noautotune \
-#     target/release/pipeline && xz -T2 -f gpu/pipeline-noautotune
 #   cargo build --release && strip -o gpu/pipeline target/release/pipeline && gzip -f gpu/pipeline
 #   gzip -c ../shared/data/korquad/KorQuAD_v1.0_dev.json > gpu/korquad.json.gz   # optional
+#   # optional, the autotuning build (its cold start took over 80 s a shape on an H100):
+#   cargo build --release --features autotune && strip -o gpu/pipeline-autotune \
+#     target/release/pipeline && xz -T2 -f gpu/pipeline-autotune && cargo build --release
 # Run there from the repository root: `bash bench/gpu_session.sh` (logs and results go to $OUT).
 # Every step has a time cap and a global deadline (DEADLINE seconds, default 540) so the call
 # ends in time; steps that do not fit are skipped and say so.
 #
-# Compiled kernels and autotune results go to gpu/kernels* (PIPELINE_KERNEL_CACHE), one folder
-# per build, packed into $OUT/kernels.tgz so a later session can carry them back.
+# Compiled kernels (and autotune results) go to /tmp/pipeline-kernels* (PIPELINE_KERNEL_CACHE),
+# one folder per build, kept for later calls while the machine stays warm and packed into
+# $OUT/kernels.tgz.
 set -uo pipefail
 DEADLINE=${DEADLINE:-540}
 LOG=log.txt
 source "$(dirname "$0")/gpu_common.sh"
-NOAT=/tmp/pipeline-noautotune
-if [ -f gpu/pipeline-noautotune.xz ]; then
-  xz -dc gpu/pipeline-noautotune.xz >$NOAT && chmod +x $NOAT
-else
-  say "no gpu/pipeline-noautotune.xz: using the default build throughout"; NOAT=$BIN
-fi
-KC=$PWD/gpu/kernels
-mkdir -p "$KC" "$KC-noautotune"
+AT=/tmp/pipeline-autotune
+[ -f gpu/pipeline-autotune.xz ] && xz -dc gpu/pipeline-autotune.xz >$AT && chmod +x $AT
+# outside gpu/: a later call on the same warm machine replaces the carried gpu/ folder
+KC=/tmp/pipeline-kernels
+mkdir -p "$KC" "$KC-autotune"
 
 say "== probe"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
@@ -58,46 +56,51 @@ bench() {
   kill $mp 2>/dev/null; wait $mp 2>/dev/null
   printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$(sort -n /tmp/mem.txt | tail -1)" "$(grep '^{' /tmp/bench.out | tail -1)" | tee -a "$OUT/bench.tsv"
 }
-# noat / ours / torchb CAP ARGS...: the build without autotuning, the default build, PyTorch
-noat() { local c=$1; shift; PIPELINE_KERNEL_CACHE=$KC-noautotune bench "pipeline-noautotune $*" "$c" $NOAT bench --device cuda "$@"; }
+# ours / at / torchb CAP ARGS...: the default build, the autotuning build, PyTorch
 ours() { local c=$1; shift; PIPELINE_KERNEL_CACHE=$KC bench "pipeline $*" "$c" $BIN bench --device cuda "$@"; }
+at() { local c=$1; shift; [ -x $AT ] && PIPELINE_KERNEL_CACHE=$KC-autotune bench "pipeline-autotune $*" "$c" $AT bench --device cuda "$@"; }
 torchb() { local c=$1; shift; bench "pytorch $*" "$c" python3 bench/torch_bench.py --device cuda "$@"; }
-pack() { tar czf "$OUT/kernels.tgz" -C gpu kernels kernels-noautotune 2>/dev/null; say "kernel caches $(du -sh gpu/kernels* | tr '\n' ' ')"; }
+pack() { tar czf "$OUT/kernels.tgz" -C /tmp pipeline-kernels pipeline-kernels-autotune 2>/dev/null; say "kernel caches $(du -sh $KC* | tr '\n' ' ')"; }
 trap pack EXIT
 RB="--model roberta-base --seq 384 --batch 16"
+export PIPELINE_KERNEL_CACHE=$KC
 
-say "== build without autotuning: tiny model, cold kernel cache, then warm"
-noat 100 --model tiny --seq 64 --batch 8 --steps 20 --warmup 3
-noat 40 --model tiny --seq 64 --batch 8 --steps 20 --warmup 3
+say "== tiny model, cold kernel cache, then warm"
+ours 100 --model tiny --seq 64 --batch 8 --steps 20 --warmup 3
+ours 40 --model tiny --seq 64 --batch 8 --steps 20 --warmup 3
 say "== parity: tiny checkpoints, pipeline infer on CUDA vs transformers logits"
-PIPELINE_KERNEL_CACHE=$KC-noautotune step parity 50 python3 bench/gpu_parity.py $NOAT --device cuda
+step parity 50 python3 bench/gpu_parity.py $BIN --device cuda
 
 say "== roberta-base seq 384 batch 16: pipeline vs PyTorch, f32 then bf16-mixed"
-noat 110 $RB --steps 6 --warmup 2 --precision f32 --peak-tflops $PEAK_F32
+ours 110 $RB --steps 6 --warmup 2 --precision f32 --peak-tflops $PEAK_F32
 torchb 50 $RB --steps 6 --warmup 2 --precision f32 --peak-tflops $PEAK_F32
-noat 90 $RB --steps 6 --warmup 2 --precision bf16-mixed --peak-tflops $PEAK_HALF
+ours 90 $RB --steps 6 --warmup 2 --precision bf16-mixed --peak-tflops $PEAK_HALF
 torchb 50 $RB --steps 6 --warmup 2 --precision bf16-mixed --peak-tflops $PEAK_HALF
 
-say "== KorQuAD recipe fold 0, one epoch, on CUDA (f32; CPU: validation loss 3.98986)"
+say "== the KorQuAD recipe end to end on CUDA (f32; compare with the CPU's scores)"
 if [ -f ../shared/data/korquad/KorQuAD_v1.0_dev.json ]; then
-  K="--config configs/korquad-tiny.toml"
-  $NOAT run split -q $K || say "prepare/split failed"
-  PIPELINE_KERNEL_CACHE=$KC-noautotune step korquad-fold0 110 $NOAT run train $K --fold 0 \
-    --set train.device=cuda --set train.drop_last=true --set train.epochs=1
-  cp outputs/korquad-tiny/train/fold-0/metrics.jsonl "$OUT/korquad_fold0_metrics.jsonl" 2>/dev/null
+  step korquad 150 $BIN run all --config configs/korquad-tiny.toml --set run.name=korquad-cuda \
+    --set train.device=cuda --set train.drop_last=true
+  cp outputs/korquad-cuda/evaluate/report.md "$OUT/korquad_report.md" 2>/dev/null
+  for f in outputs/korquad-cuda/train/fold-*/metrics.jsonl; do
+    sed "s/^/$(basename "$(dirname "$f")")\t/" "$f"
+  done >"$OUT/korquad_train.tsv" 2>/dev/null
 else
   say "SKIP korquad (no data)"
 fi
 
-say "== default build (autotuning): tiny model cold, roberta-base bf16-mixed"
-ours 80 --model tiny --seq 64 --batch 8 --steps 20 --warmup 3
-ours 90 $RB --steps 6 --warmup 2 --precision bf16-mixed --peak-tflops $PEAK_HALF
-
-say "== roberta-large seq 384 batch 8 (the seed's model; BiLSTM head) while time is left"
+say "== roberta-large seq 384 batch 8 (the seed's model; BiLSTM head), seq 512, while time is left"
 RL="--model roberta-large --seq 384 --batch 8 --steps 5 --warmup 2 --precision bf16-mixed --peak-tflops $PEAK_HALF"
-noat 80 $RL
+ours 80 $RL
 torchb 50 $RL
-noat 80 $RL --head bilstm
+ours 60 --model tiny --head bilstm --seq 64 --batch 8 --steps 5 --warmup 2
+ours 150 $RL --head bilstm
 torchb 50 $RL --head bilstm
+ours 80 --model roberta-base --seq 512 --batch 16 --steps 5 --warmup 2 --precision bf16-mixed --peak-tflops $PEAK_HALF
+torchb 50 --model roberta-base --seq 512 --batch 16 --steps 5 --warmup 2 --precision bf16-mixed --peak-tflops $PEAK_HALF
+
+say "== the autotuning build: tiny model cold, roberta-base bf16-mixed"
+at 80 --model tiny --seq 64 --batch 8 --steps 20 --warmup 3
+at 90 $RB --steps 6 --warmup 2 --precision bf16-mixed --peak-tflops $PEAK_HALF
 say "== done"
 cut -f1-4 "$OUT/bench.tsv" | cut -c1-400

@@ -81,7 +81,7 @@ pub struct BenchReport {
     /// CUDA: the most GPU memory Burn's allocator held after any step (its reserved pages, like
     /// PyTorch's `max_memory_reserved`).
     pub peak_device_memory_mib: Option<f64>,
-    /// Whether this build autotunes CUDA kernels (the default `autotune` feature).
+    /// Whether this build autotunes CUDA kernels (the opt-in `autotune` feature).
     pub autotune: bool,
 }
 

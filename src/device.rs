@@ -237,8 +237,11 @@ pub fn cuda_device(index: usize) -> Result<burn::backend::cuda::CudaDevice> {
             ),
         };
         format!(
-            "cuda:{index} is {} (compute capability {}.{}): kernels are compiled and autotuned on first use, so the first steps of a new shape are slow; {cache}",
-            gpu.name, gpu.capability.0, gpu.capability.1
+            "cuda:{index} is {} (compute capability {}.{}): kernels are compiled{} on first use, so the first steps of a new shape are slow; {cache}",
+            gpu.name,
+            gpu.capability.0,
+            gpu.capability.1,
+            if cfg!(feature = "autotune") { " and autotuned" } else { "" }
         )
     });
     match probe {
