@@ -207,10 +207,26 @@ fn validate<B: Backend>(
             loss_sum += loss.into_scalar().elem::<f64>() * chunk.len() as f64;
         },
     );
+    let (start_acc, end_acc) = span_accuracy(&data.feats, &data.val_rows, &lg);
+    let (em, f1) = score_rows(&data.examples, &data.feats, &data.val_rows, &lg, s);
+    (
+        loss_sum / data.val_rows.len() as f64,
+        start_acc,
+        end_acc,
+        em,
+        f1,
+        lg,
+    )
+}
+
+/// Start and end accuracy over the windows of `rows` that hold the answer (labels other than
+/// `(0, 0)`): the share whose argmax logit is the labelled token. `lg` holds `rows`' logits in
+/// order. A weak model that puts every argmax on `[CLS]` (the no-answer label) scores 0.
+fn span_accuracy(feats: &Features, rows: &[usize], lg: &Logits) -> (f64, f64) {
     let l = lg.seq;
     let (mut hit_s, mut hit_e, mut labelled) = (0usize, 0usize, 0usize);
-    for (k, &r) in data.val_rows.iter().enumerate() {
-        let (sp, ep) = (data.feats.start_positions[r], data.feats.end_positions[r]);
+    for (k, &r) in rows.iter().enumerate() {
+        let (sp, ep) = (feats.start_positions[r], feats.end_positions[r]);
         if sp == 0 && ep == 0 {
             continue; // the answer is not in this window
         }
@@ -218,16 +234,8 @@ fn validate<B: Backend>(
         hit_s += usize::from(argmax(&lg.start[k * l..(k + 1) * l]) == sp as usize);
         hit_e += usize::from(argmax(&lg.end[k * l..(k + 1) * l]) == ep as usize);
     }
-    let (em, f1) = score_rows(&data.examples, &data.feats, &data.val_rows, &lg, s);
     let n = labelled.max(1) as f64;
-    (
-        loss_sum / data.val_rows.len() as f64,
-        hit_s as f64 / n,
-        hit_e as f64 / n,
-        em,
-        f1,
-        lg,
-    )
+    (hit_s as f64 / n, hit_e as f64 / n)
 }
 
 /// EM/F1 of the examples behind `rows` decoded from `lg`.
@@ -631,3 +639,58 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
 }
 
 use burn::tensor::ElementConversion;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Windows of length 4 labelled (start, end).
+    fn feats(labels: &[(i32, i32)]) -> Features {
+        let (n, l) = (labels.len(), 4);
+        Features {
+            max_seq_length: l,
+            input_ids: vec![1; n * l],
+            attention_mask: vec![1; n * l],
+            token_type_ids: vec![0; n * l],
+            offsets: vec![-1; n * l * 2],
+            example_index: (0..n as i64).collect(),
+            window_index: vec![0; n],
+            start_positions: labels.iter().map(|p| p.0).collect(),
+            end_positions: labels.iter().map(|p| p.1).collect(),
+            train_window: vec![1; n],
+        }
+    }
+
+    fn one_hot(at: &[usize], l: usize) -> Vec<f32> {
+        at.iter()
+            .flat_map(|&i| (0..l).map(move |j| if j == i { 1.0 } else { 0.0 }))
+            .collect()
+    }
+
+    #[test]
+    fn span_accuracy_counts_argmax_hits_over_windows_holding_the_answer() {
+        // window 0: no answer (skipped); 1: (1, 2); 2: (3, 3); 3: (2, 3)
+        let f = feats(&[(0, 0), (1, 2), (3, 3), (2, 3)]);
+        let rows = [3, 1, 0, 2];
+        let lg = Logits {
+            seq: 4,
+            // argmax per row in `rows` order: row 3 -> 2 (hit), row 1 -> 0 (miss), row 0 (any),
+            // row 2 -> 3 (hit); ends: row 3 -> 3 (hit), row 1 -> 2 (hit), row 2 -> 0 (miss)
+            start: one_hot(&[2, 0, 1, 3], 4),
+            end: one_hot(&[3, 2, 1, 0], 4),
+        };
+        let (s, e) = span_accuracy(&f, &rows, &lg);
+        assert!((s - 2.0 / 3.0).abs() < 1e-12, "{s}");
+        assert!((e - 2.0 / 3.0).abs() < 1e-12, "{e}");
+        // every argmax on [CLS]: a model that always says "no answer" scores 0
+        let cls = Logits {
+            seq: 4,
+            start: one_hot(&[0; 4], 4),
+            end: one_hot(&[0; 4], 4),
+        };
+        assert_eq!(span_accuracy(&f, &rows, &cls), (0.0, 0.0));
+        // no labelled window: 0, not NaN
+        let none = feats(&[(0, 0), (0, 0)]);
+        assert_eq!(span_accuracy(&none, &[0, 1], &cls), (0.0, 0.0));
+    }
+}
