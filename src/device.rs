@@ -394,12 +394,30 @@ fn configure_kernel_cache(gpu: &Gpu) -> KernelCache {
     let _ = std::fs::remove_file(probe);
     let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
     let chosen = apply_kernel_cache(&mut config, &dir);
+    if let Some(file) = var(PROFILE_ENV) {
+        apply_profile_log(&mut config, file.into());
+    }
     CubeClRuntimeConfig::set(config);
     if chosen {
         KernelCache::At(dir)
     } else {
         KernelCache::UserConfig
     }
+}
+
+/// Environment variable naming a file for CubeCL's kernel profile: every kernel is timed on the
+/// GPU (launches are serialised, so steps get slower) and each synchronisation (every `bench`
+/// step) appends a table of kernels with their count and total GPU time.
+pub const PROFILE_ENV: &str = "PIPELINE_CUDA_PROFILE";
+
+/// Turns on CubeCL's kernel profiling summary (its `basic` level), written to `file`.
+fn apply_profile_log(
+    config: &mut burn::cubecl::config::CubeClRuntimeConfig,
+    file: std::path::PathBuf,
+) {
+    use burn::cubecl::config::profiling::ProfilingLogLevel;
+    config.profiling.logger.level = ProfilingLogLevel::Basic;
+    config.profiling.logger.file = Some(file);
 }
 
 /// Points CubeCL's PTX cache (where unset) and autotune cache (where left at its default,
@@ -528,6 +546,20 @@ mod tests {
         assert!(!apply_kernel_cache(&mut user, dir));
         assert!(matches!(user.compilation.cache, Some(CacheConfig::Local)));
         assert!(matches!(user.autotune.cache, CacheConfig::Global));
+    }
+
+    #[test]
+    fn profile_log_turns_on_cubecls_kernel_summary_into_the_file() {
+        use burn::cubecl::config::profiling::ProfilingLogLevel;
+        use burn::cubecl::config::CubeClRuntimeConfig;
+        let mut c = CubeClRuntimeConfig::default();
+        assert!(matches!(
+            c.profiling.logger.level,
+            ProfilingLogLevel::Disabled
+        ));
+        apply_profile_log(&mut c, "/tmp/p.txt".into());
+        assert!(matches!(c.profiling.logger.level, ProfilingLogLevel::Basic));
+        assert_eq!(c.profiling.logger.file, Some("/tmp/p.txt".into()));
     }
 
     #[test]
