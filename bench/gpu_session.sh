@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared run for a lent GPU machine (15 minutes of device time in all), in order of what
 # matters most: the default build (no autotuning) on the tiny model with a cold then warm kernel
-# cache, CUDA parity, roberta-base seq 384 against PyTorch in f32 and bf16-mixed, CubeCL's
+# cache, CUDA parity, roberta-base seq 384 against PyTorch in f32 and bf16-mixed (and with
+# AdamW one tensor at a time), CubeCL's
 # per-kernel GPU time for those steps and the BiLSTM head's (PIPELINE_CUDA_PROFILE), the KorQuAD
 # recipe end to end on CUDA (compare with the CPU's scores), roberta-large (linear and BiLSTM
 # heads) against PyTorch, seq 512, and last the autotuning build while time is left.
@@ -77,6 +78,8 @@ ours 110 $RB --steps 6 --warmup 2 --precision f32 --peak-tflops $PEAK_F32
 torchb 50 $RB --steps 6 --warmup 2 --precision f32 --peak-tflops $PEAK_F32
 ours 90 $RB --steps 6 --warmup 2 --precision bf16-mixed --peak-tflops $PEAK_HALF
 torchb 50 $RB --steps 6 --warmup 2 --precision bf16-mixed --peak-tflops $PEAK_HALF
+say "== AdamW one tensor at a time (the multi-tensor step is the default on CUDA)"
+PIPELINE_MULTI_TENSOR=0 ours 60 $RB --steps 6 --warmup 2 --precision bf16-mixed --peak-tflops $PEAK_HALF
 
 say "== where a step's GPU time goes: CubeCL's kernel profile (launches serialised, so slower)"
 PIPELINE_CUDA_PROFILE=$OUT/profile_roberta_base_bf16.txt ours 60 $RB --steps 2 --warmup 1 --precision bf16-mixed

@@ -83,6 +83,9 @@ pub struct BenchReport {
     pub peak_device_memory_mib: Option<f64>,
     /// Whether this build autotunes CUDA kernels (the opt-in `autotune` feature).
     pub autotune: bool,
+    /// Whether AdamW updated all parameters as one tensor (multi-tensor step: the default on
+    /// CUDA; `PIPELINE_MULTI_TENSOR` overrides).
+    pub multi_tensor_adamw: bool,
 }
 
 /// A named shape or a `config.json`.
@@ -154,6 +157,7 @@ fn run_on<B: AutodiffBackend>(
         (cfg.vocab_size + cfg.max_position_embeddings + cfg.type_vocab_size) * cfg.hidden_size;
     let non_embedding = parameters.saturating_sub(embedding);
     let mut optim = QaOptimizer::<B>::new(OptimConfig::default());
+    let multi_tensor = optim.multi_tensor();
     let loss_cfg = LossConfig::default();
     // Ids from 3 upwards: no pad token, so every position is real.
     let ids: Tensor<B, 2, Int> = Tensor::<B, 2>::random(
@@ -228,6 +232,7 @@ fn run_on<B: AutodiffBackend>(
         warmup_seconds,
         peak_device_memory_mib: peak_device,
         autotune: cfg!(feature = "autotune"),
+        multi_tensor_adamw: multi_tensor,
     })
 }
 
