@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::device::{Device, Precision};
 use crate::model::config::EncoderConfig;
 use crate::model::{HeadConfig, HeadKind, QaModel};
-use crate::train::clip::clip_grad_norm;
+use crate::train::clip::clip_grad_norm_on_device;
 use crate::train::loss::{qa_loss, LossConfig};
 use crate::train::optim::{OptimConfig, QaOptimizer};
 
@@ -176,7 +176,7 @@ fn run_on<B: AutodiffBackend>(
         let (st, en) = model.forward(ids.clone(), mask.clone(), types.clone());
         let loss = qa_loss(&loss_cfg, st, en, sp.clone(), ep.clone());
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let (grads, _) = clip_grad_norm(&model, grads, 1.0);
+        let (grads, _) = clip_grad_norm_on_device(&model, grads, 1.0);
         let model = optim.step(1e-5, model, grads);
         // Synchronise on a value that depends on the update.
         let _: f64 = model.qa_outputs.weight.val().sum().into_scalar().elem();

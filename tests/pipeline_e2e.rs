@@ -419,3 +419,29 @@ fn parallel_folds_train_in_processes_to_the_same_weights() {
         assert!(t.contains("fold(s) [0, 1] failed"), "{t}");
     }
 }
+
+/// A diverging run (a learning rate of 1e30) stops at the first non-finite loss with one line
+/// naming the step, exits non-zero, and leaves the fold missing, never done.
+#[test]
+fn a_diverging_loss_stops_training_with_a_clear_error() {
+    let ws = split_workspace();
+    let d = ws.path();
+    // after TINY, whose learning rate it replaces
+    let diverge = ["--set", "train.learning_rate=1e30"];
+    let mut train = args(&["run", "train", "-q", "--fold", "0"]);
+    train.extend(diverge);
+    let o = pipeline(d, &train);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(
+        t.contains("train fold 0: the loss became NaN at step ")
+            && t.contains("no checkpoint was saved before it")
+            && !t.contains("panicked"),
+        "{t}"
+    );
+    assert_eq!(t.trim().lines().count(), 1, "{t}");
+    let mut status = args(&["status"]);
+    status.extend(diverge);
+    let status = text(&pipeline(d, &status));
+    assert!(status.contains("train fold 0: missing"), "{status}");
+}

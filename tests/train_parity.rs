@@ -11,7 +11,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor, TensorData};
 use common::{fixture, floats};
-use pipeline::train::clip::{clip_grad_norm, clip_tensors};
+use pipeline::train::clip::{clip_grad_norm, clip_grad_norm_on_device, clip_tensors};
 use pipeline::train::optim::{
     adamp_projection, param_specs, update, AdamState, OptimConfig, OptimKind, OptimState,
     ParamSpec, Projection, QaOptimizer,
@@ -565,4 +565,41 @@ fn multi_tensor_adamw_equals_one_tensor_at_a_time() {
     }
     // the frozen step left the head's weight one step behind
     assert!(multi.state().params.iter().any(|p| p.step == 5));
+}
+
+/// Clipping on the device (no read-back) scales the gradients exactly as the host version,
+/// whether the norm is above `max_norm` (clipped) or below (left as they are).
+#[test]
+fn clip_on_device_equals_clip_on_host() {
+    let dev = Default::default();
+    let m = small(&dev);
+    let grads = backward(&m, &dev);
+    let total = pipeline::train::clip::grad_norm::<AB, _>(&m, &grads);
+    let [w, b, g, be] = ids(&m);
+    let all = |gp: &GradientsParams| {
+        let mut v = values(&gp.get::<Inner, 2>(w).unwrap());
+        for id in [b, g, be] {
+            v.extend(values(&gp.get::<Inner, 1>(id).unwrap()));
+        }
+        v
+    };
+    let before = all(&grads);
+    for max_norm in [total / 3.0, total * 2.0] {
+        let mut copy = GradientsParams::new();
+        copy.register::<Inner, 2>(w, grads.get::<Inner, 2>(w).unwrap());
+        for id in [b, g, be] {
+            copy.register::<Inner, 1>(id, grads.get::<Inner, 1>(id).unwrap());
+        }
+        let (host, host_total) = clip_grad_norm::<AB, _>(&m, copy, max_norm);
+        let mut copy = GradientsParams::new();
+        copy.register::<Inner, 2>(w, grads.get::<Inner, 2>(w).unwrap());
+        for id in [b, g, be] {
+            copy.register::<Inner, 1>(id, grads.get::<Inner, 1>(id).unwrap());
+        }
+        let (device, device_total) = clip_grad_norm_on_device::<AB, _>(&m, copy, max_norm);
+        assert_eq!(values(&device_total), vec![host_total as f32]);
+        assert_eq!(all(&device), all(&host), "max_norm {max_norm}");
+        let clipped = max_norm < total;
+        assert_eq!(all(&host) != before, clipped, "max_norm {max_norm}");
+    }
 }

@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::Tensor;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -36,7 +37,7 @@ use crate::qa::windows::QaTokenizer;
 use crate::run::{Manifest, StageWriter};
 use crate::settings::{KeepBestBy, Settings};
 use crate::train::batch::{batch, forward_chunks, labels};
-use crate::train::clip::{clip_grad_norm, grad_norm, scale_grads};
+use crate::train::clip::{clip_grad_norm, clip_grad_norm_on_device, grad_norm, scale_grads};
 use crate::train::loss::qa_loss;
 use crate::train::optim::{OptimState, QaOptimizer};
 use crate::train::scaler::LossScaler;
@@ -173,6 +174,94 @@ fn initial_model<B: Backend>(
         }
     }
 }
+
+/// A training loss or gradient norm still on the device.
+struct Unread<B: Backend> {
+    value: Tensor<B, 1>,
+    check: Check,
+    /// The optimizer step it belongs to.
+    step: usize,
+}
+
+#[derive(Clone, Copy)]
+enum Check {
+    /// A micro-batch's loss (divided by the accumulation steps): summed into the running
+    /// training loss; must be finite.
+    Loss { epoch: usize, batch: usize },
+    /// The gradient norm before clipping: must be finite.
+    GradNorm,
+}
+
+/// Losses and gradient norms read one optimizer step late. Reading a value makes the host wait
+/// until the device has computed it; read at once, the loss would stall every step between the
+/// forward and the backward pass, and the norm between the backward pass and the optimizer, and
+/// a GPU would idle while the host queues the next work. Read a step late, they are ready.
+/// Everything is read before a validation, a checkpoint and the end of training, so what is
+/// logged and saved is unchanged; a non-finite value stops training one step later than it
+/// would have (the last good checkpoint is on disk either way).
+struct UnreadValues<B: Backend> {
+    /// Values of the step being queued.
+    current: Vec<Unread<B>>,
+    /// Values of the step before.
+    previous: Vec<Unread<B>>,
+    /// Gradient accumulation steps (each micro-batch's loss is divided by it).
+    accumulation: usize,
+}
+
+impl<B: Backend> UnreadValues<B> {
+    fn new(accumulation: usize) -> Self {
+        Self {
+            current: Vec::new(),
+            previous: Vec::new(),
+            accumulation,
+        }
+    }
+
+    /// Reads the current step's values now.
+    fn settle_current(&mut self, running: &mut (f64, usize), report: &Report<B>) -> Result<()> {
+        let list = std::mem::take(&mut self.current);
+        self.settle(list, running, report)
+    }
+
+    /// Reads the previous step's values; the current step's become the previous.
+    fn next_step(&mut self, running: &mut (f64, usize), report: &Report<B>) -> Result<()> {
+        let list = std::mem::take(&mut self.previous);
+        self.settle(list, running, report)?;
+        self.previous = std::mem::take(&mut self.current);
+        Ok(())
+    }
+
+    /// Reads everything, in step order.
+    fn settle_all(&mut self, running: &mut (f64, usize), report: &Report<B>) -> Result<()> {
+        self.next_step(running, report)?;
+        self.next_step(running, report)
+    }
+
+    /// Adds the losses of `list` to `running` in order, checking every value with `report`.
+    fn settle(
+        &self,
+        list: Vec<Unread<B>>,
+        running: &mut (f64, usize),
+        report: &Report<B>,
+    ) -> Result<()> {
+        for u in list {
+            let v = u.value.clone().into_scalar().elem::<f64>();
+            match u.check {
+                Check::Loss { .. } => {
+                    let v = v * self.accumulation as f64;
+                    report(&u, v)?;
+                    running.0 += v;
+                    running.1 += 1;
+                }
+                Check::GradNorm => report(&u, v)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks one value read back (see [`UnreadValues`]).
+type Report<'a, B> = dyn Fn(&Unread<B>, f64) -> Result<()> + 'a;
 
 /// Validation: loss, start/end accuracy on windows holding the answer, EM/F1 on decoded text.
 #[allow(clippy::too_many_arguments)]
@@ -428,6 +517,26 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
         )
     };
 
+    // Losses and gradient norms are read one step late (see `UnreadValues`).
+    let mut unread = UnreadValues::new(t.gradient_accumulation);
+    let report = |u: &Unread<B::InnerBackend>, v: f64| -> Result<()> {
+        match u.check {
+            Check::Loss { epoch, batch } if !v.is_finite() => bail!(
+                "train fold {fold}: the loss became {v} at step {} (epoch {epoch}, batch {batch}); {}",
+                u.step,
+                if last_dir.join("trainer_state.json").exists() {
+                    format!("the last good checkpoint is in {}", last_dir.display())
+                } else {
+                    "no checkpoint was saved before it (lower train.learning_rate?)".to_string()
+                }
+            ),
+            Check::GradNorm if !v.is_finite() => {
+                bail!("train fold {fold}: gradient norm {v} at step {}", u.step)
+            }
+            _ => Ok(()),
+        }
+    };
+
     // f16-mixed: dynamic loss scaling, continued from the saved state on resume.
     let mut scaler = t
         .precision
@@ -444,16 +553,16 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
             let (s_log, e_log) = model.forward(b.input_ids, b.attention_mask, b.token_type_ids);
             let loss = qa_loss(&loss_cfg, s_log, e_log, b.start_positions, b.end_positions);
             let loss = loss / t.gradient_accumulation as f64;
-            let value = loss.clone().into_scalar().elem::<f64>() * t.gradient_accumulation as f64;
-            if !value.is_finite() {
-                bail!(
-                    "train fold {fold}: the loss became {value} at step {} (epoch {epoch}, batch {bi}); the last good checkpoint is in {}",
-                    st.step,
-                    last_dir.display()
-                );
+            unread.current.push(Unread {
+                value: loss.clone().inner(),
+                check: Check::Loss { epoch, batch: bi },
+                step: st.step,
+            });
+            if scaler.is_some() {
+                // f16-mixed reads its gradient norm every step anyway (to skip overflowing
+                // steps), so nothing is gained by reading the loss later.
+                unread.settle_current(&mut running, &report)?;
             }
-            running.0 += value;
-            running.1 += 1;
             st.windows_seen += rows.len();
             let scaled = match &scaler {
                 Some(s) => loss * s.scale,
@@ -471,22 +580,30 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
                 // Unscale in f32 (the scale is a power of two: exact), as GradScaler.unscale_.
                 grads = scale_grads(&model, grads, (1.0 / s.scale) as f32);
             }
-            let norm = if t.max_grad_norm > 0.0 {
-                let (g, norm) = clip_grad_norm(&model, grads, t.max_grad_norm);
-                grads = g;
-                norm
-            } else if scaler.is_some() {
-                grad_norm(&model, &grads)
-            } else {
-                0.0
-            };
             let step_ok = match scaler.as_mut() {
-                Some(s) => s.update(norm.is_finite()),
-                None if norm.is_finite() => true,
-                None => bail!(
-                    "train fold {fold}: gradient norm {norm} at step {}",
-                    st.step
-                ),
+                Some(s) => {
+                    let norm = if t.max_grad_norm > 0.0 {
+                        let (g, norm) = clip_grad_norm(&model, grads, t.max_grad_norm);
+                        grads = g;
+                        norm
+                    } else {
+                        grad_norm(&model, &grads)
+                    };
+                    s.update(norm.is_finite())
+                }
+                None => {
+                    if t.max_grad_norm > 0.0 {
+                        // Clipped without a read-back; the norm is checked a step later.
+                        let (g, norm) = clip_grad_norm_on_device(&model, grads, t.max_grad_norm);
+                        grads = g;
+                        unread.current.push(Unread {
+                            value: norm,
+                            check: Check::GradNorm,
+                            step: st.step,
+                        });
+                    }
+                    true
+                }
             };
             st.loss_scaler = scaler;
             // The schedule counts optimizer steps taken: a step the loss scaler skipped does
@@ -503,6 +620,9 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
             } else {
                 st.skipped_steps += 1;
             }
+            // The previous step's loss and norm: by now the device has computed them, and this
+            // step's work is queued behind them.
+            unread.next_step(&mut running, &report)?;
             st.step += 1;
             st.epoch = epoch;
             st.batch = bi + 1;
@@ -523,7 +643,12 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
             }
 
             let last_step = st.step == total_steps;
-            if st.step.is_multiple_of(eval_every) || last_step {
+            let eval_now = st.step.is_multiple_of(eval_every) || last_step;
+            let interrupt_now = interrupt_after.is_some_and(|n| st.step >= n);
+            if eval_now || st.step.is_multiple_of(ckpt_every) || interrupt_now {
+                unread.settle_all(&mut running, &report)?;
+            }
+            if eval_now {
                 let valid = model.valid();
                 let (vloss, sacc, eacc, em, f1, _) = validate(&valid, &data, s, device);
                 let line = EvalLine {
@@ -592,7 +717,7 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
             if stop {
                 break 'epochs;
             }
-            if interrupt_after.is_some_and(|n| st.step >= n) {
+            if interrupt_now {
                 save_last(&model, &optim, &st)?;
                 bail!(
                     "train fold {fold}: interrupted after step {} (PIPELINE_INTERRUPT_AFTER_STEP)",
@@ -603,6 +728,7 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
         st.batch = 0;
         st.epoch = epoch + 1;
     }
+    unread.settle_all(&mut running, &report)?;
     bar.finish_and_clear();
     st.train_seconds = time_before + started.elapsed().as_secs_f64();
     save_last(&model, &optim, &st)?;

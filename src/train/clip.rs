@@ -127,6 +127,65 @@ pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
 /// non-finite total is returned as is and the gradients are left alone (torch would spread the
 /// NaN into them); callers should skip the step then.
 /// Returns the (possibly) rescaled gradients and the total norm before clipping.
+/// [`clip_grad_norm`] without reading anything back to the host: the coefficient
+/// `min(1, max_norm / (total + 1e-6))` (torch's `clip_coef_clamped`) stays on the device and
+/// every gradient is multiplied by it (by exactly 1 when the norm is below `max_norm`), as
+/// torch's `clip_grad_norm_` does. The same numbers as [`clip_grad_norm`]; the total norm comes
+/// back as a `[1]` tensor to read when convenient. On a GPU this keeps the host from waiting for
+/// the backward pass before it can queue the optimizer's work.
+pub fn clip_grad_norm_on_device<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    mut grads: GradientsParams,
+    max_norm: f64,
+) -> (GradientsParams, Tensor<B::InnerBackend, 1>) {
+    let mut collector = NormCollector::<B> {
+        grads: &grads,
+        seen: HashSet::new(),
+        norms: Vec::new(),
+    };
+    module.visit(&mut collector);
+    let norms = collector.norms;
+    let Some(first) = norms.first() else {
+        return (grads, Tensor::zeros([1], &Default::default()));
+    };
+    let device = first.device();
+    let total = l2(Tensor::cat(norms, 0));
+    // The host formula of `clip_coefficient`, element-wise in f32: (1 / (t + 1e-6)) · max.
+    let coef = total
+        .clone()
+        .add_scalar(1e-6f32)
+        .recip()
+        .mul_scalar(max_norm as f32)
+        .clamp_max(1.0f32)
+        .to_device(&device);
+    let mut scaler = DeviceScaler::<B> {
+        grads: &mut grads,
+        seen: HashSet::new(),
+        coef,
+    };
+    module.visit(&mut scaler);
+    (grads, total)
+}
+
+/// Multiplies each gradient by a `[1]` coefficient tensor.
+struct DeviceScaler<'a, B: AutodiffBackend> {
+    grads: &'a mut GradientsParams,
+    seen: HashSet<ParamId>,
+    coef: Tensor<B::InnerBackend, 1>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for DeviceScaler<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if !self.seen.insert(param.id) {
+            return;
+        }
+        if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+            let coef: Tensor<B::InnerBackend, D> = self.coef.clone().reshape([1; D]);
+            self.grads.register(param.id, g * coef);
+        }
+    }
+}
+
 pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,
     grads: GradientsParams,
