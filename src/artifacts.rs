@@ -155,6 +155,24 @@ pub struct Features {
 }
 
 impl Features {
+    /// `n` windows of length `l` for unit tests: ids 1, all tokens real, segment 0, no
+    /// context offsets, one example per window, labels `(0, 0)`, all training windows.
+    #[cfg(test)]
+    pub fn blank(n: usize, l: usize) -> Self {
+        Features {
+            max_seq_length: l,
+            input_ids: vec![1; n * l],
+            attention_mask: vec![1; n * l],
+            token_type_ids: vec![0; n * l],
+            offsets: vec![-1; n * l * 2],
+            example_index: (0..n as i64).collect(),
+            window_index: vec![0; n],
+            start_positions: vec![0; n],
+            end_positions: vec![0; n],
+            train_window: vec![1; n],
+        }
+    }
+
     /// Number of windows.
     pub fn len(&self) -> usize {
         self.example_index.len()

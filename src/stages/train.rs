@@ -772,18 +772,10 @@ mod tests {
 
     /// Windows of length 4 labelled (start, end).
     fn feats(labels: &[(i32, i32)]) -> Features {
-        let (n, l) = (labels.len(), 4);
         Features {
-            max_seq_length: l,
-            input_ids: vec![1; n * l],
-            attention_mask: vec![1; n * l],
-            token_type_ids: vec![0; n * l],
-            offsets: vec![-1; n * l * 2],
-            example_index: (0..n as i64).collect(),
-            window_index: vec![0; n],
             start_positions: labels.iter().map(|p| p.0).collect(),
             end_positions: labels.iter().map(|p| p.1).collect(),
-            train_window: vec![1; n],
+            ..Features::blank(labels.len(), 4)
         }
     }
 

@@ -130,16 +130,10 @@ mod tests {
     fn features() -> Features {
         let (n, l) = (7, 8);
         let mut f = Features {
-            max_seq_length: l,
-            input_ids: vec![1; n * l],
             attention_mask: vec![0; n * l],
-            token_type_ids: vec![0; n * l],
-            offsets: vec![-1; n * l * 2],
-            example_index: (0..n as i64).collect(),
-            window_index: vec![0; n],
             start_positions: vec![1; n],
             end_positions: vec![2; n],
-            train_window: vec![1; n],
+            ..Features::blank(n, l)
         };
         for r in 0..n {
             for j in 0..(3 + r % 5) {
