@@ -179,6 +179,30 @@ fn an_interrupted_fold_resumes_to_the_same_weights() {
     let status = ok(d2, &args(&["status"]));
     assert!(status.contains("train fold 0: done"), "{status}");
     assert!(status.contains("train fold 1: missing"), "{status}");
+
+    // AdamW's multi-tensor step (CUDA's default), interrupted and resumed the same way, gives
+    // the per-tensor step's weights bit for bit.
+    let ws3 = split_workspace();
+    let d3 = ws3.path();
+    let multi = |extra: Option<&str>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline"));
+        c.args(args(&["run", "train", "-q", "--fold", "0"]))
+            .env("PIPELINE_MULTI_TENSOR", "1")
+            .current_dir(d3);
+        if let Some(n) = extra {
+            c.env("PIPELINE_INTERRUPT_AFTER_STEP", n);
+        }
+        c.output().unwrap()
+    };
+    assert!(!multi(Some("7")).status.success());
+    let o = multi(None);
+    assert!(o.status.success(), "{}", text(&o));
+    let fold0c = d3.join("outputs/sample/train/fold-0");
+    assert_eq!(
+        reference,
+        weights(&fold0c.join("last/model.safetensors")),
+        "multi-tensor AdamW weights differ"
+    );
 }
 
 #[test]
