@@ -627,10 +627,13 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
             st.epoch = epoch;
             st.batch = bi + 1;
             bar.inc(1);
-            bar.set_message(format!(
-                "fold {fold} loss {:.4}",
-                running.0 / running.1.max(1) as f64
-            ));
+            // The running loss is read a step late: nothing to show after the first step.
+            if running.1 > 0 {
+                bar.set_message(format!(
+                    "fold {fold} loss {:.4}",
+                    running.0 / running.1 as f64
+                ));
+            }
             // Without a terminal (logs, nohup) the bar is hidden: a plain line every 30 s.
             if bar.is_hidden() && last_log.elapsed().as_secs() >= 30 {
                 last_log = Instant::now();
