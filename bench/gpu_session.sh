@@ -10,6 +10,7 @@
 # Prepared on the development machine (gpu/ is ignored by git, never committed):
 #   cargo build --release && strip -o gpu/pipeline target/release/pipeline && gzip -f gpu/pipeline
 #   gzip -c ../shared/data/korquad/KorQuAD_v1.0_dev.json > gpu/korquad.json.gz   # optional
+#   cp <an earlier $OUT>/kernels.tgz gpu/kernels.tgz   # optional: skip most compilation
 #   # optional, the autotuning build (its cold start took over 80 s a shape on an H100):
 #   cargo build --release --features autotune && strip -o gpu/pipeline-autotune \
 #     target/release/pipeline && xz -T2 -f gpu/pipeline-autotune && cargo build --release
@@ -28,6 +29,11 @@ AT=/tmp/pipeline-autotune
 [ -f gpu/pipeline-autotune.xz ] && xz -dc gpu/pipeline-autotune.xz >$AT && chmod +x $AT
 # outside gpu/: a later call on the same warm machine replaces the carried gpu/ folder
 KC=/tmp/pipeline-kernels
+# gpu/kernels.tgz (optional): a kernel cache from an earlier session ($OUT/kernels.tgz, or its
+# pipeline-kernels folder), so this one compiles only what changed since
+if [ -f gpu/kernels.tgz ]; then
+  tar xzf gpu/kernels.tgz -C /tmp pipeline-kernels 2>/dev/null && say "kernel cache carried in"
+fi
 mkdir -p "$KC" "$KC-autotune"
 
 say "== probe"
@@ -67,7 +73,7 @@ trap pack EXIT
 RB="--model roberta-base --seq 384 --batch 16"
 export PIPELINE_KERNEL_CACHE=$KC
 
-say "== tiny model, cold kernel cache, then warm"
+say "== tiny model, kernel cache cold (unless carried in), then warm"
 ours 100 --model tiny --seq 64 --batch 8 --steps 20 --warmup 3
 ours 40 --model tiny --seq 64 --batch 8 --steps 20 --warmup 3
 say "== parity: tiny checkpoints, pipeline infer on CUDA vs transformers logits"
