@@ -72,12 +72,17 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for NormCollector<'_, B> {
     }
 }
 
+/// A gradient scale: a host number, or a `[1]` tensor left on the device.
+enum Coef<B: Backend> {
+    Host(f32),
+    Device(Tensor<B, 1>),
+}
+
 /// Multiplies the gradient of every float parameter of the module by `coef`.
 struct Scaler<'a, B: AutodiffBackend> {
     grads: &'a mut GradientsParams,
     seen: HashSet<ParamId>,
-    coef: f32,
-    _b: std::marker::PhantomData<B>,
+    coef: Coef<B::InnerBackend>,
 }
 
 impl<B: AutodiffBackend> ModuleVisitor<B> for Scaler<'_, B> {
@@ -86,9 +91,42 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Scaler<'_, B> {
             return;
         }
         if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
-            self.grads.register(param.id, g.mul_scalar(self.coef));
+            let g = match &self.coef {
+                Coef::Host(c) => g.mul_scalar(*c),
+                Coef::Device(c) => g * c.clone().reshape([1; D]),
+            };
+            self.grads.register(param.id, g);
         }
     }
+}
+
+/// Multiplies every gradient of `module`'s float parameters by `coef`.
+fn scale<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    mut grads: GradientsParams,
+    coef: Coef<B::InnerBackend>,
+) -> GradientsParams {
+    module.visit(&mut Scaler::<B> {
+        grads: &mut grads,
+        seen: HashSet::new(),
+        coef,
+    });
+    grads
+}
+
+/// The L2 norm of each gradient of `module`'s float parameters (each id once), in visiting
+/// order.
+fn grad_norms<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &GradientsParams,
+) -> Vec<Tensor<B::InnerBackend, 1>> {
+    let mut collector = NormCollector::<B> {
+        grads,
+        seen: HashSet::new(),
+        norms: Vec::new(),
+    };
+    module.visit(&mut collector);
+    collector.norms
 }
 
 /// The global L2 norm of the gradients of all float parameters of `module` (each id once).
@@ -96,29 +134,16 @@ pub fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,
     grads: &GradientsParams,
 ) -> f64 {
-    let mut collector = NormCollector::<B> {
-        grads,
-        seen: HashSet::new(),
-        norms: Vec::new(),
-    };
-    module.visit(&mut collector);
-    f64::from(norm_of_norms(collector.norms))
+    f64::from(norm_of_norms(grad_norms(module, grads)))
 }
 
 /// Multiplies the gradient of every float parameter of `module` by `coef` (in f32).
 pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,
-    mut grads: GradientsParams,
+    grads: GradientsParams,
     coef: f32,
 ) -> GradientsParams {
-    let mut scaler = Scaler::<B> {
-        grads: &mut grads,
-        seen: HashSet::new(),
-        coef,
-        _b: std::marker::PhantomData,
-    };
-    module.visit(&mut scaler);
-    grads
+    scale(module, grads, Coef::Host(coef))
 }
 
 /// `clip_grad_norm_` over the gradients of all float parameters of `module`.
@@ -127,65 +152,6 @@ pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
 /// non-finite total is returned as is and the gradients are left alone (torch would spread the
 /// NaN into them); callers should skip the step then.
 /// Returns the (possibly) rescaled gradients and the total norm before clipping.
-/// [`clip_grad_norm`] without reading anything back to the host: the coefficient
-/// `min(1, max_norm / (total + 1e-6))` (torch's `clip_coef_clamped`) stays on the device and
-/// every gradient is multiplied by it (by exactly 1 when the norm is below `max_norm`), as
-/// torch's `clip_grad_norm_` does. The same numbers as [`clip_grad_norm`]; the total norm comes
-/// back as a `[1]` tensor to read when convenient. On a GPU this keeps the host from waiting for
-/// the backward pass before it can queue the optimizer's work.
-pub fn clip_grad_norm_on_device<B: AutodiffBackend, M: AutodiffModule<B>>(
-    module: &M,
-    mut grads: GradientsParams,
-    max_norm: f64,
-) -> (GradientsParams, Tensor<B::InnerBackend, 1>) {
-    let mut collector = NormCollector::<B> {
-        grads: &grads,
-        seen: HashSet::new(),
-        norms: Vec::new(),
-    };
-    module.visit(&mut collector);
-    let norms = collector.norms;
-    let Some(first) = norms.first() else {
-        return (grads, Tensor::zeros([1], &Default::default()));
-    };
-    let device = first.device();
-    let total = l2(Tensor::cat(norms, 0));
-    // The host formula of `clip_coefficient`, element-wise in f32: (1 / (t + 1e-6)) · max.
-    let coef = total
-        .clone()
-        .add_scalar(1e-6f32)
-        .recip()
-        .mul_scalar(max_norm as f32)
-        .clamp_max(1.0f32)
-        .to_device(&device);
-    let mut scaler = DeviceScaler::<B> {
-        grads: &mut grads,
-        seen: HashSet::new(),
-        coef,
-    };
-    module.visit(&mut scaler);
-    (grads, total)
-}
-
-/// Multiplies each gradient by a `[1]` coefficient tensor.
-struct DeviceScaler<'a, B: AutodiffBackend> {
-    grads: &'a mut GradientsParams,
-    seen: HashSet<ParamId>,
-    coef: Tensor<B::InnerBackend, 1>,
-}
-
-impl<B: AutodiffBackend> ModuleVisitor<B> for DeviceScaler<'_, B> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if !self.seen.insert(param.id) {
-            return;
-        }
-        if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
-            let coef: Tensor<B::InnerBackend, D> = self.coef.clone().reshape([1; D]);
-            self.grads.register(param.id, g * coef);
-        }
-    }
-}
-
 pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,
     grads: GradientsParams,
@@ -196,6 +162,33 @@ pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
         Some(coef) => (scale_grads(module, grads, coef), total),
         None => (grads, total),
     }
+}
+
+/// [`clip_grad_norm`] without reading anything back to the host: the coefficient
+/// `min(1, max_norm / (total + 1e-6))` (torch's `clip_coef_clamped`) stays on the device and
+/// every gradient is multiplied by it (by exactly 1 when the norm is below `max_norm`), as
+/// torch's `clip_grad_norm_` does: the same numbers as [`clip_grad_norm`] for a finite norm,
+/// while a non-finite norm spreads into the gradients (as in torch), so the caller must check
+/// the returned `[1]` norm before keeping the result. On a GPU this keeps the host from waiting
+/// for the backward pass before it can queue the optimizer's work.
+pub fn clip_grad_norm_on_device<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: GradientsParams,
+    max_norm: f64,
+) -> (GradientsParams, Tensor<B::InnerBackend, 1>) {
+    let norms = grad_norms(module, &grads);
+    if norms.is_empty() {
+        return (grads, Tensor::zeros([1], &Default::default()));
+    }
+    let total = l2(Tensor::cat(norms, 0));
+    // The host formula of `clip_coefficient`, element-wise in f32: (1 / (t + 1e-6)) · max.
+    let coef = total
+        .clone()
+        .add_scalar(1e-6f32)
+        .recip()
+        .mul_scalar(max_norm as f32)
+        .clamp_max(1.0f32);
+    (scale(module, grads, Coef::Device(coef)), total)
 }
 
 #[cfg(test)]
