@@ -652,12 +652,12 @@ impl<B: AutodiffBackend> QaOptimizer<B> {
         layout: Vec<FlatEntry>,
         step: usize,
     ) -> M {
-        let reuse = self.flat.as_ref().is_some_and(|f| f.layout == layout);
-        if !reuse {
-            self.flat = Some(self.build_flat(&module, &layout, step));
-        }
-        let Some(flat) = self.flat.take() else {
-            unreachable!("built above")
+        let flat = match self.flat.take() {
+            Some(f) if f.layout == layout => f,
+            other => {
+                self.flat = other;
+                self.build_flat(&module, &layout, step)
+            }
         };
         let mut gather = Gather {
             grads: &mut grads,
