@@ -363,6 +363,22 @@ mod tests {
         assert_eq!(rows, [3, 2, 1, 0,  5, 4, 6, 7,  8, 9, 10, 11,  12, 13, 14, 15]);
     }
 
+    /// A 2-layer BiLSTM (no dropout), random inputs `[b, l, d_in]` that take gradients, and
+    /// the right-padding mask of `lengths`.
+    fn padded_case(
+        lengths: &[usize],
+        l: usize,
+        d_in: usize,
+        h: usize,
+    ) -> (BiLstm<A>, Tensor<A, 3>, Tensor<A, 2>) {
+        let d = Default::default();
+        let b = lengths.len();
+        let lstm = BiLstm::<A>::init(d_in, h, 2, 0.0, &d);
+        let x = Tensor::random([b, l, d_in], Distribution::Normal(0.0, 1.0), &d).require_grad();
+        let mask = Tensor::from_data(TensorData::new(right_padding(lengths, l), [b, l]), &d);
+        (lstm, x, mask)
+    }
+
     /// Padding acts as packing: each padded sequence gives what the BiLSTM gives for that
     /// sequence alone, cut to its length, with zeros at pads; and no gradient reaches the
     /// inputs at pads.
@@ -371,12 +387,7 @@ mod tests {
         let d = Default::default();
         let (l, d_in, h) = (7, 5, 4);
         let lengths = [7, 3, 1];
-        let b = lengths.len();
-        let lstm = BiLstm::<A>::init(d_in, h, 2, 0.0, &d);
-        let x: Tensor<A, 3> =
-            Tensor::random([b, l, d_in], Distribution::Normal(0.0, 1.0), &d).require_grad();
-        let mask: Tensor<A, 2> =
-            Tensor::from_data(TensorData::new(right_padding(&lengths, l), [b, l]), &d);
+        let (lstm, x, mask) = padded_case(&lengths, l, d_in, h);
         let y = lstm.forward(x.clone(), mask);
         let g = y.clone().sum().backward();
         let x_grad: Vec<f32> = x.grad(&g).unwrap().into_data().to_vec().unwrap();
@@ -417,12 +428,8 @@ mod tests {
         let (l, d_in, h) = (9, 5, 4);
         let lengths = [9, 4, 2];
         let b = lengths.len();
-        let lstm = BiLstm::<A>::init(d_in, h, 2, 0.0, &d);
-        let x: Tensor<A, 3> =
-            Tensor::random([b, l, d_in], Distribution::Normal(0.0, 1.0), &d).require_grad();
+        let (lstm, x, mask) = padded_case(&lengths, l, d_in, h);
         let w: Tensor<A, 3> = Tensor::random([b, l, 2 * h], Distribution::Default, &d);
-        let mask: Tensor<A, 2> =
-            Tensor::from_data(TensorData::new(right_padding(&lengths, l), [b, l]), &d);
         let run = |host: bool| {
             let y = amp::with_host_backend(host, || lstm.forward(x.clone(), mask.clone()));
             let g = (y.clone() * w.clone()).sum().backward();
