@@ -132,7 +132,17 @@ pub fn main() -> Result<()> {
         } => {
             let settings = Settings::load(&config.config, &config.set)?;
             let mut ctx = Ctx::new(settings, force, fold, ui)?;
+            if let (Some(k), Some(stage)) = (fold, stage_of(target)) {
+                if !stage.per_fold() {
+                    bail!(
+                        "--fold {k} applies to the per-fold stages (train, predict, or all), not to `{}`",
+                        stage.name()
+                    );
+                }
+            }
             ctx.config_args = config.to_args();
+            // One writer per run: held until this process ends (see `run::Lock`).
+            let _lock = crate::run::lock_run(&ctx.run_dir)?;
             match stage_of(target) {
                 Some(stage) => stages::run_stage(&ctx, stage),
                 None => stages::run_all(&ctx),
@@ -223,8 +233,8 @@ fn stage_of(t: Target) -> Option<Stage> {
 /// Reads a `{"id": "answer"}` predictions file.
 pub fn read_predictions(path: &Path) -> Result<HashMap<String, String>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&bytes).with_context(|| format!("{}: not JSON", path.display()))?;
+    let value: serde_json::Value = serde_json::from_slice(examples::strip_bom(&bytes))
+        .with_context(|| format!("{}: not JSON", path.display()))?;
     let Some(obj) = value.as_object() else {
         bail!(
             "{}: expected a JSON object {{\"id\": \"answer\", ...}}",

@@ -287,6 +287,26 @@ pub fn take_cuda_summary() -> Option<String> {
 
 static CUDA_SUMMARY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
+/// The memory a device has in all: the machine's RAM for the CPU (`MemTotal`), the GPU's for
+/// CUDA; `None` where it cannot be asked (no driver, no `/proc`).
+pub fn memory_bytes(device: Device) -> Option<u64> {
+    match device {
+        Device::Cpu => {
+            let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+            let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        }
+        Device::Cuda(index) => {
+            use cudarc::driver::result as cu;
+            cu::init().ok()?;
+            let dev = cu::device::get(i32::try_from(index).ok()?).ok()?;
+            // SAFETY: `dev` came from `device::get` after a successful init.
+            unsafe { cu::device::total_mem(dev) }.ok().map(|n| n as u64)
+        }
+    }
+}
+
 /// A GPU as the driver reports it.
 struct Gpu {
     name: String,

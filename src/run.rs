@@ -94,6 +94,19 @@ pub fn config_hash<T: Serialize>(value: &T) -> Result<String> {
     Ok(blake3::hash(&bytes).to_hex().to_string())
 }
 
+/// [`StageWriter::resume_key`] for a stage not begun: hashes the input files.
+pub fn resume_key(config_hash_: &str, inputs: &[(String, PathBuf)]) -> Result<String> {
+    config_hash(&(config_hash_, &records(inputs)?))
+}
+
+/// Hashes each input file.
+fn records(inputs: &[(String, PathBuf)]) -> Result<BTreeMap<String, FileRecord>> {
+    inputs
+        .iter()
+        .map(|(key, path)| Ok((key.clone(), FileRecord::of(path)?)))
+        .collect()
+}
+
 /// What a finished stage recorded.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
@@ -110,7 +123,8 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Reads `dir/manifest.json`; `Ok(None)` when absent.
+    /// Reads `dir/manifest.json`; `Ok(None)` when absent, an error when it does not parse
+    /// (which [`check`] turns into "stale": the stage is redone).
     pub fn read(dir: &Path) -> Result<Option<Self>> {
         let path = dir.join(MANIFEST);
         match fs::read(&path) {
@@ -147,8 +161,12 @@ pub fn check(
     config_hash: &str,
     inputs: &[(String, PathBuf)],
 ) -> Result<(Status, Option<Manifest>)> {
-    let Some(m) = Manifest::read(dir)? else {
-        return Ok((Status::Missing, None));
+    let m = match Manifest::read(dir) {
+        Ok(Some(m)) => m,
+        Ok(None) => return Ok((Status::Missing, None)),
+        // A manifest that does not parse (truncated, edited, disk trouble) counts as absent:
+        // the stage is redone, and status says why.
+        Err(e) => return Ok((Status::Stale(unreadable(&e)), None)),
     };
     let status = if m.config_hash != config_hash {
         Status::Stale("its settings changed".into())
@@ -160,6 +178,58 @@ pub fn check(
         Status::Done
     };
     Ok((status, Some(m)))
+}
+
+/// "manifest.json cannot be read (...)": a state file treated as absent.
+pub fn unreadable(e: &anyhow::Error) -> String {
+    format!("{} (it will be redone)", one_line(e))
+}
+
+/// An error chain on one line: `context: cause: cause`.
+pub fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}").replace('\n', " ")
+}
+
+/// Serde for an `f64` in a state file that must read back whatever its value: a finite number
+/// is a JSON number; NaN and the infinities are the strings `"NaN"`, `"inf"` and `"-inf"`
+/// (serde_json would write `null`, which does not read back as a number). Reading also takes
+/// `null` as NaN, as older versions wrote it.
+pub mod float {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else if v.is_nan() {
+            s.serialize_str("NaN")
+        } else if *v > 0.0 {
+            s.serialize_str("inf")
+        } else {
+            s.serialize_str("-inf")
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Num(f64),
+            Str(String),
+            Null(()),
+        }
+        match Repr::deserialize(d)? {
+            Repr::Num(v) => Ok(v),
+            Repr::Null(()) => Ok(f64::NAN),
+            Repr::Str(s) => match s.as_str() {
+                "NaN" => Ok(f64::NAN),
+                "inf" => Ok(f64::INFINITY),
+                "-inf" => Ok(f64::NEG_INFINITY),
+                other => Err(serde::de::Error::custom(format!(
+                    "expected a number, \"NaN\", \"inf\" or \"-inf\", got {other:?}"
+                ))),
+            },
+        }
+    }
 }
 
 fn changed_inputs(m: &Manifest, inputs: &[(String, PathBuf)]) -> Result<Option<String>> {
@@ -221,18 +291,20 @@ impl StageWriter {
                 let _ = fs::remove_file(entry.path());
             }
         }
-        let mut recs = BTreeMap::new();
-        for (key, path) in inputs {
-            recs.insert(key.clone(), FileRecord::of(path)?);
-        }
         Ok(Self {
             dir,
             stage: stage.to_string(),
             config_hash,
-            inputs: recs,
+            inputs: records(inputs)?,
             outputs: BTreeMap::new(),
             started: std::time::Instant::now(),
         })
+    }
+
+    /// The settings hash together with the inputs' hashes: what a resumable checkpoint of
+    /// this stage must have been made with.
+    pub fn resume_key(&self) -> Result<String> {
+        config_hash(&(&self.config_hash, &self.inputs))
     }
 
     /// Path of an output file inside the stage folder.
@@ -275,6 +347,126 @@ impl StageWriter {
     }
 }
 
+/// Name of the lock file in a run folder and in each fold folder.
+pub const LOCK: &str = ".lock";
+
+/// Tells a fold worker that its parent holds the run's lock: the parent's pid.
+pub const WORKER_OF: &str = "PIPELINE_WORKER_OF";
+
+/// An exclusive OS lock (`flock`) on a lock file, held until this value is dropped or the
+/// process ends, however it ends: the kernel releases it, so a killed process never leaves a
+/// stale lock behind. The holder's pid is written into the file, for the message another
+/// process gets.
+#[derive(Debug)]
+pub struct Lock {
+    _file: fs::File,
+}
+
+impl Lock {
+    /// Takes the lock on `path` (created with its folder if absent), or fails at once with
+    /// one line naming `what`, the pid holding it and what to do.
+    pub fn acquire(path: &Path, what: &str) -> Result<Self> {
+        let mut file = open_lock_file(path)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let holder = fs::read_to_string(path).unwrap_or_default();
+                let holder = holder.trim();
+                let pid = if holder.is_empty() {
+                    "another process".to_string()
+                } else {
+                    format!("process {holder}")
+                };
+                anyhow::bail!(
+                    "{what} is being written by {pid} (lock {}): wait for it to finish or stop it, then run again; `pipeline status` is safe meanwhile",
+                    path.display()
+                );
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()))
+            }
+        }
+        file.set_len(0)?;
+        writeln!(file, "{}", std::process::id())?;
+        file.flush()?;
+        Ok(Self { _file: file })
+    }
+
+    /// Whether some process holds the lock on `path` now (without taking it for long).
+    pub fn is_held(path: &Path) -> bool {
+        let Ok(file) = fs::OpenOptions::new().read(true).write(true).open(path) else {
+            return false;
+        };
+        match file.try_lock() {
+            Ok(()) => {
+                let _ = file.unlock();
+                false
+            }
+            Err(_) => true,
+        }
+    }
+}
+
+fn open_lock_file(path: &Path) -> Result<fs::File> {
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("opening the lock file {}", path.display()))
+}
+
+/// The run's lock for a process that writes into `run_dir`. A fold worker started by
+/// `train.parallel_folds` (its parent's pid in [`WORKER_OF`]) gets `None`: its parent holds
+/// the run's lock, which the worker checks, and the worker locks its fold instead.
+pub fn lock_run(run_dir: &Path) -> Result<Option<Lock>> {
+    let path = run_dir.join(LOCK);
+    if let Some(parent) = worker_parent() {
+        if !Lock::is_held(&path) {
+            anyhow::bail!(
+                "this fold worker's parent (pid {parent}) no longer holds {}: stopping",
+                path.display()
+            );
+        }
+        return Ok(None);
+    }
+    Lock::acquire(&path, &format!("run {}", run_dir.display())).map(Some)
+}
+
+/// The parent's pid when this process is a fold worker of a live parent.
+fn worker_parent() -> Option<u32> {
+    let pid: u32 = std::env::var(WORKER_OF).ok()?.parse().ok()?;
+    (std::os::unix::process::parent_id() == pid).then_some(pid)
+}
+
+/// Makes `cmd` a fold worker of this process: it is told so, and on Linux the kernel kills it
+/// (SIGKILL) the moment this process dies, however it dies, so no orphan goes on writing into
+/// the run. A worker whose parent died before the child was set up never starts.
+pub fn as_worker(cmd: &mut std::process::Command) {
+    let parent = std::process::id();
+    cmd.env(WORKER_OF, parent.to_string());
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl and getppid are async-signal-safe, as code between fork and exec must be.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() as u32 != parent {
+                    return Err(std::io::Error::other("the parent process has exited"));
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,6 +503,66 @@ mod tests {
         // Restarting a stage un-does it before anything is rewritten.
         let _w = StageWriter::begin(dir.clone(), "s", "h1".into(), &inputs).unwrap();
         assert_eq!(check(&dir, "h1", &inputs).unwrap().0, Status::Missing);
+    }
+
+    #[test]
+    fn non_finite_floats_in_state_files_read_back() {
+        #[derive(Serialize, Deserialize)]
+        struct S {
+            #[serde(with = "float")]
+            v: f64,
+        }
+        for v in [1.5, -0.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let text = serde_json::to_string(&S { v }).unwrap();
+            let back: S = serde_json::from_str(&text).unwrap();
+            assert!(
+                back.v.to_bits() == v.to_bits() || (v.is_nan() && back.v.is_nan()),
+                "{v} -> {text}"
+            );
+        }
+        assert_eq!(
+            serde_json::to_string(&S { v: f64::NAN }).unwrap(),
+            r#"{"v":"NaN"}"#
+        );
+        // What older versions wrote for NaN.
+        let old: S = serde_json::from_str(r#"{"v":null}"#).unwrap();
+        assert!(old.v.is_nan());
+        assert!(serde_json::from_str::<S>(r#"{"v":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn a_manifest_that_does_not_parse_is_stale_and_names_itself() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("stage");
+        let w = StageWriter::begin(dir.clone(), "s", "h".into(), &[]).unwrap();
+        w.finish(serde_json::json!({})).unwrap();
+        assert_eq!(check(&dir, "h", &[]).unwrap().0, Status::Done);
+        fs::write(dir.join(MANIFEST), "{\"stage\": \"s\", \"conf").unwrap();
+        let (st, m) = check(&dir, "h", &[]).unwrap();
+        assert!(m.is_none());
+        assert!(
+            matches!(&st, Status::Stale(why) if why.contains("manifest.json") && why.contains("redone")),
+            "{st:?}"
+        );
+    }
+
+    #[test]
+    fn a_lock_is_exclusive_names_its_holder_and_ends_with_its_holder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("run/.lock");
+        let held = Lock::acquire(&p, "run r").unwrap();
+        assert!(Lock::is_held(&p));
+        let err = Lock::acquire(&p, "run r").unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "run r is being written by process {}",
+                std::process::id()
+            )),
+            "{err}"
+        );
+        drop(held);
+        assert!(!Lock::is_held(&p));
+        let _again = Lock::acquire(&p, "run r").unwrap();
     }
 
     #[test]

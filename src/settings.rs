@@ -435,14 +435,17 @@ impl Settings {
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
-        Self::from_toml(&text, overrides).with_context(|| format!("in config {}", path.display()))
+        // A byte-order mark (Windows editors write one) is not part of the TOML.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        Self::from_toml(text, overrides).with_context(|| format!("in config {}", path.display()))
     }
 
     /// Parses settings from TOML text plus overrides, then validates.
     pub fn from_toml(text: &str, overrides: &[String]) -> Result<Self> {
         let mut table: toml::Table = text.parse().context("invalid TOML")?;
+        let strings = string_keys();
         for item in overrides {
-            apply_override(&mut table, item)?;
+            apply_override(&mut table, item, &strings)?;
         }
         let settings: Settings = table.try_into().map_err(|e: toml::de::Error| {
             anyhow::anyhow!("{}", e.to_string().trim().replace('\n', " "))
@@ -471,6 +474,28 @@ impl Settings {
                 "prepare.max_seq_length must be at least 8, got {}",
                 p.max_seq_length
             );
+        }
+        match &self.model.pretrained {
+            // The model's position table bounds the windows (read here when the folder is
+            // there; `prepare` reports a missing one).
+            Some(dir) if dir.join("config.json").is_file() => {
+                let cfg = crate::model::config::EncoderConfig::load(&dir.join("config.json"))?;
+                let max = cfg.max_seq_length()?;
+                if p.max_seq_length > max {
+                    bail!(
+                        "prepare.max_seq_length ({}) is longer than {} allows: {max} (max_position_embeddings {})",
+                        p.max_seq_length,
+                        dir.display(),
+                        cfg.max_position_embeddings
+                    );
+                }
+            }
+            Some(_) => {}
+            None if p.max_seq_length > MAX_SCRATCH_SEQ => bail!(
+                "prepare.max_seq_length ({}) is over {MAX_SCRATCH_SEQ}, the longest window a from-scratch model takes (attention memory grows with its square)",
+                p.max_seq_length
+            ),
+            None => {}
         }
         if p.doc_stride >= p.max_seq_length {
             bail!(
@@ -565,8 +590,42 @@ impl Settings {
     }
 }
 
-/// Applies one `section.key=value` override to the raw TOML table.
-fn apply_override(table: &mut toml::Table, item: &str) -> Result<()> {
+/// The longest `prepare.max_seq_length` of a from-scratch model: 8x BERT's 512. Longer windows
+/// need attention memory that grows with the square of the length (at 65536 tokens a step of
+/// the sample's tiny model needs terabytes); a pretrained model is bounded by its own
+/// `max_position_embeddings` instead.
+pub const MAX_SCRATCH_SEQ: usize = 4096;
+
+/// The `section.key` paths whose value is a string (or a path, or an enum named by a string):
+/// `--set` takes their value as written, so `run.name=nan` is the name "nan", not a float.
+fn string_keys() -> std::collections::BTreeSet<String> {
+    // Every optional string setting set, so that it shows up in the serialised table.
+    let mut probe = Settings::default();
+    probe.data.test = Some("x".into());
+    probe.prepare.tokenizer = Some("x".into());
+    probe.model.pretrained = Some("x".into());
+    let mut keys = std::collections::BTreeSet::new();
+    if let Ok(toml::Value::Table(t)) = toml::Value::try_from(&probe) {
+        for (section, v) in &t {
+            if let toml::Value::Table(inner) = v {
+                for (key, v) in inner {
+                    if v.is_str() {
+                        keys.insert(format!("{section}.{key}"));
+                    }
+                }
+            }
+        }
+    }
+    keys
+}
+
+/// Applies one `section.key=value` override to the raw TOML table. `strings` are the keys whose
+/// value is a string whatever it looks like ([`string_keys`]).
+fn apply_override(
+    table: &mut toml::Table,
+    item: &str,
+    strings: &std::collections::BTreeSet<String>,
+) -> Result<()> {
     let (path, raw) = item
         .split_once('=')
         .with_context(|| format!("--set {item:?}: expected section.key=value"))?;
@@ -576,12 +635,20 @@ fn apply_override(table: &mut toml::Table, item: &str) -> Result<()> {
     }
     let raw = raw.trim();
     // A value is read as TOML (numbers, booleans, quoted strings, arrays); anything that does
-    // not parse is taken as a bare string, so `--set data.train=x.json` needs no quotes.
-    let value = format!("v = {raw}")
+    // not parse is taken as a bare string, so `--set data.train=x.json` needs no quotes. A
+    // string setting takes the value as a string even when it parses as something else.
+    let parsed = format!("v = {raw}")
         .parse::<toml::Table>()
         .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+        .and_then(|mut t| t.remove("v"));
+    let value = match parsed {
+        Some(v @ toml::Value::String(_)) => v,
+        Some(_) if strings.contains(keys.join(".").as_str()) => {
+            toml::Value::String(raw.to_string())
+        }
+        Some(v) => v,
+        None => toml::Value::String(raw.to_string()),
+    };
     let mut cur = table;
     for key in &keys[..keys.len() - 1] {
         let entry = cur
@@ -633,6 +700,72 @@ mod tests {
         assert_eq!(s.data.train, PathBuf::from("other/file.jsonl"));
         assert_eq!(s.split.strategy, SplitStrategy::Random);
         assert_eq!(s.run.name, "exp1");
+    }
+
+    #[test]
+    fn a_string_setting_takes_values_that_look_like_numbers_or_booleans_as_strings() {
+        for (set, name) in [
+            ("nan", "nan"),
+            ("true", "true"),
+            ("2024", "2024"),
+            ("\"42\"", "42"),
+        ] {
+            let s = Settings::from_toml(MIN, &[format!("run.name={set}")]).unwrap();
+            assert_eq!(s.run.name, name);
+        }
+        let s = Settings::from_toml(MIN, &["data.train=2024".into(), "train.device=cpu".into()])
+            .unwrap();
+        assert_eq!(s.data.train, PathBuf::from("2024"));
+        let s = Settings::from_toml(MIN, &["data.test=1e3".into()]).unwrap();
+        assert_eq!(s.data.test, Some(PathBuf::from("1e3")));
+        // Numbers stay numbers, and a number setting still refuses a string.
+        let s = Settings::from_toml(MIN, &["train.seed=7".into()]).unwrap();
+        assert_eq!(s.train.seed, 7);
+        assert!(Settings::from_toml(MIN, &["train.seed=nan".into()]).is_err());
+    }
+
+    #[test]
+    fn window_length_is_bounded_from_scratch_and_by_a_pretrained_models_positions() {
+        let err = Settings::from_toml(MIN, &["prepare.max_seq_length=100000".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("prepare.max_seq_length (100000) is over 4096"),
+            "{err}"
+        );
+        assert!(Settings::from_toml(MIN, &["prepare.max_seq_length=4096".into()]).is_ok());
+        // The roberta fixture: max_position_embeddings 66 with pad_token_id 1 -> 64 tokens.
+        let model = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/models/roberta_qa"
+        );
+        let cfg = crate::model::config::EncoderConfig::load(&Path::new(model).join("config.json"))
+            .unwrap();
+        let max = cfg.max_seq_length().unwrap();
+        let with = |l: usize| {
+            Settings::from_toml(
+                MIN,
+                &[
+                    format!("model.pretrained={model}"),
+                    format!("prepare.max_seq_length={l}"),
+                    "prepare.doc_stride=4".into(),
+                ],
+            )
+        };
+        assert!(with(max).is_ok());
+        let err = with(max + 1).unwrap_err().to_string();
+        assert!(err.contains(&format!("allows: {max}")), "{err}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_toml_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pipeline.toml");
+        std::fs::write(&p, format!("\u{feff}{MIN}")).unwrap();
+        assert_eq!(
+            Settings::load(&p, &[]).unwrap().data.train,
+            PathBuf::from("t.json")
+        );
     }
 
     #[test]

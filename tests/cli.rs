@@ -180,7 +180,8 @@ fn prepare_uses_a_pretrained_models_tokenizer_and_checks_its_length() {
     let set_model = format!("model.pretrained={}", model.display());
     let err = fails(d, &["run", "prepare", "-q", "--set", &set_model]);
     assert!(
-        err.contains("max_seq_length 128 is longer than the model allows (64"),
+        err.contains("prepare.max_seq_length (128) is longer than")
+            && err.contains("roberta_qa allows: 64 (max_position_embeddings 66)"),
         "{err}"
     );
     assert!(!d.join("outputs/sample/prepare/manifest.json").exists());

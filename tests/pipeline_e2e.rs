@@ -163,7 +163,10 @@ fn an_interrupted_fold_resumes_to_the_same_weights() {
         "an interrupted fold must not be done"
     );
     let status = ok(d2, &args(&["status"]));
-    assert!(status.contains("train fold 0: missing"), "{status}");
+    assert!(
+        status.contains("train fold 0: resumable from step 7"),
+        "{status}"
+    );
     let out = ok(d2, &args(&["run", "train", "--fold", "0"]));
     assert!(out.contains("resuming at step 7"), "{out}");
     assert_eq!(

@@ -10,6 +10,7 @@ pub mod encoder;
 pub mod export;
 pub mod heads;
 pub mod load;
+pub mod memory;
 
 use std::path::Path;
 

@@ -180,8 +180,36 @@ fn id_string(v: &serde_json::Value) -> String {
     }
 }
 
+/// `bytes` without a leading UTF-8 byte-order mark (Windows tools write one before JSON and
+/// CSV).
+pub fn strip_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes)
+}
+
+/// Reads a whole file, without a leading byte-order mark.
+fn read_text_file(path: &Path) -> Result<Vec<u8>, DataError> {
+    let mut bytes = fs::read(path).map_err(|e| data_err(path, "file", e.to_string()))?;
+    if strip_bom(&bytes).len() != bytes.len() {
+        bytes.drain(..3);
+    }
+    Ok(bytes)
+}
+
+/// Whether a text has nothing a tokenizer keeps: only whitespace, control characters (NUL
+/// included) and the invisible format characters BERT's text cleaning drops.
+fn is_blank(text: &str) -> bool {
+    text.chars().all(|c| {
+        c.is_whitespace()
+            || c.is_control()
+            || matches!(
+                c,
+                '\u{fffd}' | '\u{200b}'..='\u{200f}' | '\u{2060}' | '\u{feff}'
+            )
+    })
+}
+
 fn load_squad(path: &Path) -> Result<Vec<RawExample>, DataError> {
-    let bytes = fs::read(path).map_err(|e| data_err(path, "file", e.to_string()))?;
+    let bytes = read_text_file(path)?;
     let file: SquadFile = serde_json::from_slice(&bytes).map_err(|e| {
         data_err(
             path,
@@ -297,7 +325,8 @@ fn answers_from_lists(
 }
 
 fn load_jsonl(path: &Path) -> Result<Vec<RawExample>, DataError> {
-    let text = fs::read_to_string(path).map_err(|e| data_err(path, "file", e.to_string()))?;
+    let text = String::from_utf8(read_text_file(path)?)
+        .map_err(|e| data_err(path, "file", format!("not UTF-8 text: {e}")))?;
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -335,11 +364,12 @@ fn load_jsonl(path: &Path) -> Result<Vec<RawExample>, DataError> {
 }
 
 fn read_csv(path: &Path) -> Result<DataFrame, DataError> {
+    let bytes = read_text_file(path)?;
     CsvReadOptions::default()
         .with_has_header(true)
         .with_infer_schema_length(Some(0)) // every column as text: ids stay as written
-        .try_into_reader_with_file_path(Some(path.to_path_buf()))
-        .and_then(|r| r.finish())
+        .into_reader_with_file_handle(std::io::Cursor::new(bytes))
+        .finish()
         .map_err(|e| data_err(path, "file", format!("not a readable CSV file: {e}")))
 }
 
@@ -615,11 +645,24 @@ pub fn validate(
                 format!("duplicate id {:?} (first seen at {first})", example.id),
             ));
         }
-        if example.question.trim().is_empty() {
-            return Err(data_err(path, &location, "field `question` is empty"));
-        }
-        if example.context.trim().is_empty() {
-            return Err(data_err(path, &location, "field `context` is empty"));
+        for (field, text) in [
+            ("question", &example.question),
+            ("context", &example.context),
+        ] {
+            if text.trim().is_empty() {
+                return Err(data_err(
+                    path,
+                    &location,
+                    format!("field `{field}` is empty"),
+                ));
+            }
+            if is_blank(text) {
+                return Err(data_err(
+                    path,
+                    &location,
+                    format!("field `{field}` is empty: it holds only control or invisible characters, which give no tokens"),
+                ));
+            }
         }
         if example.answers.is_empty() {
             if require_answers {
@@ -745,6 +788,57 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("field `question` is empty"), "{err}");
+    }
+
+    #[test]
+    fn control_characters_alone_are_an_empty_field_naming_the_row() {
+        let ctx = "abc def";
+        for (field, text) in [
+            ("question", "\0\0\0"),
+            ("question", "\u{1}\u{7f}\u{200b}"),
+            ("context", "\0 \u{feff}\t"),
+        ] {
+            let mut e = ex("r7", ctx, "abc", 0);
+            if field == "question" {
+                e.example.question = text.into();
+            } else {
+                e.example.context = text.into();
+            }
+            let err = validate(Path::new("d.json"), vec![e], true, 8)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("d.json: row r7: field `")
+                    && err.contains(&format!("field `{field}` is empty: it holds only control")),
+                "{err}"
+            );
+        }
+        // Text with control characters in it, and visible text too, is kept.
+        let mut e = ex("ok", ctx, "abc", 0);
+        e.example.question = "what\0is it?".into();
+        assert_eq!(
+            validate(Path::new("d"), vec![e], true, 8).unwrap().0.len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_data() {
+        assert_eq!(strip_bom(b"\xef\xbb\xbf{}"), b"{}");
+        assert_eq!(strip_bom(b"{}"), b"{}");
+        let dir = tempfile::tempdir().unwrap();
+        let rows = "id,question,context,answer_text,answer_start\nr1,q?,abc def,def,4\n";
+        let json = r#"{"data":[{"title":"t","paragraphs":[{"context":"abc def","qas":[{"id":"r1","question":"q?","answers":[{"text":"def","answer_start":4}]}]}]}]}"#;
+        let jsonl = r#"{"id":"r1","question":"q?","context":"abc def","answers":{"text":["def"],"answer_start":[4]}}"#;
+        for (name, body) in [("a.csv", rows), ("a.json", json), ("a.jsonl", jsonl)] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, format!("\u{feff}{body}")).unwrap();
+            let (kept, _) =
+                load(&p, DataFormat::Auto, true, 8).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            assert_eq!(kept.len(), 1, "{name}");
+            assert_eq!(kept[0].id, "r1", "{name}");
+            assert_eq!(kept[0].answers[0].start, 4, "{name}");
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::settings::Settings;
 use crate::ui::Ui;
 
 /// The stages, in pipeline order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Stage {
     Prepare,
     Split,
@@ -265,7 +265,7 @@ pub fn plans(ctx: &Ctx, stage: Stage) -> Result<Vec<Plan>> {
 fn unit_status(ctx: &Ctx, stage: Stage, p: &Plan) -> Result<(Status, Option<Manifest>)> {
     for (_, path) in &p.inputs {
         if !path.exists() {
-            let m = Manifest::read(&p.dir)?;
+            let m = Manifest::read(&p.dir).ok().flatten();
             let why = match stage.upstream() {
                 Some(up)
                     if path.starts_with(ctx.stage_dir(up))
@@ -359,6 +359,7 @@ fn train_in_processes(ctx: &Ctx) -> Result<()> {
             cmd.args(["run", "train", "--fold", &k.to_string()])
                 .args(&ctx.config_args)
                 .env(crate::ui::PLAIN_PROGRESS, "1");
+            crate::run::as_worker(&mut cmd);
             if ctx.force {
                 cmd.arg("--force");
             }
@@ -422,7 +423,16 @@ pub fn run_stage(ctx: &Ctx, stage: Stage) -> Result<()> {
 
 /// `pipeline run all`: every stage in order, skipping those up to date.
 pub fn run_all(ctx: &Ctx) -> Result<()> {
+    // Before `prepare` writes anything: a step that cannot fit stops the run now.
+    train::check_fits(&ctx.settings, None)?;
     for stage in Stage::ALL {
+        if let Some(k) = ctx.fold.filter(|_| stage > Stage::Predict) {
+            ctx.ui.info(&format!(
+                "--fold {k}: stopping before `{}`, which needs every fold (`pipeline run all` without --fold)",
+                stage.name()
+            ));
+            return Ok(());
+        }
         if !ctx.force && status(ctx, stage)?.0 == Status::Done {
             ctx.ui
                 .info(&format!("{}: up to date, skipped", stage.name()));
@@ -466,7 +476,16 @@ pub fn report_status(ctx: &Ctx) -> Result<String> {
                         )
                     })
                     .unwrap_or_default();
-                out.push_str(&format!("          {}: {}{best}\n", p.label, fs.label()));
+                let label = match (stage, &fs) {
+                    (Stage::Train, Status::Missing | Status::Stale(_)) => {
+                        match train::resumable_step(&p) {
+                            Some(step) => format!("resumable from step {step}"),
+                            None => fs.label(),
+                        }
+                    }
+                    _ => fs.label(),
+                };
+                out.push_str(&format!("          {}: {label}{best}\n", p.label));
             }
         }
         if let (Status::Done, Some(m)) = (&st, &m) {

@@ -43,18 +43,28 @@ use crate::train::optim::{OptimState, QaOptimizer};
 use crate::train::scaler::LossScaler;
 use crate::train::schedule::{lr_at, warmup_steps};
 
-/// One validation.
+/// One validation. Its numbers are written so that any value reads back: a non-finite one as
+/// the string `"NaN"`, `"inf"` or `"-inf"` (see [`crate::run::float`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalLine {
     pub step: usize,
+    #[serde(with = "crate::run::float")]
     pub epoch: f64,
+    #[serde(with = "crate::run::float")]
     pub lr: f64,
+    #[serde(with = "crate::run::float")]
     pub train_loss: f64,
+    #[serde(with = "crate::run::float")]
     pub loss: f64,
+    #[serde(with = "crate::run::float")]
     pub start_acc: f64,
+    #[serde(with = "crate::run::float")]
     pub end_acc: f64,
+    #[serde(with = "crate::run::float")]
     pub exact_match: f64,
+    #[serde(with = "crate::run::float")]
     pub f1: f64,
+    #[serde(with = "crate::run::float")]
     pub elapsed_s: f64,
 }
 
@@ -74,6 +84,7 @@ impl EvalLine {
 /// Where a fold's training stands; saved in `last/trainer_state.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TrainerState {
+    /// The settings hash and input files it was made with ([`crate::run::resume_key`]).
     pub config_hash: String,
     /// Optimizer steps taken.
     pub step: usize,
@@ -90,6 +101,30 @@ pub struct TrainerState {
     pub loss_scaler: Option<LossScaler>,
     #[serde(default)]
     pub skipped_steps: usize,
+}
+
+/// The resumable checkpoints of a fold, newest first: `last/`, and `last.old/`, the one before
+/// it, kept while `last/` is replaced so that a crash at any moment leaves one readable.
+pub fn checkpoint_dirs(fold_dir: &Path) -> [PathBuf; 2] {
+    [fold_dir.join("last"), fold_dir.join("last.old")]
+}
+
+/// Reads a checkpoint's `trainer_state.json`.
+fn read_state(dir: &Path) -> Result<TrainerState> {
+    let path = dir.join("trainer_state.json");
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// The step the fold of `plan` would resume from: that of its newest checkpoint whose state
+/// reads and was made with the plan's settings and inputs (for `status`).
+pub fn resumable_step(plan: &Plan) -> Option<usize> {
+    let key = crate::run::resume_key(&plan.config_hash, &plan.inputs).ok()?;
+    checkpoint_dirs(&plan.dir)
+        .iter()
+        .filter_map(|d| read_state(d).ok())
+        .find(|st| st.config_hash == key)
+        .map(|st| st.step)
 }
 
 /// The fold's folder.
@@ -109,9 +144,59 @@ pub fn fixed_shape(s: &Settings) -> bool {
 /// Runs one fold on the configured device.
 pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
     let device: Device = ctx.settings.train.device.parse()?;
+    // One writer per fold, also among the workers of `train.parallel_folds`.
+    let _lock = crate::run::Lock::acquire(
+        &plan.dir.join(crate::run::LOCK),
+        &format!("{} ({})", plan.label, plan.dir.display()),
+    )?;
     crate::with_backend!(device, ctx.settings.train.precision, |B, d| {
         run_on::<burn::backend::Autodiff<B>>(ctx, plan, d)
     })
+}
+
+/// Refuses, in one line, settings whose training step cannot fit the device's memory (a lower
+/// bound, [`crate::model::memory`]), instead of an allocation failure or the OOM killer later.
+/// `cfg` is the model's config; without it (before `prepare`) it is read from the pretrained
+/// folder or built from the from-scratch sizes.
+pub fn check_fits(s: &Settings, cfg: Option<&EncoderConfig>) -> Result<()> {
+    let device: Device = s.train.device.parse()?;
+    let Some(have) = crate::device::memory_bytes(device) else {
+        return Ok(());
+    };
+    let guessed;
+    let cfg = match cfg {
+        Some(c) => c,
+        None => {
+            guessed = match &s.model.pretrained {
+                Some(dir) => match EncoderConfig::load(&dir.join("config.json")) {
+                    Ok(c) => c,
+                    Err(_) => return Ok(()), // `prepare` / `train` report the folder
+                },
+                None => s
+                    .model
+                    .scratch_config(s.prepare.vocab_size, 0, s.prepare.max_seq_length),
+            };
+            &guessed
+        }
+    };
+    use crate::model::memory::{gib, training_step_bytes};
+    let need = training_step_bytes(
+        cfg,
+        &s.model.head_config(),
+        s.train.batch_size,
+        s.prepare.max_seq_length,
+    );
+    if need > have {
+        bail!(
+            "a training step at train.batch_size {} x prepare.max_seq_length {} needs at least {:.1} GiB, but device {} has {:.1} GiB: lower train.batch_size (train.gradient_accumulation keeps the effective batch) or prepare.max_seq_length",
+            s.train.batch_size,
+            s.prepare.max_seq_length,
+            gib(need),
+            s.train.device,
+            gib(have)
+        );
+    }
+    Ok(())
 }
 
 /// The data a fold trains and validates on.
@@ -363,7 +448,9 @@ pub fn score_rows(
     (score.exact_match, score.f1)
 }
 
-/// Writes a HF folder atomically enough: into `dir.tmp`, then swapped into place.
+/// Writes a HF folder atomically enough: into `dir.tmp`, then swapped into place. With `keep_old`
+/// the folder it replaces becomes `dir.old` (see [`checkpoint_dirs`]) until the next save, so a
+/// crash between the two renames still leaves the previous checkpoint whole.
 fn save_dir<B: Backend>(
     model: &QaModel<B>,
     cfg: &EncoderConfig,
@@ -371,6 +458,7 @@ fn save_dir<B: Backend>(
     tok_dir: &Path,
     dir: &Path,
     extra: &[(&str, Vec<u8>)],
+    keep_old: bool,
 ) -> Result<()> {
     let tmp = dir.with_extension("tmp");
     if tmp.exists() {
@@ -382,10 +470,96 @@ fn save_dir<B: Backend>(
         crate::run::write_atomic(&tmp.join(name), bytes)?;
     }
     if dir.exists() {
-        std::fs::remove_dir_all(dir)?;
+        if keep_old {
+            let old = dir.with_extension("old");
+            if old.exists() {
+                std::fs::remove_dir_all(&old)
+                    .with_context(|| format!("removing {}", old.display()))?;
+            }
+            std::fs::rename(dir, &old)
+                .with_context(|| format!("renaming {} to {}", dir.display(), old.display()))?;
+        } else {
+            std::fs::remove_dir_all(dir)?;
+        }
     }
     std::fs::rename(&tmp, dir).with_context(|| format!("renaming into {}", dir.display()))?;
     Ok(())
+}
+
+/// Removes the folders that exist.
+fn remove_dirs(dirs: &[&Path]) -> Result<()> {
+    for d in dirs {
+        if d.exists() {
+            std::fs::remove_dir_all(d).with_context(|| format!("removing {}", d.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// What a fold starts from (made once per fold: its size does not matter).
+#[allow(clippy::large_enum_variant)]
+enum Resume<B: Backend> {
+    /// A readable checkpoint made with the current settings.
+    From {
+        dir: PathBuf,
+        state: TrainerState,
+        model: QaModel<B>,
+        optim: OptimState,
+        /// Why newer checkpoints were passed over.
+        skipped: Vec<String>,
+    },
+    /// No such checkpoint: `changed` when one exists but was made with other settings.
+    Fresh { changed: bool, skipped: Vec<String> },
+}
+
+/// Finds the newest checkpoint of the fold in `fold_dir` that reads whole (state, weights and
+/// optimizer) and was made with `config_hash`. A checkpoint that cannot be read is passed over
+/// with the reason, never an error: the fold then resumes from an older one or starts over.
+fn resume<B: Backend>(
+    fold_dir: &Path,
+    config_hash: &str,
+    s: &Settings,
+    device: &B::Device,
+) -> Resume<B> {
+    let mut skipped = Vec::new();
+    let mut changed = false;
+    for dir in checkpoint_dirs(fold_dir) {
+        if !dir.exists() {
+            continue;
+        }
+        let read = || -> Result<Option<(TrainerState, QaModel<B>, OptimState)>> {
+            let state = read_state(&dir)?;
+            if state.config_hash != config_hash {
+                return Ok(None);
+            }
+            let (model, _, _) =
+                QaModel::<B>::from_pretrained(&dir, &s.model.head_config(), device)?;
+            let path = dir.join("optimizer.json");
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let os: OptimState = serde_json::from_slice(&bytes)
+                .with_context(|| format!("parsing {}", path.display()))?;
+            Ok(Some((state, model, os)))
+        };
+        match read() {
+            Ok(Some((state, model, optim))) => {
+                return Resume::From {
+                    dir,
+                    state,
+                    model,
+                    optim,
+                    skipped,
+                }
+            }
+            Ok(None) => changed = true,
+            Err(e) => skipped.push(format!(
+                "checkpoint {} cannot be read ({}), passed over",
+                dir.display(),
+                crate::run::one_line(&e)
+            )),
+        }
+    }
+    Resume::Fresh { changed, skipped }
 }
 
 /// A seed for (fold, epoch or step) so data order and dropout are reproducible on resume.
@@ -407,54 +581,79 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
     let dir = plan.dir.clone();
     let last_dir = dir.join("last");
     let best_dir = dir.join("best");
-    let config_hash = plan.config_hash.clone();
     let mut w = StageWriter::begin(
         dir.clone(),
         &format!("train fold {fold}"),
         plan.config_hash,
         &plan.inputs,
     )?;
+    // A checkpoint resumes only under the same settings and the same input files.
+    let config_hash = w.resume_key()?;
 
     let data = fold_data(ctx, fold)?;
     let tok_dir = ctx.stage_dir(Stage::Prepare).join("tokenizer");
     let tok = QaTokenizer::load(&tok_dir)?;
     B::seed(device, mix(t.seed, fold, 0, 1));
     let (mut model, enc_cfg, base_cfg) = initial_model::<B>(s, &tok, device)?;
+    check_fits(s, Some(&enc_cfg)).with_context(|| format!("train fold {fold}"))?;
     let mut optim = QaOptimizer::<B>::new(t.optim_config());
     let mut st = TrainerState {
         config_hash: config_hash.clone(),
         ..Default::default()
     };
 
-    // Resume from the last checkpoint when it was made with these settings (not with --force).
-    if ctx.force && last_dir.exists() {
-        std::fs::remove_dir_all(&last_dir)
-            .with_context(|| format!("removing {}", last_dir.display()))?;
+    // Resume from the newest readable checkpoint made with these settings (not with --force).
+    let [_, old_dir] = checkpoint_dirs(&dir);
+    if ctx.force {
+        remove_dirs(&[&last_dir, &old_dir])?;
     }
-    let state_path = last_dir.join("trainer_state.json");
-    if let Ok(bytes) = std::fs::read(&state_path) {
-        let saved: TrainerState = serde_json::from_slice(&bytes)
-            .with_context(|| format!("parsing {}", state_path.display()))?;
-        if saved.config_hash == config_hash {
-            let (m, _, _) =
-                QaModel::<B>::from_pretrained(&last_dir, &s.model.head_config(), device)?;
+    match resume::<B>(&dir, &config_hash, s, device) {
+        Resume::From {
+            dir: from,
+            state,
+            model: m,
+            optim: os,
+            skipped,
+        } => {
             model = m;
-            let os: OptimState =
-                serde_json::from_slice(&std::fs::read(last_dir.join("optimizer.json"))?)?;
             optim.load_state(os, device)?;
-            st = saved;
-            if st.best.is_some() && !best_dir.exists() {
+            st = state;
+            // A best that is gone, or whose loss is not finite (an older version saved such
+            // validations), is no best.
+            if st.best.as_ref().is_some_and(|b| !b.loss.is_finite()) || !best_dir.exists() {
                 st.best = None;
             }
-            ctx.ui
-                .info(&format!("train fold {fold}: resuming at step {}", st.step));
-        } else {
+            for why in &skipped {
+                ctx.ui.info(&format!("train fold {fold}: {why}"));
+            }
+            if from != last_dir {
+                // The unreadable newer checkpoint goes, so the next save keeps this one as
+                // `last.old` until its replacement is whole.
+                remove_dirs(&[&last_dir])?;
+            }
             ctx.ui.info(&format!(
-                "train fold {fold}: settings changed, starting over"
+                "train fold {fold}: resuming at step {} from {}",
+                st.step,
+                from.display()
             ));
-            std::fs::remove_dir_all(&last_dir).ok();
+        }
+        Resume::Fresh { changed, skipped } => {
+            for why in &skipped {
+                ctx.ui.info(&format!("train fold {fold}: {why}"));
+            }
+            if !skipped.is_empty() {
+                ctx.ui.info(&format!(
+                    "train fold {fold}: no readable checkpoint, training from the start"
+                ));
+            } else if changed {
+                ctx.ui.info(&format!(
+                    "train fold {fold}: settings changed, starting over"
+                ));
+            }
+            remove_dirs(&[&last_dir, &old_dir])?;
         }
     }
+    let last_saved = (st.step > 0).then_some(st.step);
 
     let batches_per_epoch = if t.drop_last {
         data.train_rows.len() / t.batch_size
@@ -514,25 +713,34 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
             &tok_dir,
             &last_dir,
             &[("optimizer.json", os), ("trainer_state.json", ts)],
+            true,
         )
     };
 
     // Losses and gradient norms are read one step late (see `UnreadValues`).
     let mut unread = UnreadValues::new(t.gradient_accumulation);
+    // Where a diverged run can go back to: the last checkpoint saved, whose validation (if
+    // one ran with it) was finite.
+    let saved_at = std::cell::Cell::new(last_saved);
+    let last_finite = || match saved_at.get() {
+        Some(step) => format!(
+            "the last finite checkpoint is {} (step {step}); lower train.learning_rate?",
+            last_dir.display()
+        ),
+        None => "no checkpoint was saved before it (lower train.learning_rate?)".to_string(),
+    };
     let report = |u: &Unread<B::InnerBackend>, v: f64| -> Result<()> {
         match u.check {
             Check::Loss { epoch, batch } if !v.is_finite() => bail!(
                 "train fold {fold}: the loss became {v} at step {} (epoch {epoch}, batch {batch}); {}",
                 u.step,
-                if last_dir.join("trainer_state.json").exists() {
-                    format!("the last good checkpoint is in {}", last_dir.display())
-                } else {
-                    "no checkpoint was saved before it (lower train.learning_rate?)".to_string()
-                }
+                last_finite()
             ),
-            Check::GradNorm if !v.is_finite() => {
-                bail!("train fold {fold}: gradient norm {v} at step {}", u.step)
-            }
+            Check::GradNorm if !v.is_finite() => bail!(
+                "train fold {fold}: the gradient norm became {v} at step {}; {}",
+                u.step,
+                last_finite()
+            ),
             _ => Ok(()),
         }
     };
@@ -654,6 +862,14 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
             if eval_now {
                 let valid = model.valid();
                 let (vloss, sacc, eacc, em, f1, _) = validate(&valid, &data, s, device);
+                if !vloss.is_finite() {
+                    // Never best, never saved as a checkpoint: the weights have diverged.
+                    bail!(
+                        "train fold {fold}: the validation loss became {vloss} at step {}; {}",
+                        st.step,
+                        last_finite()
+                    );
+                }
                 let line = EvalLine {
                     step: st.step,
                     epoch: epoch as f64 + (bi + 1) as f64 / batches.len() as f64,
@@ -679,6 +895,7 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
                         &tok_dir,
                         &best_dir,
                         &[],
+                        false,
                     )?;
                     st.best = Some(line.clone());
                     st.evals_since_best = 0;
@@ -716,6 +933,7 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
             if st.step.is_multiple_of(ckpt_every) || last_step || stop {
                 st.train_seconds = time_before + started.elapsed().as_secs_f64();
                 save_last(&model, &optim, &st)?;
+                saved_at.set(Some(st.step));
             }
             if stop {
                 break 'epochs;
