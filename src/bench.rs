@@ -42,7 +42,7 @@ pub struct BenchArgs {
     pub steps: usize,
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
-    /// `cpu` or `cuda` / `cuda:N`.
+    /// `cpu`, `cuda` / `cuda:N`, or `wgpu` / `wgpu:N` / `wgpu:cpu` (Vulkan, Metal).
     #[arg(long, default_value = "cpu")]
     pub device: Device,
     /// `f32`; `bf16-mixed` / `f16-mixed` (autocast with f32 weights, as `train.precision`; the
@@ -86,6 +86,16 @@ pub struct BenchReport {
     /// Whether AdamW updated all parameters as one tensor (multi-tensor step: the default on
     /// CUDA; `PIPELINE_MULTI_TENSOR` overrides).
     pub multi_tensor_adamw: bool,
+    /// The first step's training loss (the inputs and weights are seeded: devices can be
+    /// compared on it).
+    pub first_loss: f64,
+    /// GPU devices: kernels launched per timed step (fused kernels count once), counted from
+    /// CubeCL's own launch records; none on the CPU or with `PIPELINE_CUDA_PROFILE` on.
+    pub kernel_launches_per_step: Option<f64>,
+    /// GPU devices: kernels compiled in the whole run (mostly during warm-up).
+    pub kernels_compiled: Option<u64>,
+    /// GPU devices: kernels compiled during the timed steps (0 once every shape is warm).
+    pub kernels_compiled_timed: Option<u64>,
 }
 
 /// A named shape or a `config.json`.
@@ -127,10 +137,10 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
             cfg.max_seq_length()?
         );
     }
-    let device_memory = || match args.device {
-        Device::Cuda(index) => crate::device::cuda_reserved_mib(index),
-        Device::Cpu => None,
-    };
+    let device_memory = || crate::device::reserved_mib(args.device);
+    if args.device != Device::Cpu {
+        crate::device::kernel_count::enable();
+    }
     crate::with_backend!(args.device, args.precision, |B, d| {
         crate::ui::Ui::default().cuda_summary();
         run_on::<burn::backend::Autodiff<B>>(args, &cfg, d, &device_memory)
@@ -151,6 +161,8 @@ fn run_on<B: AutodiffBackend>(
         },
         ..HeadConfig::default()
     };
+    // Seeded weights and inputs: the first loss is the same from run to run on one device.
+    B::seed(device, 42);
     let mut model = QaModel::<B>::init(cfg, &head, device)?;
     let parameters = model.num_params();
     let embedding =
@@ -172,9 +184,13 @@ fn run_on<B: AutodiffBackend>(
         Tensor::<B, 1>::random([b], Distribution::Uniform(lo, (s - 1) as f64), device).int()
     };
     let (sp, ep) = (labels(1.0), labels(1.0));
+    let mut first_loss = None;
     let mut step = |model: QaModel<B>| -> QaModel<B> {
         let (st, en) = model.forward(ids.clone(), mask.clone(), types.clone());
         let loss = qa_loss(&loss_cfg, st, en, sp.clone(), ep.clone());
+        if first_loss.is_none() {
+            first_loss = Some(loss.clone().into_scalar().elem::<f64>());
+        }
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let (grads, _) = clip_grad_norm_on_device(&model, grads, 1.0);
         let model = optim.step(1e-5, model, grads);
@@ -197,6 +213,8 @@ fn run_on<B: AutodiffBackend>(
         timed(i + 1, "warm-up", t);
     }
     let warmup_seconds = w0.elapsed().as_secs_f64();
+    let counting = crate::device::kernel_count::enabled();
+    let before = counting.then(crate::device::kernel_count::settled);
     let mut timed_total = 0.0;
     for i in 0..args.steps.max(1) {
         let t = Instant::now();
@@ -204,8 +222,11 @@ fn run_on<B: AutodiffBackend>(
         timed_total += t.elapsed().as_secs_f64();
         timed(i + 1, "timed", t);
     }
+    let after = counting.then(crate::device::kernel_count::settled);
     // Step time without the memory queries between steps.
     let step_seconds = timed_total / args.steps.max(1) as f64;
+    let steps = args.steps.max(1);
+    let counts = before.zip(after);
     let _ = model.valid();
     let tokens_per_second = (b * s) as f64 / step_seconds;
     let flops_per_token =
@@ -233,6 +254,10 @@ fn run_on<B: AutodiffBackend>(
         peak_device_memory_mib: peak_device,
         autotune: cfg!(feature = "autotune"),
         multi_tensor_adamw: multi_tensor,
+        first_loss: first_loss.unwrap_or(f64::NAN),
+        kernel_launches_per_step: counts.map(|((l0, _), (l1, _))| (l1 - l0) as f64 / steps as f64),
+        kernels_compiled: counts.map(|(_, (_, c1))| c1),
+        kernels_compiled_timed: counts.map(|((_, c0), (_, c1))| c1 - c0),
     })
 }
 

@@ -102,7 +102,7 @@ pub enum Command {
         /// `linear` (HF qa_outputs) or `bilstm` (an exported BiLSTM fold).
         #[arg(long, default_value = "linear")]
         head: String,
-        /// `cpu` or `cuda` / `cuda:N`.
+        /// `cpu`, `cuda` / `cuda:N`, or `wgpu` / `wgpu:N` / `wgpu:cpu` (Vulkan, Metal).
         #[arg(long, default_value = "cpu")]
         device: crate::device::Device,
     },

@@ -1,5 +1,6 @@
-//! Backend choice (`cpu` = Burn's flex CPU backend, `cuda[:N]` = Burn's CUDA backend) and the
-//! check that a CUDA device really works before any real work starts.
+//! Backend choice (`cpu` = Burn's flex CPU backend, `cuda[:N]` = Burn's CUDA backend, `wgpu`
+//! = Burn's wgpu backend on Vulkan or Metal) and the check that a GPU device really works before
+//! any real work starts.
 
 use std::str::FromStr;
 
@@ -22,6 +23,20 @@ pub enum Device {
     #[default]
     Cpu,
     Cuda(usize),
+    /// Burn's wgpu backend (Vulkan on Linux and Windows, Metal on macOS): AMD, Intel and Apple
+    /// GPUs, and Mesa's lavapipe, a Vulkan device on the CPU, where tests run GPU code.
+    Wgpu(WgpuAdapter),
+}
+
+/// Which adapter `wgpu` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WgpuAdapter {
+    /// `wgpu`: the high-performance adapter the system offers (a software one if that is all).
+    Default,
+    /// `wgpu:N`: the N-th discrete GPU.
+    Discrete(usize),
+    /// `wgpu:cpu`: a software device (lavapipe).
+    Cpu,
 }
 
 impl FromStr for Device {
@@ -30,11 +45,19 @@ impl FromStr for Device {
         match s.trim() {
             "cpu" => Ok(Device::Cpu),
             "cuda" | "gpu" => Ok(Device::Cuda(0)),
-            other => other
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(Device::Cuda)
-                .ok_or_else(|| anyhow!("unknown device {other:?}: use cpu, cuda or cuda:N")),
+            "wgpu" => Ok(Device::Wgpu(WgpuAdapter::Default)),
+            "wgpu:cpu" => Ok(Device::Wgpu(WgpuAdapter::Cpu)),
+            other => {
+                if let Some(n) = other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+                    Ok(Device::Cuda(n))
+                } else if let Some(n) = other.strip_prefix("wgpu:").and_then(|n| n.parse().ok()) {
+                    Ok(Device::Wgpu(WgpuAdapter::Discrete(n)))
+                } else {
+                    Err(anyhow!(
+                        "unknown device {other:?}: use cpu, cuda, cuda:N, wgpu, wgpu:N or wgpu:cpu"
+                    ))
+                }
+            }
         }
     }
 }
@@ -52,12 +75,18 @@ impl std::fmt::Display for Device {
         match self {
             Device::Cpu => write!(f, "cpu"),
             Device::Cuda(i) => write!(f, "cuda:{i}"),
+            Device::Wgpu(WgpuAdapter::Default) => write!(f, "wgpu"),
+            Device::Wgpu(WgpuAdapter::Discrete(i)) => write!(f, "wgpu:{i}"),
+            Device::Wgpu(WgpuAdapter::Cpu) => write!(f, "wgpu:cpu"),
         }
     }
 }
 
 /// The CUDA backend as this project uses it (fused kernels, f32).
 pub type CudaBackend = burn::backend::Cuda<f32, i32>;
+
+/// The wgpu backend as this project uses it (fused kernels, f32; WGSL has no bf16, so f32 only).
+pub type WgpuBackend = burn::backend::Wgpu<f32, i32>;
 
 /// Floating-point arithmetic of training and prediction. `bf16-mixed` is `torch.autocast`'s
 /// (HF Trainer's `--bf16`): f32 weights, gradients and optimizer state, matrix products in bf16
@@ -150,6 +179,17 @@ macro_rules! with_backend {
                 let cpu = burn::backend::flex::FlexDevice;
                 let $d = &cpu;
                 $crate::model::amp::with_host_backend(true, || $body)
+            }
+            (Device::Wgpu(a), p) => {
+                if p != Precision::F32 {
+                    return Err(anyhow::anyhow!(
+                        "precision {p} is not supported on {device} (f32 only: WGSL has no bf16): use train.precision = \"f32\", or a CUDA device"
+                    ));
+                }
+                let dev = $crate::device::wgpu_device(a)?;
+                let $d = &dev;
+                type $B = $crate::device::WgpuBackend;
+                $body
             }
             (Device::Cuda(i), p) => {
                 let dev = $crate::device::cuda_device(i)?;
@@ -256,6 +296,169 @@ pub fn cuda_device(index: usize) -> Result<burn::backend::cuda::CudaDevice> {
     }
 }
 
+/// Creates the wgpu device for `adapter` and runs one tiny kernel; no adapter (no Vulkan driver,
+/// no GPU) becomes a one-line error (CubeCL's wgpu runtime panics instead).
+pub fn wgpu_device(adapter: WgpuAdapter) -> Result<burn::backend::wgpu::WgpuDevice> {
+    use burn::backend::wgpu::WgpuDevice;
+    use burn::tensor::Tensor;
+    let device = match adapter {
+        WgpuAdapter::Default => WgpuDevice::DefaultDevice,
+        WgpuAdapter::Discrete(n) => WgpuDevice::DiscreteGpu(n),
+        WgpuAdapter::Cpu => WgpuDevice::Cpu,
+    };
+    let name = Device::Wgpu(adapter);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let config = std::panic::catch_unwind(|| {
+        use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
+        if CubeClRuntimeConfig::storage().lock().is_none() {
+            let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+            kernel_count::apply(&mut config);
+            CubeClRuntimeConfig::set(config);
+        }
+    });
+    if let Err(panic) = config {
+        std::panic::set_hook(previous);
+        return Err(anyhow!(
+            "CubeCL's configuration (cubecl.toml / burn.toml / CUBECL_* variables) cannot be read: {}",
+            first_line(&panic)
+        ));
+    }
+    let probe = std::panic::catch_unwind(|| {
+        let t: Tensor<WgpuBackend, 1> = Tensor::ones([4], &device);
+        t.sum().into_scalar()
+    });
+    std::panic::set_hook(previous);
+    match probe {
+        Ok(4.0) => Ok(device),
+        Ok(_) => Err(anyhow!("{name} computed a wrong result in a self-test")),
+        Err(panic) => Err(anyhow!(
+            "--device {name}: no usable wgpu adapter ({}); install a Vulkan driver (on Debian: mesa-vulkan-drivers and libvulkan1, which include lavapipe, a Vulkan device on the CPU), or use --device cpu (train.device = \"cpu\")",
+            first_line(&panic)
+        )),
+    }
+}
+
+/// Whether a wgpu adapter can be had here (for tests that skip without one).
+pub fn wgpu_available() -> bool {
+    wgpu_device(WgpuAdapter::Default).is_ok()
+}
+
+/// MiB of device memory Burn's allocator holds (reserved pages) on a GPU device for the calling
+/// thread's stream; `None` on the CPU or where it cannot be asked.
+pub fn reserved_mib(device: Device) -> Option<f64> {
+    use burn::cubecl::Runtime;
+    match device {
+        Device::Cpu => None,
+        Device::Cuda(index) => cuda_reserved_mib(index),
+        Device::Wgpu(a) => {
+            let dev = wgpu_device(a).ok()?;
+            let client = burn::backend::wgpu::WgpuRuntime::client(&dev);
+            let usage = client.memory_usage().ok()?;
+            Some(usage.bytes_reserved as f64 / (1024.0 * 1024.0))
+        }
+    }
+}
+
+/// Counts the kernels CubeCL launches and compiles, from CubeCL's own execution: its profiling
+/// logger at the `minimal` level reports every launch (`Executing <kernel>`, no timing, launches
+/// stay asynchronous) and its compilation logger every kernel compiled (`[Compiling kernel]`),
+/// here forwarded to the `log` crate and counted by a logger of ours. [`kernel_count::enable`]
+/// must run before the first GPU device is made (`bench` does); the records are delivered by
+/// CubeCL's logging thread, so [`kernel_count::settled`] waits for the counts to stop moving.
+pub mod kernel_count {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    static ENABLED: AtomicBool = AtomicBool::new(false);
+    static LAUNCHES: AtomicU64 = AtomicU64::new(0);
+    static COMPILED: AtomicU64 = AtomicU64::new(0);
+
+    struct Counter;
+
+    impl log::Log for Counter {
+        fn enabled(&self, meta: &log::Metadata) -> bool {
+            meta.target().starts_with("cubecl")
+        }
+
+        fn log(&self, record: &log::Record) {
+            if !self.enabled(record.metadata()) {
+                return;
+            }
+            let msg = record.args().to_string();
+            if msg.starts_with("Executing ") {
+                LAUNCHES.fetch_add(1, Ordering::Relaxed);
+            } else if msg.starts_with("[Compiling kernel]") {
+                COMPILED.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+
+        fn flush(&self) {}
+    }
+
+    /// Turns counting on for this process (before any GPU device exists); false when another
+    /// logger was installed first or CubeCL's kernel profile (`PIPELINE_CUDA_PROFILE`) is on.
+    pub fn enable() -> bool {
+        if std::env::var_os(super::PROFILE_ENV).is_some() {
+            return false;
+        }
+        static COUNTER: Counter = Counter;
+        if log::set_logger(&COUNTER).is_err() && !ENABLED.load(Ordering::Relaxed) {
+            return false;
+        }
+        log::set_max_level(log::LevelFilter::Info);
+        ENABLED.store(true, Ordering::Relaxed);
+        true
+    }
+
+    /// Whether counting is on.
+    pub fn enabled() -> bool {
+        ENABLED.load(Ordering::Relaxed)
+    }
+
+    /// Sets CubeCL's launch and compilation loggers to report to the `log` crate (when counting
+    /// is on and no profile or user setting already uses them).
+    pub(super) fn apply(config: &mut burn::cubecl::config::CubeClRuntimeConfig) {
+        use burn::cubecl::config::compilation::CompilationLogLevel;
+        use burn::cubecl::config::profiling::ProfilingLogLevel;
+        use cubecl_common::config::logger::LogCrateLevel;
+        if !enabled() {
+            return;
+        }
+        if matches!(config.profiling.logger.level, ProfilingLogLevel::Disabled) {
+            config.profiling.logger.level = ProfilingLogLevel::Minimal;
+            config.profiling.logger.log = Some(LogCrateLevel::Info);
+        }
+        if matches!(
+            config.compilation.logger.level,
+            CompilationLogLevel::Disabled
+        ) {
+            config.compilation.logger.level = CompilationLogLevel::Basic;
+            config.compilation.logger.log = Some(LogCrateLevel::Info);
+        }
+    }
+
+    /// (launches, compilations) so far, once CubeCL's logging thread has caught up: the counts
+    /// have not moved for 50 ms (at most 5 s).
+    pub fn settled() -> (u64, u64) {
+        let read = || {
+            (
+                LAUNCHES.load(Ordering::Relaxed),
+                COMPILED.load(Ordering::Relaxed),
+            )
+        };
+        let start = std::time::Instant::now();
+        let mut last = read();
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let now = read();
+            if now == last || start.elapsed().as_secs() >= 5 {
+                return now;
+            }
+            last = now;
+        }
+    }
+}
+
 /// The first line of a caught panic's message.
 fn first_line(panic: &Box<dyn std::any::Any + Send>) -> String {
     let msg = panic
@@ -297,6 +500,7 @@ pub fn memory_bytes(device: Device) -> Option<u64> {
             let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
             Some(kib * 1024)
         }
+        Device::Wgpu(_) => None,
         Device::Cuda(index) => {
             use cudarc::driver::result as cu;
             cu::init().ok()?;
@@ -417,6 +621,7 @@ fn configure_kernel_cache(gpu: &Gpu) -> KernelCache {
     if let Some(file) = var(PROFILE_ENV) {
         apply_profile_log(&mut config, file.into());
     }
+    kernel_count::apply(&mut config);
     CubeClRuntimeConfig::set(config);
     if chosen {
         KernelCache::At(dir)
@@ -491,6 +696,15 @@ mod tests {
         assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda(0));
         assert_eq!("cuda:3".parse::<Device>().unwrap(), Device::Cuda(3));
         assert!("tpu".parse::<Device>().is_err());
+        for (text, d) in [
+            ("wgpu", Device::Wgpu(WgpuAdapter::Default)),
+            ("wgpu:1", Device::Wgpu(WgpuAdapter::Discrete(1))),
+            ("wgpu:cpu", Device::Wgpu(WgpuAdapter::Cpu)),
+        ] {
+            assert_eq!(text.parse::<Device>().unwrap(), d);
+            assert_eq!(d.to_string(), text);
+        }
+        assert!("wgpu:x".parse::<Device>().is_err());
     }
 
     #[test]

@@ -241,7 +241,7 @@ fn is_one(n: &usize) -> bool {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainSettings {
-    /// `cpu` (flex) or `cuda` / `cuda:N`.
+    /// `cpu` (flex), `cuda` / `cuda:N`, or `wgpu` / `wgpu:N` / `wgpu:cpu` (Vulkan, Metal).
     pub device: String,
     /// `f32`, or pure `bf16` / `f16` on CUDA (prediction uses the same).
     pub precision: crate::device::Precision,
@@ -551,6 +551,15 @@ impl Settings {
             bail!(
                 "train.precision = \"{}\" needs train.device = \"cuda\" (the CPU backend keeps f32 weights; \"bf16-mixed\" runs there)",
                 t.precision
+            );
+        }
+        if matches!(device, crate::device::Device::Wgpu(_))
+            && t.precision != crate::device::Precision::F32
+        {
+            bail!(
+                "train.precision = \"{}\" is not supported with train.device = \"{}\" (f32 only: WGSL has no bf16)",
+                t.precision,
+                t.device
             );
         }
         if t.parallel_folds == 0 {

@@ -45,6 +45,10 @@ fn bench_reports_throughput_on_cpu() {
     assert!(r["warmup_seconds"].as_f64().unwrap() > 0.0);
     assert!(r["peak_device_memory_mib"].is_null());
     assert!(r["peak_host_memory_mib"].as_f64().unwrap() > 0.0);
+    // Launch counts are for GPU devices; the first loss is seeded, about ln(32) at random init.
+    assert!(r["kernel_launches_per_step"].is_null(), "{r}");
+    let first = r["first_loss"].as_f64().unwrap();
+    assert!((first - 32f64.ln()).abs() < 0.5, "{r}");
 }
 
 #[test]

@@ -14,10 +14,10 @@ fn f32s(bytes: &[u8]) -> Vec<f32> {
         .collect()
 }
 
-fn check(model: &str, reference: &str) {
+fn check(model: &str, reference: &str, device: &str) {
     let fx: Value = serde_json::from_slice(&std::fs::read(fixture(reference)).unwrap()).unwrap();
     let out = tempfile::tempdir().unwrap();
-    ok(
+    let o = pipeline(
         &root(),
         &[
             "infer",
@@ -32,8 +32,14 @@ fn check(model: &str, reference: &str) {
             "64",
             "--doc-stride",
             "16",
+            "--device",
+            device,
         ],
     );
+    if no_wgpu_adapter(&o) {
+        return;
+    }
+    assert!(o.status.success(), "{}", text(&o));
     let preds: Value =
         serde_json::from_slice(&std::fs::read(out.path().join("predictions.json")).unwrap())
             .unwrap();
@@ -65,7 +71,7 @@ fn check(model: &str, reference: &str) {
             }
         }
     }
-    eprintln!("{model}: infer max |Δ logits| = {d:e}");
+    eprintln!("{model} on {device}: infer max |Δ logits| = {d:e}");
     assert!(d <= 1e-4, "{model}: {d}");
     let nbest: Value =
         serde_json::from_slice(&std::fs::read(out.path().join("nbest_predictions.json")).unwrap())
@@ -75,12 +81,19 @@ fn check(model: &str, reference: &str) {
 
 #[test]
 fn infer_matches_transformers_roberta() {
-    check("models/roberta_qa", "models/infer_roberta.json");
+    check("models/roberta_qa", "models/infer_roberta.json", "cpu");
 }
 
 #[test]
 fn infer_matches_transformers_bert_from_pytorch_bin() {
-    check("models/bert_qa", "models/infer_bert.json");
+    check("models/bert_qa", "models/infer_bert.json", "cpu");
+}
+
+/// The wgpu backend (lavapipe in CI: Vulkan on the CPU) gives transformers' logits too.
+#[test]
+fn infer_on_wgpu_matches_transformers_roberta_and_bert() {
+    check("models/roberta_qa", "models/infer_roberta.json", "wgpu");
+    check("models/bert_qa", "models/infer_bert.json", "wgpu");
 }
 
 #[test]

@@ -46,6 +46,17 @@ pub fn text(o: &Output) -> String {
     )
 }
 
+/// Whether a run failed only because no wgpu adapter exists here (no Vulkan driver): says SKIP.
+/// Where Mesa's lavapipe is installed (as `.ci/run` does) there is always one.
+pub fn no_wgpu_adapter(o: &Output) -> bool {
+    let t = text(o);
+    let none = !o.status.success() && t.contains("no usable wgpu adapter");
+    if none {
+        eprintln!("SKIP: no wgpu adapter here (install mesa-vulkan-drivers and libvulkan1): {t}");
+    }
+    none
+}
+
 /// Runs and asserts success, returning the output text.
 pub fn ok(dir: &Path, args: &[&str]) -> String {
     let o = pipeline(dir, args);
