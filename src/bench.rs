@@ -169,6 +169,9 @@ fn run_on<B: AutodiffBackend>(
         (cfg.vocab_size + cfg.max_position_embeddings + cfg.type_vocab_size) * cfg.hidden_size;
     let non_embedding = parameters.saturating_sub(embedding);
     let mut optim = QaOptimizer::<B>::new(OptimConfig::default());
+    if optim.multi_tensor() && !crate::stages::train::multi_tensor_fits(&model, args.device) {
+        optim = optim.with_multi_tensor(false);
+    }
     let multi_tensor = optim.multi_tensor();
     let loss_cfg = LossConfig::default();
     // Ids from 3 upwards: no pad token, so every position is real.

@@ -459,6 +459,20 @@ pub mod kernel_count {
     }
 }
 
+/// The largest single buffer a device allows, where that is smaller than its memory: on wgpu
+/// the adapter's `max_storage_buffer_binding_size` (128 MiB on lavapipe); `None` elsewhere.
+pub fn max_buffer_bytes(device: Device) -> Option<u64> {
+    use burn::cubecl::Runtime;
+    match device {
+        Device::Wgpu(a) => {
+            let dev = wgpu_device(a).ok()?;
+            let client = burn::backend::wgpu::WgpuRuntime::client(&dev);
+            Some(client.properties().memory.max_page_size)
+        }
+        Device::Cpu | Device::Cuda(_) => None,
+    }
+}
+
 /// The first line of a caught panic's message.
 fn first_line(panic: &Box<dyn std::any::Any + Send>) -> String {
     let msg = panic
@@ -503,6 +517,10 @@ pub fn memory_bytes(device: Device) -> Option<u64> {
         Device::Wgpu(_) => None,
         Device::Cuda(index) => {
             use cudarc::driver::result as cu;
+            // SAFETY: only tries to dlopen the driver library (loading it panics where absent).
+            if !unsafe { cudarc::driver::sys::is_culib_present() } {
+                return None;
+            }
             cu::init().ok()?;
             let dev = cu::device::get(i32::try_from(index).ok()?).ok()?;
             // SAFETY: `dev` came from `device::get` after a successful init.

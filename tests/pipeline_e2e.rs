@@ -229,6 +229,17 @@ fn cuda_training_without_a_gpu_fails_cleanly() {
     }
     let t = text(&o);
     assert!(t.contains("--device cpu") && !t.contains("panicked"), "{t}");
+    // `run all` checks the device's memory before `prepare`: still one clean line.
+    let o = pipeline(
+        d,
+        &args(&["run", "all", "-q", "--set", "train.device=cuda"]),
+    );
+    let t = text(&o);
+    assert!(!o.status.success() && t.contains("--device cpu"), "{t}");
+    assert!(
+        !t.contains("panicked") && t.trim().lines().count() == 1,
+        "{t}"
+    );
 }
 
 /// The KorQuAD recipe (configs/korquad-tiny.toml) shortened for CI: a subset, 2 folds, 1 epoch,

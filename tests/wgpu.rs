@@ -149,3 +149,34 @@ fn bench_runs_on_wgpu_and_reports_device_memory() {
     assert!(err.contains("not supported on wgpu"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// wgpu caps each buffer (lavapipe: 128 MiB, a real GPU a few GiB); a step whose attention
+/// scores need a bigger one (16 GiB here) is refused in one line before `prepare`, not a panic
+/// in a device thread.
+#[test]
+fn a_buffer_over_the_devices_limit_is_refused_before_anything_runs() {
+    let ws = workspace();
+    let d = ws.path();
+    let o = pipeline(
+        d,
+        &[
+            "run",
+            "all",
+            "--set",
+            "train.device=wgpu",
+            "--set",
+            "train.batch_size=65536",
+        ],
+    );
+    if no_wgpu_adapter(&o) {
+        return;
+    }
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains("a layer's attention scores needs one buffer of 16384 MiB, but device wgpu allows at most"),
+        "{t}"
+    );
+    assert_eq!(t.trim().lines().count(), 1, "{t}");
+    assert!(!d.join("outputs/sample/prepare").exists());
+}

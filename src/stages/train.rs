@@ -160,9 +160,6 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
 /// folder or built from the from-scratch sizes.
 pub fn check_fits(s: &Settings, cfg: Option<&EncoderConfig>) -> Result<()> {
     let device: Device = s.train.device.parse()?;
-    let Some(have) = crate::device::memory_bytes(device) else {
-        return Ok(());
-    };
     let guessed;
     let cfg = match cfg {
         Some(c) => c,
@@ -186,6 +183,31 @@ pub fn check_fits(s: &Settings, cfg: Option<&EncoderConfig>) -> Result<()> {
         s.train.batch_size,
         s.prepare.max_seq_length,
     );
+    // wgpu caps every buffer (lavapipe at 128 MiB): the word embeddings and the attention
+    // scores are the largest ones a step cannot split.
+    if let Some(max) = crate::device::max_buffer_bytes(device) {
+        let h = cfg.hidden_size as u64;
+        let (b, l) = (s.train.batch_size as u64, s.prepare.max_seq_length as u64);
+        for (what, bytes) in [
+            ("the word embedding table", cfg.vocab_size as u64 * h * 4),
+            (
+                "a layer's attention scores",
+                b * cfg.num_attention_heads as u64 * l * l * 4,
+            ),
+        ] {
+            if bytes > max {
+                bail!(
+                    "{what} needs one buffer of {:.0} MiB, but device {} allows at most {:.0} MiB per buffer: lower train.batch_size or prepare.max_seq_length, or use another device",
+                    bytes as f64 / 1048576.0,
+                    s.train.device,
+                    max as f64 / 1048576.0
+                );
+            }
+        }
+    }
+    let Some(have) = crate::device::memory_bytes(device) else {
+        return Ok(());
+    };
     if need > have {
         bail!(
             "a training step at train.batch_size {} x prepare.max_seq_length {} needs at least {:.1} GiB, but device {} has {:.1} GiB: lower train.batch_size (train.gradient_accumulation keeps the effective batch) or prepare.max_seq_length",
@@ -197,6 +219,13 @@ pub fn check_fits(s: &Settings, cfg: Option<&EncoderConfig>) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether AdamW's multi-tensor step (every parameter in one buffer) fits the device's largest
+/// buffer; where it does not, the per-tensor step gives the same numbers.
+pub fn multi_tensor_fits<B: Backend>(model: &QaModel<B>, device: Device) -> bool {
+    use burn::module::Module;
+    crate::device::max_buffer_bytes(device).is_none_or(|max| model.num_params() as u64 * 4 <= max)
 }
 
 /// The data a fold trains and validates on.
@@ -578,6 +607,7 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
     let s = &ctx.settings;
     let t = &s.train;
     let fold = plan.fold.context("train runs per fold")?;
+    let device_kind: Device = t.device.parse()?;
     let dir = plan.dir.clone();
     let last_dir = dir.join("last");
     let best_dir = dir.join("best");
@@ -597,6 +627,9 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
     let (mut model, enc_cfg, base_cfg) = initial_model::<B>(s, &tok, device)?;
     check_fits(s, Some(&enc_cfg)).with_context(|| format!("train fold {fold}"))?;
     let mut optim = QaOptimizer::<B>::new(t.optim_config());
+    if optim.multi_tensor() && !multi_tensor_fits(&model, device_kind) {
+        optim = optim.with_multi_tensor(false);
+    }
     let mut st = TrainerState {
         config_hash: config_hash.clone(),
         ..Default::default()
@@ -626,16 +659,19 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
             for why in &skipped {
                 ctx.ui.info(&format!("train fold {fold}: {why}"));
             }
-            if from != last_dir {
-                // The unreadable newer checkpoint goes, so the next save keeps this one as
-                // `last.old` until its replacement is whole.
-                remove_dirs(&[&last_dir])?;
-            }
             ctx.ui.info(&format!(
                 "train fold {fold}: resuming at step {} from {}",
                 st.step,
                 from.display()
             ));
+            if from != last_dir {
+                // The unreadable newer checkpoint goes and this one takes its place (one
+                // rename: atomic), so `last/` is again the newest whole checkpoint.
+                remove_dirs(&[&last_dir])?;
+                std::fs::rename(&from, &last_dir).with_context(|| {
+                    format!("renaming {} to {}", from.display(), last_dir.display())
+                })?;
+            }
         }
         Resume::Fresh { changed, skipped } => {
             for why in &skipped {
