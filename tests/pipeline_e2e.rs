@@ -357,17 +357,7 @@ fn mixed_precision_trains_close_to_f32_with_f32_checkpoints() {
     let ws = split_workspace();
     let d = ws.path();
     let fold = d.join("outputs/sample/train/fold-0");
-    let column = |key: &str| -> Vec<f64> {
-        std::fs::read_to_string(fold.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<Value>(l).unwrap()[key]
-                    .as_f64()
-                    .unwrap()
-            })
-            .collect()
-    };
+    let column = |key: &str| metrics_column(&fold, key);
     let losses = || column("loss");
     ok(d, &args(&["run", "train", "--fold", "0", "-q"]));
     let f32_losses = losses();

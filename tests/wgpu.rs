@@ -50,15 +50,7 @@ fn settings() -> Vec<String> {
 }
 
 fn metric(dir: &Path, key: &str) -> Vec<f64> {
-    std::fs::read_to_string(dir.join("outputs/sample/train/fold-0/metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()[key]
-                .as_f64()
-                .unwrap()
-        })
-        .collect()
+    metrics_column(&dir.join("outputs/sample/train/fold-0"), key)
 }
 
 #[test]

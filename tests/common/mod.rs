@@ -99,3 +99,16 @@ pub fn floats(v: &serde_json::Value) -> Vec<f32> {
     walk(v, &mut out);
     out
 }
+
+/// One column of a fold's `metrics.jsonl` (one value per validation).
+pub fn metrics_column(fold: &Path, key: &str) -> Vec<f64> {
+    std::fs::read_to_string(fold.join("metrics.jsonl"))
+        .unwrap_or_else(|e| panic!("{}: {e}", fold.display()))
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()[key]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
+}
