@@ -339,11 +339,6 @@ pub fn wgpu_device(adapter: WgpuAdapter) -> Result<burn::backend::wgpu::WgpuDevi
     }
 }
 
-/// Whether a wgpu adapter can be had here (for tests that skip without one).
-pub fn wgpu_available() -> bool {
-    wgpu_device(WgpuAdapter::Default).is_ok()
-}
-
 /// MiB of device memory Burn's allocator holds (reserved pages) on a GPU device for the calling
 /// thread's stream; `None` on the CPU or where it cannot be asked.
 pub fn reserved_mib(device: Device) -> Option<f64> {

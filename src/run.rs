@@ -180,8 +180,8 @@ pub fn check(
     Ok((status, Some(m)))
 }
 
-/// "manifest.json cannot be read (...)": a state file treated as absent.
-pub fn unreadable(e: &anyhow::Error) -> String {
+/// Why a state file that does not parse is treated as absent: its error, and that it is redone.
+fn unreadable(e: &anyhow::Error) -> String {
     format!("{} (it will be redone)", one_line(e))
 }
 
