@@ -21,6 +21,19 @@ thread_local! {
     static AUTOCAST: Cell<Option<FloatDType>> = const { Cell::new(None) };
     static FUSED_ATTENTION: Cell<bool> = const { Cell::new(false) };
     static HOST_BACKEND: Cell<bool> = const { Cell::new(false) };
+    static FUSED_KERNELS: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Runs `f` with our own fused GPU kernels ([`super::kernels`]) on (`true`, the default) or
+/// off (the reference path of Burn tensor operations, which the parity tests compare them to),
+/// restored afterwards.
+pub fn with_fused_kernels<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    scoped(&FUSED_KERNELS, on, f)
+}
+
+/// Whether the model uses our fused GPU kernels where the backend has them.
+pub fn fused_kernels() -> bool {
+    FUSED_KERNELS.with(Cell::get)
 }
 
 /// Runs `f` knowing that the backend's tensors live in host memory (`true`: the CPU arm of

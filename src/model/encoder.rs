@@ -162,6 +162,17 @@ impl<B: Backend> SelfAttention<B> {
         let k = heads(amp::linear(&self.key, x.clone()));
         let v = heads(amp::linear(&self.value, x));
         let pad_mask = match mask {
+            KeyMask::Additive(m) if m.dims()[2] == 1 => {
+                // On a GPU backend: our fused attention (flash-attention style, dropout
+                // inside), which never writes the [b, heads, l, l] scores.
+                let bias = m.clone().reshape([b, l]);
+                let scale = 1.0 / (dh as f32).sqrt();
+                let p = self.dropout.prob as f32;
+                if let Some(ctx) = super::kernels::attention(&q, &k, &v, &bias, scale, p) {
+                    return ctx.swap_dims(1, 2).reshape([b, l, h]);
+                }
+                m.clone()
+            }
             KeyMask::Additive(m) => m.clone(),
             KeyMask::Padded(keys) => {
                 // Without dropout (no autodiff): Burn's fused attention, softmax(q kᵀ/√dh) v

@@ -196,18 +196,23 @@ impl<B: Backend> LstmLayer<B> {
             ],
             0,
         );
-        let w_hh = amp::to_compute(Tensor::stack(
+        let w_hh = Tensor::stack(
             vec![
                 self.forward.weight_hh.val().transpose(),
                 self.reverse.weight_hh.val().transpose(),
             ],
             0,
-        ));
-        let y = recurrence(
-            xp,
-            |hs| amp::matmul(hs.reshape([2, b, h]), w_hh.clone()).reshape([2 * b, 4 * h]),
-            block_len(l),
         );
+        // The fused kernel (f32 state and products) where the backend has one, else the
+        // recurrence of tensor operations (recurrent products in the autocast dtype).
+        let y = super::kernels::lstm(&xp, &w_hh, b).unwrap_or_else(|| {
+            let w_hh = amp::to_compute(w_hh);
+            recurrence(
+                xp,
+                |hs| amp::matmul(hs.reshape([2, b, h]), w_hh.clone()).reshape([2 * b, 4 * h]),
+                block_len(l),
+            )
+        });
         let fwd = y.clone().slice([0..b, 0..l, 0..h]);
         let rev = take_rows(y.slice([b..2 * b, 0..l, 0..h]), rows);
         Tensor::cat(vec![fwd, rev], 2)

@@ -9,6 +9,7 @@ pub mod dropout;
 pub mod encoder;
 pub mod export;
 pub mod heads;
+pub mod kernels;
 pub mod load;
 pub mod memory;
 

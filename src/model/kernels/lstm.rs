@@ -1,0 +1,492 @@
+//! The fused LSTM recurrence: one kernel launch per time step forward (the recurrent product of
+//! every row and both directions plus the gate and cell update), one per time step backward, and
+//! the weight gradient as one batched matrix product over all steps.
+//!
+//! Layout (all contiguous, f32): the input projections `xp` `[n, l, 4H]` (gates i, f, g, o, each
+//! `[H]`, already holding `x W_ihᵀ + b_ih + b_hh`), where rows `d·rows .. (d+1)·rows` belong to
+//! direction `d`; the recurrent weights transposed, `w` `[dirs, H, 4H]`. The forward pass keeps
+//! the cell states `c` `[n, l, H]` and the activated gates `[n, l, 4H]` for the backward pass,
+//! so nothing is recomputed there. Each thread owns one hidden unit of one row: its four gate
+//! pre-activations are four dot products of the previous state with columns of `w`, which
+//! neighbouring threads read from neighbouring addresses.
+//!
+//! The step's state comes from the previous launch, so a launch per step is the fewest a
+//! recurrence over global memory allows (a grid-wide barrier does not exist on wgpu).
+//!
+//! The backward pass goes through the steps in reverse. Per step and unit:
+//! `dh = dy + Σ_k dG_{t+1}[k] w[j, k]`, `dc = dh·o·(1 − tanh²c) + dc_{t+1}·f_{t+1}`, then the
+//! pre-activation gradients `dG_t` of the four gates. `dG` is the gradient of `xp`; the
+//! weight gradient is `Σ_t h_{t−1}ᵀ dG_t`, one batched product.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::Autodiff;
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Tensor, TensorPrimitive};
+use burn_cubecl::cubecl::calculate_cube_count_elemwise;
+use burn_cubecl::cubecl::prelude::{ComputeClient, CubeCount, CubeDim};
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+
+/// A backend with the fused LSTM recurrence. See the module documentation for the layouts.
+pub trait LstmKernels: Backend {
+    /// From a zero state over all `l` steps: the outputs `h` `[n, l, H]`, the cell states
+    /// `[n, l, H]` and the activated gates `[n, l, 4H]`. `rows` rows per direction.
+    fn lstm_forward(
+        xp: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        rows: usize,
+    ) -> [FloatTensor<Self>; 3];
+
+    /// The gradient of `xp` (`dG`, `[n, l, 4H]`) from the outputs' gradient `dy` `[n, l, H]`
+    /// and what [`Self::lstm_forward`] kept.
+    fn lstm_backward(
+        dy: FloatTensor<Self>,
+        c: FloatTensor<Self>,
+        gates: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        rows: usize,
+    ) -> FloatTensor<Self>;
+}
+
+/// The CubeCL kernels (kept apart: CubeCL's `Tensor` is not Burn's).
+mod cube {
+    use burn_cubecl::cubecl;
+    use burn_cubecl::cubecl::prelude::*;
+
+    /// σ(x) without overflow: `1/(1+e^−|x|)` for x ≥ 0, `e^−|x|/(1+e^−|x|)` below.
+    #[cube]
+    fn sigmoid<F: Float>(x: F) -> F {
+        let e = F::exp(-F::abs(x));
+        let s = F::new(1.0) / (F::new(1.0) + e);
+        let mut r = s;
+        if x < F::new(0.0) {
+            r = e * s;
+        }
+        r
+    }
+
+    /// One forward time step `t` for every row and hidden unit.
+    #[cube(launch)]
+    pub(super) fn lstm_step_forward<F: Float>(
+        xp: &Tensor<F>,
+        w: &Tensor<F>,
+        y: &mut Tensor<F>,
+        c: &mut Tensor<F>,
+        gates: &mut Tensor<F>,
+        t: u32,
+        len: u32,
+        hidden: u32,
+        rows: u32,
+        units: u32,
+        #[define(F)] _dtype: StorageType,
+    ) {
+        let pos = ABSOLUTE_POS;
+        if pos >= units as usize {
+            terminate!();
+        }
+        let h = hidden as usize;
+        let l = len as usize;
+        let t = t as usize;
+        let n = pos / h;
+        let j = pos % h;
+        let d = n / rows as usize;
+        let h4 = 4 * h;
+        let x_at = (n * l + t) * h4 + j;
+        let mut a_i = xp[x_at];
+        let mut a_f = xp[x_at + h];
+        let mut a_g = xp[x_at + 2 * h];
+        let mut a_o = xp[x_at + 3 * h];
+        let mut c_prev = F::new(0.0);
+        if t > 0 {
+            let h_at = (n * l + t - 1) * h;
+            let w_at = d * h * h4 + j;
+            for m in 0..h {
+                let hm = y[h_at + m];
+                let wm = w_at + m * h4;
+                a_i += hm * w[wm];
+                a_f += hm * w[wm + h];
+                a_g += hm * w[wm + 2 * h];
+                a_o += hm * w[wm + 3 * h];
+            }
+            c_prev = c[h_at + j];
+        }
+        let i = sigmoid::<F>(a_i);
+        let f = sigmoid::<F>(a_f);
+        let g = F::tanh(a_g);
+        let o = sigmoid::<F>(a_o);
+        let c_t = f * c_prev + i * g;
+        let s_at = (n * l + t) * h + j;
+        c[s_at] = c_t;
+        y[s_at] = o * F::tanh(c_t);
+        gates[x_at] = i;
+        gates[x_at + h] = f;
+        gates[x_at + 2 * h] = g;
+        gates[x_at + 3 * h] = o;
+    }
+
+    /// One backward time step `t`: writes `dG_t` and carries `dc` (`[n, H]`, read only when
+    /// `t + 1 < l`, so it needs no initialisation).
+    #[cube(launch)]
+    pub(super) fn lstm_step_backward<F: Float>(
+        dy: &Tensor<F>,
+        c: &Tensor<F>,
+        gates: &Tensor<F>,
+        w: &Tensor<F>,
+        dg: &mut Tensor<F>,
+        dc: &mut Tensor<F>,
+        t: u32,
+        len: u32,
+        hidden: u32,
+        rows: u32,
+        units: u32,
+        #[define(F)] _dtype: StorageType,
+    ) {
+        let pos = ABSOLUTE_POS;
+        if pos >= units as usize {
+            terminate!();
+        }
+        let h = hidden as usize;
+        let l = len as usize;
+        let t = t as usize;
+        let n = pos / h;
+        let j = pos % h;
+        let d = n / rows as usize;
+        let h4 = 4 * h;
+        let one = F::new(1.0);
+        let s_at = (n * l + t) * h + j;
+        let g_at = (n * l + t) * h4 + j;
+        let mut dh = dy[s_at];
+        let mut dc_next = F::new(0.0);
+        if t + 1 < l {
+            // Σ_k dG_{t+1}[k] · w[d, j, k]: row j of w against the next step's gate gradients.
+            let next = (n * l + t + 1) * h4;
+            let w_at = (d * h + j) * h4;
+            for k in 0..h4 {
+                dh += dg[next + k] * w[w_at + k];
+            }
+            dc_next = dc[n * h + j] * gates[next + h + j];
+        }
+        let i = gates[g_at];
+        let f = gates[g_at + h];
+        let g = gates[g_at + 2 * h];
+        let o = gates[g_at + 3 * h];
+        let tc = F::tanh(c[s_at]);
+        let dc_t = dh * o * (one - tc * tc) + dc_next;
+        let mut c_prev = F::new(0.0);
+        if t > 0 {
+            c_prev = c[s_at - h];
+        }
+        dg[g_at] = dc_t * g * i * (one - i);
+        dg[g_at + h] = dc_t * c_prev * f * (one - f);
+        dg[g_at + 2 * h] = dc_t * i * (one - g * g);
+        dg[g_at + 3 * h] = dh * tc * o * (one - o);
+        dc[n * h + j] = dc_t;
+    }
+}
+
+use cube::*;
+
+/// `[n, l, h4]` and `h` of the projections `xp`.
+fn dims<R: CubeRuntime>(xp: &CubeTensor<R>) -> (usize, usize, usize) {
+    let s = xp.meta.shape();
+    (s[0], s[1], s[2] / 4)
+}
+
+fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: [usize; 3]) -> CubeTensor<R> {
+    empty_device_contiguous_dtype(
+        like.client.clone(),
+        like.device.clone(),
+        shape.into(),
+        like.dtype,
+    )
+}
+
+/// Threads per cube and cubes for `units` threads.
+fn grid<R: CubeRuntime>(client: &ComputeClient<R>, units: usize) -> (CubeCount, CubeDim) {
+    let dim = CubeDim::new(client, units);
+    (calculate_cube_count_elemwise(client, units, dim), dim)
+}
+
+impl<R, F, I, BT> LstmKernels for CubeBackend<R, F, I, BT>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    fn lstm_forward(xp: CubeTensor<R>, w: CubeTensor<R>, rows: usize) -> [CubeTensor<R>; 3] {
+        let xp = into_contiguous(xp);
+        let w = into_contiguous(w);
+        let (n, l, h) = dims(&xp);
+        let y = empty(&xp, [n, l, h]);
+        let c = empty(&xp, [n, l, h]);
+        let gates = empty(&xp, [n, l, 4 * h]);
+        let units = n * h;
+        let client = xp.client.clone();
+        let (count, dim) = grid(&client, units);
+        let dtype = xp.dtype;
+        for t in 0..l {
+            lstm_step_forward::launch::<R>(
+                &client,
+                count.clone(),
+                dim,
+                xp.clone().into_tensor_arg(),
+                w.clone().into_tensor_arg(),
+                y.clone().into_tensor_arg(),
+                c.clone().into_tensor_arg(),
+                gates.clone().into_tensor_arg(),
+                t as u32,
+                l as u32,
+                h as u32,
+                rows as u32,
+                units as u32,
+                dtype.into(),
+            );
+        }
+        [y, c, gates]
+    }
+
+    fn lstm_backward(
+        dy: CubeTensor<R>,
+        c: CubeTensor<R>,
+        gates: CubeTensor<R>,
+        w: CubeTensor<R>,
+        rows: usize,
+    ) -> CubeTensor<R> {
+        let dy = into_contiguous(dy);
+        let w = into_contiguous(w);
+        let (n, l, h4) = {
+            let s = gates.meta.shape();
+            (s[0], s[1], s[2])
+        };
+        let h = h4 / 4;
+        let dg = empty(&gates, [n, l, h4]);
+        let dc = empty(&gates, [n, 1, h]);
+        let units = n * h;
+        let client = gates.client.clone();
+        let (count, dim) = grid(&client, units);
+        let dtype = gates.dtype;
+        for t in (0..l).rev() {
+            lstm_step_backward::launch::<R>(
+                &client,
+                count.clone(),
+                dim,
+                dy.clone().into_tensor_arg(),
+                c.clone().into_tensor_arg(),
+                gates.clone().into_tensor_arg(),
+                w.clone().into_tensor_arg(),
+                dg.clone().into_tensor_arg(),
+                dc.clone().into_tensor_arg(),
+                t as u32,
+                l as u32,
+                h as u32,
+                rows as u32,
+                units as u32,
+                dtype.into(),
+            );
+        }
+        dg
+    }
+}
+
+mod fusion {
+    //! The ops as custom operations of Burn's `Fusion` backend: the stream runs them in order
+    //! with the fused elementwise kernels around them.
+
+    use super::LstmKernels;
+    use burn::backend::ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
+    use burn::tensor::ops::FloatTensor;
+    use burn::tensor::{DType, Shape, TensorMetadata};
+    use burn_fusion::stream::{Operation, OperationStreams};
+    use burn_fusion::{Fusion, FusionBackend, FusionRuntime};
+
+    #[derive(Clone, Debug)]
+    struct Forward<B> {
+        desc: CustomOpIr,
+        rows: usize,
+        _b: std::marker::PhantomData<B>,
+    }
+
+    impl<B: FusionBackend + LstmKernels> Operation<B::FusionRuntime> for Forward<B> {
+        fn execute(
+            &self,
+            handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>,
+        ) {
+            let ([xp, w], [y, c, gates]) = self.desc.as_fixed();
+            let xp = handles.get_float_tensor::<B>(xp);
+            let w = handles.get_float_tensor::<B>(w);
+            let [y_out, c_out, gates_out] = B::lstm_forward(xp, w, self.rows);
+            handles.register_float_tensor::<B>(&y.id, y_out);
+            handles.register_float_tensor::<B>(&c.id, c_out);
+            handles.register_float_tensor::<B>(&gates.id, gates_out);
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    struct Backward<B> {
+        desc: CustomOpIr,
+        rows: usize,
+        _b: std::marker::PhantomData<B>,
+    }
+
+    impl<B: FusionBackend + LstmKernels> Operation<B::FusionRuntime> for Backward<B> {
+        fn execute(
+            &self,
+            handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>,
+        ) {
+            let ([dy, c, gates, w], [dg]) = self.desc.as_fixed();
+            let dy = handles.get_float_tensor::<B>(dy);
+            let c = handles.get_float_tensor::<B>(c);
+            let gates = handles.get_float_tensor::<B>(gates);
+            let w = handles.get_float_tensor::<B>(w);
+            let out = B::lstm_backward(dy, c, gates, w, self.rows);
+            handles.register_float_tensor::<B>(&dg.id, out);
+        }
+    }
+
+    impl<B: FusionBackend + LstmKernels> LstmKernels for Fusion<B> {
+        fn lstm_forward(
+            xp: FloatTensor<Self>,
+            w: FloatTensor<Self>,
+            rows: usize,
+        ) -> [FloatTensor<Self>; 3] {
+            let client = xp.client.clone();
+            let dtype: DType = xp.dtype();
+            let [n, l, h4] = xp.shape().dims::<3>();
+            let out = |shape: [usize; 3]| {
+                TensorIr::uninit(client.create_empty_handle(), Shape::new(shape), dtype)
+            };
+            let outs = [out([n, l, h4 / 4]), out([n, l, h4 / 4]), out([n, l, h4])];
+            let streams = OperationStreams::with_inputs([&xp, &w]);
+            let desc = CustomOpIr::new("lstm_forward", &[xp.into_ir(), w.into_ir()], &outs);
+            let op = Forward::<B> {
+                desc: desc.clone(),
+                rows,
+                _b: std::marker::PhantomData,
+            };
+            client
+                .register(streams, OperationIr::Custom(desc), op)
+                .try_into()
+                .expect("three outputs")
+        }
+
+        fn lstm_backward(
+            dy: FloatTensor<Self>,
+            c: FloatTensor<Self>,
+            gates: FloatTensor<Self>,
+            w: FloatTensor<Self>,
+            rows: usize,
+        ) -> FloatTensor<Self> {
+            let client = gates.client.clone();
+            let out = TensorIr::uninit(client.create_empty_handle(), gates.shape(), gates.dtype());
+            let streams = OperationStreams::with_inputs([&dy, &c, &gates, &w]);
+            let desc = CustomOpIr::new(
+                "lstm_backward",
+                &[dy.into_ir(), c.into_ir(), gates.into_ir(), w.into_ir()],
+                &[out],
+            );
+            let op = Backward::<B> {
+                desc: desc.clone(),
+                rows,
+                _b: std::marker::PhantomData,
+            };
+            let [dg]: [FloatTensor<Self>; 1] = client
+                .register(streams, OperationIr::Custom(desc), op)
+                .try_into()
+                .expect("one output");
+            dg
+        }
+    }
+}
+
+fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// The recurrence on a backend without autodiff (prediction): `xp` `[n, l, 4H]`, `w`
+/// `[dirs, H, 4H]` -> `h` `[n, l, H]`.
+pub fn forward<B: LstmKernels>(xp: Tensor<B, 3>, w: Tensor<B, 3>, rows: usize) -> Tensor<B, 3> {
+    let [y, _, _] = B::lstm_forward(
+        xp.into_primitive().tensor(),
+        w.into_primitive().tensor(),
+        rows,
+    );
+    float(y)
+}
+
+/// The recurrence with its backward pass: `xp` `[n, l, 4H]`, `w` `[dirs, H, 4H]` -> `h`
+/// `[n, l, H]`; gradients reach `xp` and `w`.
+pub fn forward_autodiff<B: LstmKernels>(
+    xp: Tensor<Autodiff<B>, 3>,
+    w: Tensor<Autodiff<B>, 3>,
+    rows: usize,
+) -> Tensor<Autodiff<B>, 3> {
+    #[derive(Debug)]
+    struct LstmBackward;
+
+    impl<B: LstmKernels> Backward<B, 2> for LstmBackward {
+        /// Outputs, cell states, gates, weights, rows per direction.
+        type State = (
+            FloatTensor<B>,
+            FloatTensor<B>,
+            FloatTensor<B>,
+            FloatTensor<B>,
+            usize,
+        );
+
+        fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let [node_xp, node_w] = ops.parents;
+            let dy = grads.consume::<B>(&ops.node);
+            let (y, c, gates, w, rows) = ops.state;
+            let dg = B::lstm_backward(dy, c, gates, w.clone(), rows);
+            if let Some(node) = node_w {
+                // Σ over rows and steps of h_{t−1}ᵀ dG_t, per direction: h shifted one step
+                // (zero before the first), one batched product [dirs, H, rows·l] x [dirs,
+                // rows·l, 4H].
+                let y: Tensor<B, 3> = float(y);
+                let dg: Tensor<B, 3> = float(dg.clone());
+                let [n, l, h] = y.dims();
+                let dirs = n / rows;
+                let h_prev = Tensor::cat(
+                    vec![
+                        Tensor::zeros([n, 1, h], &y.device()),
+                        y.slice([0..n, 0..l - 1, 0..h]),
+                    ],
+                    1,
+                )
+                .reshape([dirs, rows * l, h]);
+                let dw = h_prev
+                    .swap_dims(1, 2)
+                    .matmul(dg.reshape([dirs, rows * l, 4 * h]));
+                grads.register::<B>(node.id, dw.into_primitive().tensor());
+            }
+            if let Some(node) = node_xp {
+                grads.register::<B>(node.id, dg);
+            }
+        }
+    }
+
+    let xp = xp.into_primitive().tensor();
+    let w = w.into_primitive().tensor();
+    let out = match LstmBackward
+        .prepare::<NoCheckpointing>([xp.node.clone(), w.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let [y, c, gates] = B::lstm_forward(xp.primitive, w.primitive.clone(), rows);
+            prep.finish((y.clone(), c, gates, w.primitive, rows), y)
+        }
+        OpsKind::UnTracked(prep) => {
+            let [y, _, _] = B::lstm_forward(xp.primitive, w.primitive, rows);
+            prep.finish(y)
+        }
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}

@@ -1,0 +1,103 @@
+//! Our own GPU kernels, written in CubeCL so that one source compiles for CUDA and for wgpu
+//! (Vulkan, Metal): the fused LSTM recurrence ([`lstm`]) and the fused masked attention with
+//! dropout ([`attention`]).
+//!
+//! The model is generic over Burn's `Backend`; the kernels exist for the GPU backends only
+//! (`Autodiff<Fusion<CubeBackend<..>>>` in training, `Fusion<CubeBackend<..>>` in prediction,
+//! f32). Rather than adding a bound to every generic function, the model asks [`lstm`] here,
+//! which checks the backend's type and returns `None` where no kernel exists (the CPU backend,
+//! pure half precision); the caller then runs the reference path of tensor operations, which
+//! the parity tests hold the kernels to.
+
+use std::any::{Any, TypeId};
+
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+pub mod attention;
+pub mod lstm;
+
+/// `x` as type `T`, which it is (checked by the caller through `TypeId`).
+fn same<S: 'static, T: 'static>(x: S) -> T {
+    *(Box::new(x) as Box<dyn Any>)
+        .downcast::<T>()
+        .unwrap_or_else(|_| unreachable!("the TypeIds were equal"))
+}
+
+/// Whether `B` is `T`.
+fn is<B: 'static, T: 'static>() -> bool {
+    TypeId::of::<B>() == TypeId::of::<T>()
+}
+
+/// The fused LSTM recurrence ([`lstm`]'s layouts: `xp` `[n, l, 4H]`, `w` `[dirs, H, 4H]`, `rows`
+/// rows per direction) where backend `B` has it and [`super::amp::fused_kernels`] is on, with
+/// autodiff where `B` has it; else `None`.
+pub fn lstm<B: Backend>(xp: &Tensor<B, 3>, w: &Tensor<B, 3>, rows: usize) -> Option<Tensor<B, 3>> {
+    if !super::amp::fused_kernels() {
+        return None;
+    }
+    macro_rules! on {
+        ($T:ty) => {
+            if is::<B, Autodiff<$T>>() {
+                let y = lstm::forward_autodiff::<$T>(same(xp.clone()), same(w.clone()), rows);
+                return Some(same(y));
+            }
+            if is::<B, $T>() {
+                return Some(same(lstm::forward::<$T>(
+                    same(xp.clone()),
+                    same(w.clone()),
+                    rows,
+                )));
+            }
+        };
+    }
+    on!(crate::device::WgpuBackend);
+    on!(crate::device::CudaBackend);
+    None
+}
+
+/// The fused attention ([`attention`]'s semantics: `dropout(softmax(q kᵀ·scale + bias)) v`)
+/// where backend `B` has it, [`super::amp::fused_kernels`] is on and the head dimension is at
+/// most [`attention::MAX_HEAD_DIM`]; else `None`. `q`, `k`, `v` `[b, heads, L, dh]`, `bias`
+/// `[b, L]`. Dropout `p` applies only with autodiff (training), as `nn.Dropout` does.
+pub fn attention<B: Backend>(
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+    bias: &Tensor<B, 2>,
+    scale: f32,
+    p: f32,
+) -> Option<Tensor<B, 4>> {
+    if !super::amp::fused_kernels() || q.dims()[3] > attention::MAX_HEAD_DIM {
+        return None;
+    }
+    macro_rules! on {
+        ($T:ty) => {
+            if is::<B, Autodiff<$T>>() {
+                let y = attention::forward_autodiff::<$T>(
+                    same(q.clone()),
+                    same(k.clone()),
+                    same(v.clone()),
+                    same(bias.clone()),
+                    scale,
+                    p,
+                );
+                return Some(same(y));
+            }
+            if is::<B, $T>() {
+                let y = attention::forward::<$T>(
+                    same(q.clone()),
+                    same(k.clone()),
+                    same(v.clone()),
+                    same(bias.clone()),
+                    scale,
+                );
+                return Some(same(y));
+            }
+        };
+    }
+    on!(crate::device::WgpuBackend);
+    on!(crate::device::CudaBackend);
+    None
+}

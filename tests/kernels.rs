@@ -1,0 +1,433 @@
+//! Our CubeCL kernels against the reference path of Burn tensor operations, on `wgpu` (Mesa's
+//! lavapipe in CI: Vulkan on the CPU, slow but exact), and against the CPU backend, whose BiLSTM
+//! the model parity tests hold to `torch.nn.LSTM`. Without any Vulkan driver these tests skip
+//! with a message.
+
+use burn::backend::{Autodiff, Flex};
+use burn::module::Param;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Tensor, TensorData};
+use pipeline::device::{wgpu_device, WgpuAdapter, WgpuBackend};
+use pipeline::model::amp::with_fused_kernels;
+use pipeline::model::heads::BiLstm;
+
+type Gpu = Autodiff<WgpuBackend>;
+type Cpu = Autodiff<Flex>;
+
+/// The wgpu device, or `None` (SKIP) where this machine has no Vulkan driver.
+fn gpu() -> Option<burn::backend::wgpu::WgpuDevice> {
+    match wgpu_device(WgpuAdapter::Default) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            eprintln!("SKIP: {e}");
+            None
+        }
+    }
+}
+
+fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec().unwrap()
+}
+
+/// `|a − b| ≤ tol · max(1, |b|)` everywhere, and `b` not all zero.
+fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    assert!(
+        b.iter().any(|&v| v != 0.0),
+        "{what}: the reference is all zero"
+    );
+    let (mut worst, mut at) = (0.0f32, 0);
+    for (k, (x, y)) in a.iter().zip(b).enumerate() {
+        let e = (x - y).abs() / y.abs().max(1.0);
+        assert!(e.is_finite(), "{what}[{k}]: {x} vs {y}");
+        if e > worst {
+            (worst, at) = (e, k);
+        }
+    }
+    assert!(
+        worst <= tol,
+        "{what}: worst relative error {worst:e} at {at} ({} vs {})",
+        a[at],
+        b[at]
+    );
+}
+
+/// Weights, inputs and output weights of one BiLSTM case, as plain data, so that every backend
+/// gets the same numbers.
+struct LstmCase {
+    layers: usize,
+    d_in: usize,
+    hidden: usize,
+    lengths: Vec<usize>,
+    l: usize,
+    dropout: f64,
+    params: Vec<TensorData>,
+    x: TensorData,
+    w_out: TensorData,
+}
+
+impl LstmCase {
+    fn new(layers: usize, hidden: usize, lengths: &[usize], l: usize, dropout: f64) -> Self {
+        let d = Default::default();
+        let d_in = 6;
+        let lstm = BiLstm::<Flex>::init(d_in, hidden, layers, dropout, &d);
+        let mut params = Vec::new();
+        for layer in &lstm.layers {
+            for dir in [&layer.forward, &layer.reverse] {
+                params.push(dir.weight_ih.val().into_data());
+                params.push(dir.weight_hh.val().into_data());
+                params.push(dir.bias_ih.val().into_data());
+                params.push(dir.bias_hh.val().into_data());
+            }
+        }
+        let b = lengths.len();
+        let normal = Distribution::Normal(0.0, 1.0);
+        Self {
+            layers,
+            d_in,
+            hidden,
+            lengths: lengths.to_vec(),
+            l,
+            dropout,
+            params,
+            x: Tensor::<Flex, 3>::random([b, l, d_in], normal, &d).into_data(),
+            w_out: Tensor::<Flex, 3>::random([b, l, 2 * hidden], normal, &d).into_data(),
+        }
+    }
+
+    /// Outputs, the inputs' gradient and every parameter's gradient of `Σ y·w_out` on `B`.
+    fn run<B: burn::tensor::backend::AutodiffBackend>(&self, device: &B::Device) -> Vec<Vec<f32>> {
+        let mut lstm = BiLstm::<B>::init(self.d_in, self.hidden, self.layers, self.dropout, device);
+        let mut p = self.params.iter().cloned();
+        let mut next = || p.next().expect("one tensor a parameter");
+        for layer in &mut lstm.layers {
+            for dir in [&mut layer.forward, &mut layer.reverse] {
+                dir.weight_ih = Param::from_tensor(Tensor::from_data(next(), device));
+                dir.weight_hh = Param::from_tensor(Tensor::from_data(next(), device));
+                dir.bias_ih = Param::from_tensor(Tensor::from_data(next(), device));
+                dir.bias_hh = Param::from_tensor(Tensor::from_data(next(), device));
+            }
+        }
+        let b = self.lengths.len();
+        let mask: Vec<f32> = self
+            .lengths
+            .iter()
+            .flat_map(|&n| (0..self.l).map(move |t| if t < n { 1.0 } else { 0.0 }))
+            .collect();
+        let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [b, self.l]), device);
+        let x = Tensor::<B, 3>::from_data(self.x.clone(), device).require_grad();
+        B::seed(device, 11);
+        let y = lstm.forward(x.clone(), mask);
+        let w = Tensor::<B, 3>::from_data(self.w_out.clone(), device);
+        let g = (y.clone() * w).sum().backward();
+        let mut out = vec![values(y.inner()), values(x.grad(&g).unwrap())];
+        for layer in &lstm.layers {
+            for dir in [&layer.forward, &layer.reverse] {
+                out.push(values(dir.weight_ih.val().grad(&g).unwrap()));
+                out.push(values(dir.weight_hh.val().grad(&g).unwrap()));
+                out.push(values(dir.bias_ih.val().grad(&g).unwrap()));
+                out.push(values(dir.bias_hh.val().grad(&g).unwrap()));
+            }
+        }
+        out
+    }
+}
+
+fn names(layers: usize) -> Vec<String> {
+    let mut n = vec!["y".to_string(), "x.grad".to_string()];
+    for k in 0..layers {
+        for dir in ["", "_reverse"] {
+            for p in ["weight_ih", "weight_hh", "bias_ih", "bias_hh"] {
+                n.push(format!("{p}_l{k}{dir}.grad"));
+            }
+        }
+    }
+    n
+}
+
+/// The fused LSTM kernel gives today's BiLSTM's outputs and gradients within 1e-5 (f32): on
+/// padded batches, with 1 and 2 layers, both directions; against the tensor-operation path on
+/// the same device and against the CPU backend.
+#[test]
+fn fused_lstm_equals_the_reference_path() {
+    let Some(device) = gpu() else { return };
+    for (layers, hidden, lengths, l) in [
+        (1, 8, vec![9, 4, 1], 9),
+        (2, 16, vec![13, 13, 7, 2], 13),
+        (2, 40, vec![5], 5),
+    ] {
+        let case = LstmCase::new(layers, hidden, &lengths, l, 0.0);
+        let fused = case.run::<Gpu>(&device);
+        let reference = with_fused_kernels(false, || case.run::<Gpu>(&device));
+        let cpu = case.run::<Cpu>(&Default::default());
+        for ((name, f), (r, c)) in names(layers)
+            .iter()
+            .zip(&fused)
+            .zip(reference.iter().zip(&cpu))
+        {
+            let what = format!("{layers} layers, H {hidden}, lengths {lengths:?}: {name}");
+            assert_close(&format!("{what} (fused vs wgpu ops)"), f, r, 1e-5);
+            assert_close(&format!("{what} (fused vs cpu)"), f, c, 1e-5);
+        }
+    }
+}
+
+/// Dropout between the layers draws the same masks on both paths (it is outside the kernel),
+/// so the two agree with dropout on too.
+#[test]
+fn fused_lstm_with_dropout_between_layers() {
+    let Some(device) = gpu() else { return };
+    let case = LstmCase::new(2, 8, &[7, 3], 7, 0.5);
+    let fused = case.run::<Gpu>(&device);
+    let reference = with_fused_kernels(false, || case.run::<Gpu>(&device));
+    let without = LstmCase {
+        dropout: 0.0,
+        ..case
+    }
+    .run::<Gpu>(&device);
+    assert!(
+        fused[0].iter().zip(&without[0]).any(|(a, b)| a != b),
+        "dropout 0.5 changed nothing"
+    );
+    for (name, (f, r)) in names(2).iter().zip(fused.iter().zip(&reference)) {
+        assert_close(&format!("dropout 0.5: {name}"), f, r, 1e-5);
+    }
+}
+
+use pipeline::model::kernels::attention::{self, kept_host, seed_words, Params};
+
+/// Random `[b, heads, l, dh]` inputs (taking gradients) and the additive padding bias `[b, l]`
+/// (0 at real keys, −1e9 at pads) for `lengths`.
+struct AttentionCase {
+    dims: [usize; 4],
+    q: TensorData,
+    k: TensorData,
+    v: TensorData,
+    w: TensorData,
+    bias: TensorData,
+}
+
+impl AttentionCase {
+    fn new(heads: usize, dh: usize, lengths: &[usize], l: usize) -> Self {
+        let d = Default::default();
+        let dims = [lengths.len(), heads, l, dh];
+        let normal = Distribution::Normal(0.0, 1.0);
+        let r = || Tensor::<Flex, 4>::random(dims, normal, &d).into_data();
+        let bias: Vec<f32> = lengths
+            .iter()
+            .flat_map(|&n| (0..l).map(move |t| if t < n { 0.0 } else { -1.0e9 }))
+            .collect();
+        Self {
+            dims,
+            q: r(),
+            k: r(),
+            v: r(),
+            w: r(),
+            bias: TensorData::new(bias, [lengths.len(), l]),
+        }
+    }
+
+    fn inputs<B: Backend>(&self, device: &B::Device) -> [Tensor<B, 4>; 3] {
+        [&self.q, &self.k, &self.v].map(|t| Tensor::from_data(t.clone(), device).require_grad())
+    }
+
+    fn scale(&self) -> f32 {
+        1.0 / (self.dims[3] as f32).sqrt()
+    }
+
+    /// `ctx`, then the gradients of q, k, v of `Σ ctx·w`, with `attend` computing `ctx`.
+    fn run(
+        &self,
+        device: &burn::backend::wgpu::WgpuDevice,
+        attend: impl Fn([Tensor<Gpu, 4>; 3], Tensor<Gpu, 2>) -> Tensor<Gpu, 4>,
+    ) -> Vec<Vec<f32>> {
+        let [q, k, v] = self.inputs::<Gpu>(device);
+        let bias = Tensor::<Gpu, 2>::from_data(self.bias.clone(), device);
+        let ctx = attend([q.clone(), k.clone(), v.clone()], bias);
+        let w = Tensor::<Gpu, 4>::from_data(self.w.clone(), device);
+        let g = (ctx.clone() * w).sum().backward();
+        vec![
+            values(ctx.inner()),
+            values(q.grad(&g).unwrap()),
+            values(k.grad(&g).unwrap()),
+            values(v.grad(&g).unwrap()),
+        ]
+    }
+}
+
+/// Today's attention as tensor operations: `(softmax(q kᵀ·scale + bias) ⊙ mask) v`.
+fn naive(
+    [q, k, v]: [Tensor<Gpu, 4>; 3],
+    bias: Tensor<Gpu, 2>,
+    scale: f32,
+    mask: Option<Tensor<Gpu, 4>>,
+) -> Tensor<Gpu, 4> {
+    let [b, _, l, _] = q.dims();
+    let scores = q.matmul(k.swap_dims(2, 3)) * scale + bias.reshape([b, 1, 1, l]);
+    let mut p = burn::tensor::activation::softmax(scores, 3);
+    if let Some(m) = mask {
+        p = p * m;
+    }
+    p.matmul(v)
+}
+
+/// The fused attention equals today's (matmul, softmax, matmul) in values and in the
+/// gradients of q, k and v within 1e-5, without dropout: L up to 512, head dims 32 and 64,
+/// batches with padding.
+#[test]
+fn fused_attention_equals_the_reference_path() {
+    let Some(device) = gpu() else { return };
+    for (heads, dh, lengths, l) in [
+        (2, 32, vec![77, 40, 1], 77),
+        (3, 64, vec![16, 9], 16),
+        (2, 64, vec![512, 300], 512),
+    ] {
+        let case = AttentionCase::new(heads, dh, &lengths, l);
+        let scale = case.scale();
+        let fused = case.run(&device, |[q, k, v], bias| {
+            pipeline::model::kernels::attention(&q, &k, &v, &bias, scale, 0.0)
+                .expect("the wgpu backend has the fused attention")
+        });
+        let reference = case.run(&device, |qkv, bias| naive(qkv, bias, scale, None));
+        for (name, (f, r)) in ["ctx", "q.grad", "k.grad", "v.grad"]
+            .iter()
+            .zip(fused.iter().zip(&reference))
+        {
+            assert_close(
+                &format!("H {heads} dh {dh} lengths {lengths:?}: {name}"),
+                f,
+                r,
+                1e-5,
+            );
+        }
+    }
+}
+
+/// The dropout mask as the generator gives it: `[b·heads, L, L]` of 1/(1−p) or 0, from the
+/// host's Philox.
+fn host_mask(case: &AttentionCase, seed: [f32; 2], p: f32) -> TensorData {
+    let [b, heads, l, _] = case.dims;
+    let params = Params {
+        heads,
+        scale: case.scale(),
+        dropout: p,
+    };
+    let (threshold, scale) = params.keep().unwrap();
+    let key = seed_words(seed);
+    let mut m = Vec::with_capacity(b * heads * l * l);
+    for bh in 0..(b * heads) as u32 {
+        for i in 0..l as u32 {
+            for j in 0..l as u32 {
+                m.push(if kept_host(key, bh, i, j, threshold) {
+                    scale
+                } else {
+                    0.0
+                });
+            }
+        }
+    }
+    TensorData::new(m, [b, heads, l, l])
+}
+
+/// Dropout inside the kernel: with equal scores and `v` the identity, `ctx[i][j]` is the
+/// dropped-out probability itself. Every value is 0 or exactly `(1/L)/(1−p)`; the kept share
+/// is 1−p; and the kept positions are those of Philox-4x32-10 computed on the host.
+#[test]
+fn attention_dropout_has_the_right_rate_scale_and_generator() {
+    let Some(device) = gpu() else { return };
+    let (b, heads, l, p) = (2, 2, 64, 0.25f32);
+    let case = AttentionCase::new(heads, l, &vec![l; b], l);
+    let zeros = Tensor::<Gpu, 4>::zeros([b, heads, l, l], &device);
+    let eye = Tensor::<Gpu, 2>::eye(l, &device)
+        .reshape([1, 1, l, l])
+        .expand([b, heads, l, l]);
+    let seed = [0.3f32, 0.7];
+    let params = Params {
+        heads,
+        scale: case.scale(),
+        dropout: p,
+    };
+    let ctx = attention::forward_with_seed(
+        zeros.clone(),
+        zeros,
+        eye,
+        Tensor::zeros([b, l], &device),
+        Tensor::from_floats(seed, &device),
+        params,
+    );
+    let got = values(ctx.inner());
+    let want: Vec<f32> = host_mask(&case, seed, p).to_vec().unwrap();
+    let kept = 1.0 / (l as f32) / (1.0 - p);
+    let mut n_kept = 0;
+    for (k, (g, m)) in got.iter().zip(&want).enumerate() {
+        let expected = if *m > 0.0 { kept } else { 0.0 };
+        assert!(
+            (g - expected).abs() <= 1e-6,
+            "element {k}: {g} vs {expected}"
+        );
+        n_kept += usize::from(*m > 0.0);
+    }
+    let share = n_kept as f64 / got.len() as f64;
+    assert!((share - 0.75).abs() < 0.02, "kept share {share} for p {p}");
+}
+
+/// With dropout, the gradients equal those of today's attention with the same mask (from the
+/// host's generator) within 1e-5, and agree with central finite differences of the fused
+/// forward pass itself: the backward pass regenerates the forward pass's mask.
+#[test]
+fn attention_dropout_gradients_match_the_same_mask_and_finite_differences() {
+    let Some(device) = gpu() else { return };
+    let (heads, dh, lengths, l, p) = (2, 32, vec![23, 11], 23, 0.2f32);
+    let case = AttentionCase::new(heads, dh, &lengths, l);
+    let seed = [0.123f32, 0.456];
+    let params = Params {
+        heads,
+        scale: case.scale(),
+        dropout: p,
+    };
+    let fused_at = |[q, k, v]: [Tensor<Gpu, 4>; 3], bias: Tensor<Gpu, 2>| {
+        attention::forward_with_seed(
+            q,
+            k,
+            v,
+            bias.inner(),
+            Tensor::from_floats(seed, &device),
+            params,
+        )
+    };
+    let fused = case.run(&device, fused_at);
+    let mask = Tensor::<Gpu, 4>::from_data(host_mask(&case, seed, p), &device);
+    let reference = case.run(&device, |qkv, bias| {
+        naive(qkv, bias, case.scale(), Some(mask.clone()))
+    });
+    for (name, (f, r)) in ["ctx", "q.grad", "k.grad", "v.grad"]
+        .iter()
+        .zip(fused.iter().zip(&reference))
+    {
+        assert_close(&format!("dropout {p}: {name}"), f, r, 1e-5);
+    }
+
+    // f(x) = Σ ctx·w through the fused forward pass, with one input element moved.
+    let bias = Tensor::<Gpu, 2>::from_data(case.bias.clone(), &device);
+    let w = Tensor::<Gpu, 4>::from_data(case.w.clone(), &device);
+    let f = |which: usize, at: usize, delta: f32| -> f64 {
+        let mut inputs = [case.q.clone(), case.k.clone(), case.v.clone()];
+        let mut x: Vec<f32> = inputs[which].to_vec().unwrap();
+        x[at] += delta;
+        inputs[which] = TensorData::new(x, case.dims);
+        let [q, k, v] = inputs.map(|t| Tensor::<Gpu, 4>::from_data(t, &device));
+        let ctx = fused_at([q, k, v], bias.clone());
+        f64::from((ctx * w.clone()).sum().into_scalar())
+    };
+    let eps = 1e-2f32;
+    for which in 0..3 {
+        for at in [5usize, 777, 1400] {
+            let numeric = (f(which, at, eps) - f(which, at, -eps)) / (2.0 * f64::from(eps));
+            let analytic = f64::from(fused[1 + which][at]);
+            assert!(
+                (numeric - analytic).abs() <= 2e-3 + 1e-2 * analytic.abs(),
+                "input {which} element {at}: finite difference {numeric} vs gradient {analytic}"
+            );
+        }
+    }
+}
