@@ -53,6 +53,10 @@ pub struct BenchArgs {
     /// CUDA cores, 495 for TF32 tensor cores, 989 for bf16/f16 tensor cores); none: no MFU.
     #[arg(long)]
     pub peak_tflops: Option<f64>,
+    /// Run the model's reference path of Burn tensor operations instead of our fused GPU
+    /// kernels (LSTM, attention), to compare the two in one build.
+    #[arg(long)]
+    pub reference_kernels: bool,
 }
 
 /// The measurement.
@@ -86,6 +90,9 @@ pub struct BenchReport {
     /// Whether AdamW updated all parameters as one tensor (multi-tensor step: the default on
     /// CUDA; `PIPELINE_MULTI_TENSOR` overrides).
     pub multi_tensor_adamw: bool,
+    /// Whether the model ran our fused GPU kernels (LSTM, attention) where the backend has
+    /// them; false with `--reference-kernels`.
+    pub fused_kernels: bool,
     /// The first step's training loss (the inputs and weights are seeded: devices can be
     /// compared on it).
     pub first_loss: f64,
@@ -143,7 +150,9 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
     }
     crate::with_backend!(args.device, args.precision, |B, d| {
         crate::ui::Ui::default().cuda_summary();
-        run_on::<burn::backend::Autodiff<B>>(args, &cfg, d, &device_memory)
+        crate::model::amp::with_fused_kernels(!args.reference_kernels, || {
+            run_on::<burn::backend::Autodiff<B>>(args, &cfg, d, &device_memory)
+        })
     })
 }
 
@@ -257,6 +266,7 @@ fn run_on<B: AutodiffBackend>(
         peak_device_memory_mib: peak_device,
         autotune: cfg!(feature = "autotune"),
         multi_tensor_adamw: multi_tensor,
+        fused_kernels: crate::model::amp::fused_kernels(),
         first_loss: first_loss.unwrap_or(f64::NAN),
         kernel_launches_per_step: counts.map(|((l0, _), (l1, _))| (l1 - l0) as f64 / steps as f64),
         kernels_compiled: counts.map(|(_, (_, c1))| c1),

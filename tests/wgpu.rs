@@ -142,9 +142,9 @@ fn bench_runs_on_wgpu_and_reports_device_memory() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
-/// wgpu caps each buffer (lavapipe: 128 MiB, a real GPU a few GiB); a step whose attention
-/// scores need a bigger one (16 GiB here) is refused in one line before `prepare`, not a panic
-/// in a device thread.
+/// wgpu caps each buffer (lavapipe: 128 MiB, a real GPU a few GiB); a step whose activations
+/// need a bigger one is refused in one line before `prepare`, not a panic in a device thread.
+/// (The attention scores need none: the fused attention never writes them.)
 #[test]
 fn a_buffer_over_the_devices_limit_is_refused_before_anything_runs() {
     let ws = workspace();
@@ -166,9 +166,88 @@ fn a_buffer_over_the_devices_limit_is_refused_before_anything_runs() {
     let t = text(&o);
     assert!(!o.status.success(), "{t}");
     assert!(
-        t.contains("a layer's attention scores needs one buffer of 16384 MiB, but device wgpu allows at most"),
+        t.contains("a layer's feed-forward activations needs one buffer of")
+            && t.contains("MiB, but device wgpu allows at most"),
         "{t}"
     );
     assert_eq!(t.trim().lines().count(), 1, "{t}");
     assert!(!d.join("outputs/sample/prepare").exists());
+}
+
+/// `pipeline bench` on wgpu with `extra` arguments: its JSON report, or `None` (SKIP) without a
+/// Vulkan device.
+fn bench_report(extra: &[&str]) -> Option<Value> {
+    let mut args = vec![
+        "bench", "-q", "--device", "wgpu", "--steps", "1", "--warmup", "1",
+    ];
+    args.extend(extra);
+    let o = pipeline(&root(), &args);
+    if no_wgpu_adapter(&o) {
+        return None;
+    }
+    assert!(o.status.success(), "{}", text(&o));
+    Some(serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap())
+}
+
+fn launches(r: &Value) -> f64 {
+    r["kernel_launches_per_step"].as_f64().unwrap()
+}
+
+/// The fused LSTM launches two kernels per time step and layer (one forward, one backward, both
+/// directions in each): the BiLSTM's launch count grows by 2 · 2 layers per extra time step,
+/// where the reference path of tensor operations grows by about 50.
+#[test]
+fn the_fused_lstm_launches_two_kernels_per_time_step_and_layer() {
+    let count = |seq: &str, reference: bool| {
+        let mut a = vec![
+            "--model", "tiny", "--head", "bilstm", "--batch", "2", "--seq", seq,
+        ];
+        if reference {
+            a.push("--reference-kernels");
+        }
+        bench_report(&a).map(|r| {
+            assert_eq!(r["fused_kernels"], !reference, "{r}");
+            launches(&r)
+        })
+    };
+    let Some(short) = count("32", false) else {
+        return;
+    };
+    let long = count("64", false).unwrap();
+    let per_step = (long - short) / 32.0;
+    assert_eq!(per_step, 4.0, "{short} launches at L 32, {long} at L 64");
+    let reference = (count("64", true).unwrap() - count("32", true).unwrap()) / 32.0;
+    assert!(
+        reference > 40.0,
+        "reference path: {reference} launches per time step"
+    );
+}
+
+/// A 2048-token step with 16 heads (attention scores of 256 MiB a layer if they were written)
+/// trains through the fused attention, with dropout, to a finite loss.
+#[test]
+fn long_sequences_train_through_the_fused_attention() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.json");
+    std::fs::write(
+        &cfg,
+        r#"{"model_type": "roberta", "vocab_size": 512, "hidden_size": 64,
+            "num_hidden_layers": 1, "num_attention_heads": 16, "intermediate_size": 128,
+            "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+            "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 2050,
+            "type_vocab_size": 1, "layer_norm_eps": 1e-05, "pad_token_id": 1}"#,
+    )
+    .unwrap();
+    let Some(r) = bench_report(&[
+        "--model",
+        cfg.to_str().unwrap(),
+        "--seq",
+        "2048",
+        "--batch",
+        "1",
+    ]) else {
+        return;
+    };
+    assert_eq!(r["fused_kernels"], true, "{r}");
+    assert!(r["first_loss"].as_f64().unwrap().is_finite(), "{r}");
 }

@@ -32,19 +32,26 @@ pub fn parameters(cfg: &EncoderConfig, head: &HeadConfig) -> u64 {
     embeddings + cfg.num_hidden_layers as u64 * layer + head_params
 }
 
-/// Bytes one training step needs at least (see the module doc).
+/// Bytes one training step needs at least (see the module doc); `fused_attention`: the step
+/// runs the fused attention kernel, which keeps no `[b, heads, l, l]` tensors.
 pub fn training_step_bytes(
     cfg: &EncoderConfig,
     head: &HeadConfig,
     batch: usize,
     seq: usize,
+    fused_attention: bool,
 ) -> u64 {
     const F32: u64 = 4;
     let (b, l) = (batch as u64, seq as u64);
     let (h, i) = (cfg.hidden_size as u64, cfg.intermediate_size as u64);
     let heads = cfg.num_attention_heads as u64;
     let states = 4 * parameters(cfg, head) * F32;
-    let attention = 3 * b * heads * l * l * F32;
+    // The fused attention keeps per row only its output and log-sum-exp, no [b, heads, l, l].
+    let attention = if fused_attention {
+        0
+    } else {
+        3 * b * heads * l * l * F32
+    };
     let per_layer = attention + b * l * (10 * h + 2 * i) * F32;
     let rnn = match head.kind {
         HeadKind::Linear => 0,
@@ -100,10 +107,13 @@ mod tests {
     fn the_attention_term_grows_with_the_square_of_the_length() {
         let cfg = roberta(64, 2, 4, 256);
         let lin = HeadConfig::default();
-        let short = training_step_bytes(&cfg, &lin, 16, 128);
-        let long = training_step_bytes(&cfg, &lin, 16, 65536);
+        let short = training_step_bytes(&cfg, &lin, 16, 128, false);
+        let long = training_step_bytes(&cfg, &lin, 16, 65536, false);
         // 65536 tokens: 3 x 16 x 4 x 65536^2 x 4 bytes per layer, about 3 TiB for two layers.
         assert!(gib(long) > 3.0 * 1024.0, "{}", gib(long));
         assert!(gib(short) < 1.0, "{}", gib(short));
+        // The fused attention (GPU training) writes no scores: the term goes.
+        let fused = training_step_bytes(&cfg, &lin, 16, 65536, true);
+        assert!(gib(fused) < gib(long) / 100.0, "{}", gib(fused));
     }
 }

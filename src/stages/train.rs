@@ -177,24 +177,35 @@ pub fn check_fits(s: &Settings, cfg: Option<&EncoderConfig>) -> Result<()> {
         }
     };
     use crate::model::memory::{gib, training_step_bytes};
+    let head_dim = cfg.hidden_size / cfg.num_attention_heads.max(1);
+    let fused = crate::model::kernels::attention_is_fused(device, s.train.precision, head_dim);
     let need = training_step_bytes(
         cfg,
         &s.model.head_config(),
         s.train.batch_size,
         s.prepare.max_seq_length,
+        fused,
     );
-    // wgpu caps every buffer (lavapipe at 128 MiB): the word embeddings and the attention
-    // scores are the largest ones a step cannot split.
+    // wgpu caps every buffer (lavapipe at 128 MiB): the word embeddings, a layer's
+    // feed-forward activations and (without the fused attention) its attention scores are the
+    // largest ones a step cannot split.
     if let Some(max) = crate::device::max_buffer_bytes(device) {
         let h = cfg.hidden_size as u64;
         let (b, l) = (s.train.batch_size as u64, s.prepare.max_seq_length as u64);
-        for (what, bytes) in [
+        let mut buffers = vec![
             ("the word embedding table", cfg.vocab_size as u64 * h * 4),
             (
+                "a layer's feed-forward activations",
+                b * l * cfg.intermediate_size as u64 * 4,
+            ),
+        ];
+        if !fused {
+            buffers.push((
                 "a layer's attention scores",
                 b * cfg.num_attention_heads as u64 * l * l * 4,
-            ),
-        ] {
+            ));
+        }
+        for (what, bytes) in buffers {
             if bytes > max {
                 bail!(
                     "{what} needs one buffer of {:.0} MiB, but device {} allows at most {:.0} MiB per buffer: lower train.batch_size or prepare.max_seq_length, or use another device",

@@ -13,10 +13,24 @@ use std::any::{Any, TypeId};
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
+use burn::tensor::FloatDType::F32;
 use burn::tensor::Tensor;
 
 pub mod attention;
 pub mod lstm;
+
+/// Whether training on `device` in `precision` runs the fused attention (no `[b, heads, L, L]`
+/// buffer) for heads of `head_dim`: the GPU backends in f32 or mixed precision.
+pub fn attention_is_fused(
+    device: crate::device::Device,
+    precision: crate::device::Precision,
+    head_dim: usize,
+) -> bool {
+    device != crate::device::Device::Cpu
+        && !precision.is_pure_half()
+        && head_dim <= attention::MAX_HEAD_DIM
+        && super::amp::fused_kernels()
+}
 
 /// `x` as type `T`, which it is (checked by the caller through `TypeId`).
 fn same<S: 'static, T: 'static>(x: S) -> T {
@@ -37,18 +51,16 @@ pub fn lstm<B: Backend>(xp: &Tensor<B, 3>, w: &Tensor<B, 3>, rows: usize) -> Opt
     if !super::amp::fused_kernels() {
         return None;
     }
+    // The kernels keep f32 state and products, also under autocast.
+    let (xp, w) = (xp.clone().cast(F32), w.clone().cast(F32));
     macro_rules! on {
         ($T:ty) => {
             if is::<B, Autodiff<$T>>() {
-                let y = lstm::forward_autodiff::<$T>(same(xp.clone()), same(w.clone()), rows);
+                let y = lstm::forward_autodiff::<$T>(same(xp), same(w), rows);
                 return Some(same(y));
             }
             if is::<B, $T>() {
-                return Some(same(lstm::forward::<$T>(
-                    same(xp.clone()),
-                    same(w.clone()),
-                    rows,
-                )));
+                return Some(same(lstm::forward::<$T>(same(xp), same(w), rows)));
             }
         };
     }
@@ -72,27 +84,23 @@ pub fn attention<B: Backend>(
     if !super::amp::fused_kernels() || q.dims()[3] > attention::MAX_HEAD_DIM {
         return None;
     }
+    let f32 = |t: &Tensor<B, 4>| t.clone().cast(F32);
+    let (q, k, v, bias) = (f32(q), f32(k), f32(v), bias.clone().cast(F32));
     macro_rules! on {
         ($T:ty) => {
             if is::<B, Autodiff<$T>>() {
                 let y = attention::forward_autodiff::<$T>(
-                    same(q.clone()),
-                    same(k.clone()),
-                    same(v.clone()),
-                    same(bias.clone()),
+                    same(q),
+                    same(k),
+                    same(v),
+                    same(bias),
                     scale,
                     p,
                 );
                 return Some(same(y));
             }
             if is::<B, $T>() {
-                let y = attention::forward::<$T>(
-                    same(q.clone()),
-                    same(k.clone()),
-                    same(v.clone()),
-                    same(bias.clone()),
-                    scale,
-                );
+                let y = attention::forward::<$T>(same(q), same(k), same(v), same(bias), scale);
                 return Some(same(y));
             }
         };
