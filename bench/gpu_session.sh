@@ -79,11 +79,18 @@ ours 40 --model tiny --seq 64 --batch 8 --steps 20 --warmup 3
 say "== parity: tiny checkpoints, pipeline infer on CUDA vs transformers logits"
 step parity 50 python3 bench/gpu_parity.py $BIN --device cuda
 
+say "== the seed's model first: roberta-large + BiLSTM, seq 384 batch 8, bf16-mixed (fused LSTM and attention kernels)"
+RL="--model roberta-large --seq 384 --batch 8 --steps 5 --warmup 2 --precision bf16-mixed --peak-tflops $PEAK_HALF"
+ours 150 $RL --head bilstm
+torchb 50 $RL --head bilstm
+
 say "== roberta-base seq 384 batch 16: pipeline vs PyTorch, f32 then bf16-mixed"
 ours 110 $RB --steps 6 --warmup 2 --precision f32 --peak-tflops $PEAK_F32
 torchb 50 $RB --steps 6 --warmup 2 --precision f32 --peak-tflops $PEAK_F32
 ours 90 $RB --steps 6 --warmup 2 --precision bf16-mixed --peak-tflops $PEAK_HALF
 torchb 50 $RB --steps 6 --warmup 2 --precision bf16-mixed --peak-tflops $PEAK_HALF
+say "== the tensor-operation path instead of our fused kernels (attention), same build"
+ours 90 $RB --steps 6 --warmup 2 --precision bf16-mixed --peak-tflops $PEAK_HALF --reference-kernels
 say "== AdamW one tensor at a time (the multi-tensor step is the default on CUDA)"
 PIPELINE_MULTI_TENSOR=0 ours 60 $RB --steps 6 --warmup 2 --precision bf16-mixed --peak-tflops $PEAK_HALF
 
@@ -104,13 +111,11 @@ else
   say "SKIP korquad (no data)"
 fi
 
-say "== roberta-large seq 384 batch 8 (the seed's model; BiLSTM head), seq 512, while time is left"
-RL="--model roberta-large --seq 384 --batch 8 --steps 5 --warmup 2 --precision bf16-mixed --peak-tflops $PEAK_HALF"
+say "== roberta-large seq 384 batch 8 (linear head), the tiny BiLSTM fused vs reference, seq 512, while time is left"
 ours 80 $RL
 torchb 50 $RL
 ours 60 --model tiny --head bilstm --seq 64 --batch 8 --steps 5 --warmup 2
-ours 150 $RL --head bilstm
-torchb 50 $RL --head bilstm
+ours 60 --model tiny --head bilstm --seq 64 --batch 8 --steps 5 --warmup 2 --reference-kernels
 ours 80 --model roberta-base --seq 512 --batch 16 --steps 5 --warmup 2 --precision bf16-mixed --peak-tflops $PEAK_HALF
 torchb 50 --model roberta-base --seq 512 --batch 16 --steps 5 --warmup 2 --precision bf16-mixed --peak-tflops $PEAK_HALF
 

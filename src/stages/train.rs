@@ -178,7 +178,12 @@ pub fn check_fits(s: &Settings, cfg: Option<&EncoderConfig>) -> Result<()> {
     };
     use crate::model::memory::{gib, training_step_bytes};
     let head_dim = cfg.hidden_size / cfg.num_attention_heads.max(1);
-    let fused = crate::model::kernels::attention_is_fused(device, s.train.precision, head_dim);
+    let fused = crate::model::kernels::attention_is_fused(
+        device,
+        s.train.precision,
+        s.train.batch_size * cfg.num_attention_heads,
+        head_dim,
+    );
     let need = training_step_bytes(
         cfg,
         &s.model.head_config(),

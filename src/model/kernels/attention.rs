@@ -13,8 +13,9 @@
 //!
 //! Dropout on the probabilities (PyTorch's: zero with probability p, scale the rest by
 //! 1/(1−p)) draws each element's keep bit from Philox-4x32-10 ([`philox`]), a counter-based
-//! generator: counter (key j, query i, batch·head, 0), key the two 24-bit words of a seed
-//! tensor drawn from the backend's generator per call. The backward pass regenerates the same
+//! generator: word `j mod 4` of counter (key j / 4, query i, batch·head, 0), so one evaluation
+//! serves four neighbouring keys; key: the two 24-bit words of a seed tensor drawn from the
+//! backend's generator per call. The backward pass regenerates the same
 //! bits instead of storing a mask. The softmax's denominator counts every key (dropout comes
 //! after the softmax), as in PyTorch.
 //!
@@ -105,11 +106,11 @@ mod cube {
     pub(super) const PHILOX_W0: u32 = 0x9E37_79B9;
     pub(super) const PHILOX_W1: u32 = 0xBB67_AE85;
 
-    /// The first output word of Philox-4x32-10 for counter `(c0, c1, c2, c3)` and key `(k0, k1)`.
+    /// Philox-4x32-10's four output words for counter `(c0, c1, c2, c3)` and key `(k0, k1)`.
     /// [`philox_host`] is the same function on the host. (The key is bumped after the last round
     /// too, which changes nothing: it is not read again.)
     #[cube]
-    fn philox(c0: u32, c1: u32, c2: u32, c3: u32, k0: u32, k1: u32) -> u32 {
+    fn philox(c0: u32, c1: u32, c2: u32, c3: u32, k0: u32, k1: u32) -> (u32, u32, u32, u32) {
         let mut x0 = c0;
         let mut x1 = c1;
         let mut x2 = c2;
@@ -129,7 +130,7 @@ mod cube {
             key0 += PHILOX_W0;
             key1 += PHILOX_W1;
         }
-        x0
+        (x0, x1, x2, x3)
     }
 
     /// Philox-4x32-10 on the host: all four output words.
@@ -158,25 +159,34 @@ mod cube {
         seed.map(|s| (s * 16_777_216.0) as u32)
     }
 
-    /// Whether the probability of query `i`, key `j` in batch·head `bh` is kept, on the host.
+    /// Whether the probability of query `i`, key `j` in batch·head `bh` is kept, on the host:
+    /// word `j mod 4` of Philox at counter `(j / 4, i, bh, 0)` below `threshold` (one
+    /// evaluation serves four neighbouring keys).
     pub fn kept_host(key: [u32; 2], bh: u32, i: u32, j: u32, threshold: u32) -> bool {
-        philox_host([j, i, bh, 0], key)[0] < threshold
+        philox_host([j / 4, i, bh, 0], key)[(j % 4) as usize] < threshold
     }
 
-    /// The dropout factor of one probability: `scale` if kept, else 0.
+    /// Word `k` (0..4) of four.
     #[cube]
-    fn dropout_factor<F: Float>(
-        k0: u32,
-        k1: u32,
-        bh: u32,
-        i: u32,
-        j: u32,
-        threshold: u32,
-        scale: F,
-    ) -> F {
-        let r = philox(j, i, bh, 0u32, k0, k1);
+    fn word(w0: u32, w1: u32, w2: u32, w3: u32, k: usize) -> u32 {
+        let mut r = w0;
+        if k == 1 {
+            r = w1;
+        }
+        if k == 2 {
+            r = w2;
+        }
+        if k == 3 {
+            r = w3;
+        }
+        r
+    }
+
+    /// The dropout factor of a probability whose keep word is `bits`: `scale` if kept, else 0.
+    #[cube]
+    fn dropout_factor<F: Float>(bits: u32, threshold: u32, scale: F) -> F {
         let mut z = F::new(0.0);
-        if r < threshold {
+        if bits < threshold {
             z = scale;
         }
         z
@@ -266,8 +276,22 @@ mod cube {
             load_tiles::<F>(k, v, &mut k_tile, &mut v_tile, base, t0, l, dh);
             sync_cube();
             if valid {
+                let mut w0 = 0u32;
+                let mut w1 = 0u32;
+                let mut w2 = 0u32;
+                let mut w3 = 0u32;
                 for r in 0..KEYS {
                     let j = t0 + r;
+                    if dropout {
+                        if r % 4 == 0 {
+                            let (a, b, c, d) =
+                                philox((j / 4) as u32, i as u32, bh as u32, 0u32, k0, k1);
+                            w0 = a;
+                            w1 = b;
+                            w2 = c;
+                            w3 = d;
+                        }
+                    }
                     if j < l {
                         let mut x = bias[bias_at + j];
                         #[unroll]
@@ -284,7 +308,9 @@ mod cube {
                         let mut pz = p;
                         if dropout {
                             pz = p * dropout_factor::<F>(
-                                k0, k1, bh as u32, i as u32, j as u32, threshold, z_kept,
+                                word(w0, w1, w2, w3, r % 4),
+                                threshold,
+                                z_kept,
                             );
                         }
                         #[unroll]
@@ -367,8 +393,22 @@ mod cube {
             load_tiles::<F>(k, v, &mut k_tile, &mut v_tile, base, t0, l, dh);
             sync_cube();
             if valid {
+                let mut w0 = 0u32;
+                let mut w1 = 0u32;
+                let mut w2 = 0u32;
+                let mut w3 = 0u32;
                 for r in 0..KEYS {
                     let j = t0 + r;
+                    if dropout {
+                        if r % 4 == 0 {
+                            let (a, b, c, d) =
+                                philox((j / 4) as u32, i as u32, bh as u32, 0u32, k0, k1);
+                            w0 = a;
+                            w1 = b;
+                            w2 = c;
+                            w3 = d;
+                        }
+                    }
                     if j < l {
                         let mut x = bias[bias_at + j];
                         let mut dp = F::new(0.0);
@@ -379,9 +419,8 @@ mod cube {
                         }
                         let p = F::exp(x - lse_i);
                         if dropout {
-                            dp *= dropout_factor::<F>(
-                                k0, k1, bh as u32, i as u32, j as u32, threshold, z_kept,
-                            );
+                            dp *=
+                                dropout_factor::<F>(word(w0, w1, w2, w3, r % 4), threshold, z_kept);
                         }
                         let ds = p * (dp - d_i);
                         #[unroll]
@@ -473,9 +512,9 @@ mod cube {
                         let p = F::exp(x - lse[bh * l + i]);
                         let mut pz = p;
                         if dropout {
-                            let z = dropout_factor::<F>(
-                                k0, k1, bh as u32, i as u32, j as u32, threshold, z_kept,
-                            );
+                            let (a, b, c, d) =
+                                philox((j / 4) as u32, i as u32, bh as u32, 0u32, k0, k1);
+                            let z = dropout_factor::<F>(word(a, b, c, d, j % 4), threshold, z_kept);
                             pz = p * z;
                             dp *= z;
                         }

@@ -20,15 +20,18 @@ pub mod attention;
 pub mod lstm;
 
 /// Whether training on `device` in `precision` runs the fused attention (no `[b, heads, L, L]`
-/// buffer) for heads of `head_dim`: the GPU backends in f32 or mixed precision.
+/// buffer) for `batch_heads` = batch × heads of `head_dim`: the GPU backends in f32 or mixed
+/// precision (see [`attention`]).
 pub fn attention_is_fused(
     device: crate::device::Device,
     precision: crate::device::Precision,
+    batch_heads: usize,
     head_dim: usize,
 ) -> bool {
     device != crate::device::Device::Cpu
         && !precision.is_pure_half()
         && head_dim <= attention::MAX_HEAD_DIM
+        && batch_heads <= 65_535
         && super::amp::fused_kernels()
 }
 
@@ -71,8 +74,9 @@ pub fn lstm<B: Backend>(xp: &Tensor<B, 3>, w: &Tensor<B, 3>, rows: usize) -> Opt
 
 /// The fused attention ([`attention`]'s semantics: `dropout(softmax(q kᵀ·scale + bias)) v`)
 /// where backend `B` has it, [`super::amp::fused_kernels`] is on and the head dimension is at
-/// most [`attention::MAX_HEAD_DIM`]; else `None`. `q`, `k`, `v` `[b, heads, L, dh]`, `bias`
-/// `[b, L]`. Dropout `p` applies only with autodiff (training), as `nn.Dropout` does.
+/// most [`attention::MAX_HEAD_DIM`] (and batch × heads at most 65,535); else `None`. `q`, `k`,
+/// `v` `[b, heads, L, dh]`, `bias` `[b, L]`. Dropout `p` applies only with autodiff
+/// (training), as `nn.Dropout` does.
 pub fn attention<B: Backend>(
     q: &Tensor<B, 4>,
     k: &Tensor<B, 4>,
@@ -81,7 +85,9 @@ pub fn attention<B: Backend>(
     scale: f32,
     p: f32,
 ) -> Option<Tensor<B, 4>> {
-    if !super::amp::fused_kernels() || q.dims()[3] > attention::MAX_HEAD_DIM {
+    let [b, heads, _, dh] = q.dims();
+    // The kernels' grid has one row of cubes per (batch, head): at most 65,535 on wgpu.
+    if !super::amp::fused_kernels() || dh > attention::MAX_HEAD_DIM || b * heads > 65_535 {
         return None;
     }
     let f32 = |t: &Tensor<B, 4>| t.clone().cast(F32);
