@@ -44,6 +44,8 @@ pub const ROWS: u32 = 64;
 pub const KEYS: usize = 16;
 /// The largest head dimension the kernels take (registers per thread grow with it).
 pub const MAX_HEAD_DIM: usize = 128;
+/// The most batch × heads the kernels take: one row of cubes each, at most 65,535 on wgpu.
+pub const MAX_BATCH_HEADS: usize = 65_535;
 
 /// The attention's constants: heads per batch row, the score scale, the dropout probability.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -192,9 +192,9 @@ mod cube {
 
 use cube::*;
 
-/// `[n, l, h4]` and `h` of the projections `xp`.
-fn dims<R: CubeRuntime>(xp: &CubeTensor<R>) -> (usize, usize, usize) {
-    let s = xp.meta.shape();
+/// `n`, `l` and `H` of `[n, l, 4H]` (the projections or the gates).
+fn dims<R: CubeRuntime>(t: &CubeTensor<R>) -> (usize, usize, usize) {
+    let s = t.meta.shape();
     (s[0], s[1], s[2] / 4)
 }
 
@@ -261,11 +261,8 @@ where
     ) -> CubeTensor<R> {
         let dy = into_contiguous(dy);
         let w = into_contiguous(w);
-        let (n, l, h4) = {
-            let s = gates.meta.shape();
-            (s[0], s[1], s[2])
-        };
-        let h = h4 / 4;
+        let (n, l, h) = dims(&gates);
+        let h4 = 4 * h;
         let dg = empty(&gates, [n, l, h4]);
         let dc = empty(&gates, [n, 1, h]);
         let units = n * h;

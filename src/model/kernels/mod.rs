@@ -30,9 +30,14 @@ pub fn attention_is_fused(
 ) -> bool {
     device != crate::device::Device::Cpu
         && !precision.is_pure_half()
+        && attention_takes(batch_heads, head_dim)
+}
+
+/// Whether the attention kernels take `batch_heads` = batch × heads of `head_dim` (and are on).
+fn attention_takes(batch_heads: usize, head_dim: usize) -> bool {
+    super::amp::fused_kernels()
         && head_dim <= attention::MAX_HEAD_DIM
-        && batch_heads <= 65_535
-        && super::amp::fused_kernels()
+        && batch_heads <= attention::MAX_BATCH_HEADS
 }
 
 /// `x` as type `T`, which it is (checked by the caller through `TypeId`).
@@ -73,10 +78,10 @@ pub fn lstm<B: Backend>(xp: &Tensor<B, 3>, w: &Tensor<B, 3>, rows: usize) -> Opt
 }
 
 /// The fused attention ([`attention`]'s semantics: `dropout(softmax(q kᵀ·scale + bias)) v`)
-/// where backend `B` has it, [`super::amp::fused_kernels`] is on and the head dimension is at
-/// most [`attention::MAX_HEAD_DIM`] (and batch × heads at most 65,535); else `None`. `q`, `k`,
-/// `v` `[b, heads, L, dh]`, `bias` `[b, L]`. Dropout `p` applies only with autodiff
-/// (training), as `nn.Dropout` does.
+/// where backend `B` has it, [`super::amp::fused_kernels`] is on, the head dimension is at most
+/// [`attention::MAX_HEAD_DIM`] and batch × heads at most [`attention::MAX_BATCH_HEADS`]; else
+/// `None`. `q`, `k`, `v` `[b, heads, L, dh]`, `bias` `[b, L]`. Dropout `p` applies only with
+/// autodiff (training), as `nn.Dropout` does.
 pub fn attention<B: Backend>(
     q: &Tensor<B, 4>,
     k: &Tensor<B, 4>,
@@ -86,8 +91,7 @@ pub fn attention<B: Backend>(
     p: f32,
 ) -> Option<Tensor<B, 4>> {
     let [b, heads, _, dh] = q.dims();
-    // The kernels' grid has one row of cubes per (batch, head): at most 65,535 on wgpu.
-    if !super::amp::fused_kernels() || dh > attention::MAX_HEAD_DIM || b * heads > 65_535 {
+    if !attention_takes(b * heads, dh) {
         return None;
     }
     let f32 = |t: &Tensor<B, 4>| t.clone().cast(F32);
