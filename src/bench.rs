@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::device::{Device, Precision};
 use crate::model::config::EncoderConfig;
 use crate::model::{HeadConfig, HeadKind, QaModel};
-use crate::train::clip::clip_grad_norm_on_device;
+use crate::train::clip::clip_coef_on_device;
 use crate::train::loss::{qa_loss, LossConfig};
 use crate::train::optim::{OptimConfig, QaOptimizer};
 
@@ -87,8 +87,8 @@ pub struct BenchReport {
     pub peak_device_memory_mib: Option<f64>,
     /// Whether this build autotunes CUDA kernels (the opt-in `autotune` feature).
     pub autotune: bool,
-    /// Whether AdamW updated all parameters as one tensor (multi-tensor step: the default on
-    /// CUDA; `PIPELINE_MULTI_TENSOR` overrides).
+    /// Whether AdamW updated all parameters as one tensor (the multi-tensor step, on with
+    /// `PIPELINE_MULTI_TENSOR=1`).
     pub multi_tensor_adamw: bool,
     /// Whether the model ran our fused GPU kernels (LSTM, attention) where the backend has
     /// them; false with `--reference-kernels`.
@@ -204,8 +204,8 @@ fn run_on<B: AutodiffBackend>(
             first_loss = Some(loss.clone().into_scalar().elem::<f64>());
         }
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let (grads, _) = clip_grad_norm_on_device(&model, grads, 1.0);
-        let model = optim.step(1e-5, model, grads);
+        let (coef, _) = clip_coef_on_device(&model, &grads, 1.0);
+        let model = optim.step_scaled(1e-5, model, grads, coef);
         // Synchronise on a value that depends on the update.
         let _: f64 = model.qa_outputs.weight.val().sum().into_scalar().elem();
         model

@@ -15,9 +15,17 @@ type Gpu = Autodiff<WgpuBackend>;
 type Cpu = Autodiff<Flex>;
 
 /// The wgpu device, or `None` (SKIP) where this machine has no Vulkan driver.
-fn gpu() -> Option<burn::backend::wgpu::WgpuDevice> {
+/// The wgpu device, held by one test at a time: the device's random generator is shared, and a
+/// test that seeds it (the LSTM's dropout masks) must not have another test draw from it between
+/// its fused and its reference run.
+fn gpu() -> Option<(
+    burn::backend::wgpu::WgpuDevice,
+    std::sync::MutexGuard<'static, ()>,
+)> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let held = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     match wgpu_device(WgpuAdapter::Default) {
-        Ok(d) => Some(d),
+        Ok(d) => Some((d, held)),
         Err(e) => {
             eprintln!("SKIP: {e}");
             None
@@ -150,7 +158,9 @@ fn names(layers: usize) -> Vec<String> {
 /// the same device and against the CPU backend.
 #[test]
 fn fused_lstm_equals_the_reference_path() {
-    let Some(device) = gpu() else { return };
+    let Some((device, _one_at_a_time)) = gpu() else {
+        return;
+    };
     for (layers, hidden, lengths, l) in [
         (1, 8, vec![9, 4, 1], 9),
         (2, 16, vec![13, 13, 7, 2], 13),
@@ -176,7 +186,9 @@ fn fused_lstm_equals_the_reference_path() {
 /// so the two agree with dropout on too.
 #[test]
 fn fused_lstm_with_dropout_between_layers() {
-    let Some(device) = gpu() else { return };
+    let Some((device, _one_at_a_time)) = gpu() else {
+        return;
+    };
     let case = LstmCase::new(2, 8, &[7, 3], 7, 0.5);
     let fused = case.run::<Gpu>(&device);
     let reference = with_fused_kernels(false, || case.run::<Gpu>(&device));
@@ -276,7 +288,9 @@ fn naive(
 /// batches with padding.
 #[test]
 fn fused_attention_equals_the_reference_path() {
-    let Some(device) = gpu() else { return };
+    let Some((device, _one_at_a_time)) = gpu() else {
+        return;
+    };
     for (heads, dh, lengths, l) in [
         (2, 32, vec![77, 40, 1], 77),
         (3, 64, vec![16, 9], 16),
@@ -334,7 +348,9 @@ fn host_mask(case: &AttentionCase, seed: [f32; 2], p: f32) -> TensorData {
 /// is 1−p; and the kept positions are those of Philox-4x32-10 computed on the host.
 #[test]
 fn attention_dropout_has_the_right_rate_scale_and_generator() {
-    let Some(device) = gpu() else { return };
+    let Some((device, _one_at_a_time)) = gpu() else {
+        return;
+    };
     let (b, heads, l, p) = (2, 2, 64, 0.25f32);
     let case = AttentionCase::new(heads, l, &vec![l; b], l);
     let zeros = Tensor::<Gpu, 4>::zeros([b, heads, l, l], &device);
@@ -376,7 +392,9 @@ fn attention_dropout_has_the_right_rate_scale_and_generator() {
 /// forward pass itself: the backward pass regenerates the forward pass's mask.
 #[test]
 fn attention_dropout_gradients_match_the_same_mask_and_finite_differences() {
-    let Some(device) = gpu() else { return };
+    let Some((device, _one_at_a_time)) = gpu() else {
+        return;
+    };
     let (heads, dh, lengths, l, p) = (2, 32, vec![23, 11], 23, 0.2f32);
     let case = AttentionCase::new(heads, dh, &lengths, l);
     let seed = [0.123f32, 0.456];

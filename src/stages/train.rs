@@ -37,7 +37,7 @@ use crate::qa::windows::QaTokenizer;
 use crate::run::{Manifest, StageWriter};
 use crate::settings::{KeepBestBy, Settings};
 use crate::train::batch::{batch, forward_chunks, labels};
-use crate::train::clip::{clip_grad_norm, clip_grad_norm_on_device, grad_norm, scale_grads};
+use crate::train::clip::{clip_coef_on_device, clip_grad_norm, grad_norm, scale_grads};
 use crate::train::loss::qa_loss;
 use crate::train::optim::{OptimState, QaOptimizer};
 use crate::train::scaler::LossScaler;
@@ -840,6 +840,8 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
                 // Unscale in f32 (the scale is a power of two: exact), as GradScaler.unscale_.
                 grads = scale_grads(&model, grads, (1.0 / s.scale) as f32);
             }
+            // The clipping coefficient, when it stays on the device: the optimizer applies it.
+            let mut clip_coef = None;
             let step_ok = match scaler.as_mut() {
                 Some(s) => {
                     let norm = if t.max_grad_norm > 0.0 {
@@ -854,8 +856,8 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
                 None => {
                     if t.max_grad_norm > 0.0 {
                         // Clipped without a read-back; the norm is checked a step later.
-                        let (g, norm) = clip_grad_norm_on_device(&model, grads, t.max_grad_norm);
-                        grads = g;
+                        let (coef, norm) = clip_coef_on_device(&model, &grads, t.max_grad_norm);
+                        clip_coef = coef;
                         unread.current.push(Unread {
                             value: norm,
                             check: Check::GradNorm,
@@ -876,7 +878,7 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
                 total_steps,
             );
             if step_ok {
-                model = optim.step(lr, model, grads);
+                model = optim.step_scaled(lr, model, grads, clip_coef);
             } else {
                 st.skipped_steps += 1;
             }

@@ -5,8 +5,9 @@
 //! `min(1, max_norm / (total + 1e-6))`. Burn's built-in `GradientClipping::Norm` clips each
 //! tensor by its own norm, which changes the update direction, so it is not used.
 //!
-//! Everything stays in float32 as in torch: per-tensor norms, the norm of norms, and the
-//! coefficient (`1e-6` and `max_norm` rounded to f32; `max_norm / t` is `t.reciprocal() *
+//! Everything stays in float32 as in torch: the total is `sqrt(Σ_i Σ g_i²)` (torch's norm of
+//! per-tensor norms, equal up to rounding; it skips a square root and its square per tensor),
+//! and the coefficient (`1e-6` and `max_norm` rounded to f32; `max_norm / t` is `t.reciprocal() *
 //! max_norm` in torch's `__rdiv__`). Only the total norm is read back to the host, once.
 
 use std::collections::HashSet;
@@ -24,18 +25,25 @@ pub fn clip_coefficient(total_norm: f32, max_norm: f64) -> Option<f32> {
     (coef < 1.0).then_some(coef)
 }
 
-/// The L2 norm of one tensor, as a `[1]` tensor (no host read).
-fn l2<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
+/// `Σ t²` of one tensor, as a `[1]` tensor (no host read). A reduction along one axis, which
+/// Burn's fusion backend compiles together with the squaring into one kernel on a GPU (the full
+/// `sum()` takes three there: a zeroed output, an atomic sum and the square).
+fn sum_sq<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
     let flat: Tensor<B, 1> = t.flatten(0, D - 1);
-    (flat.clone() * flat).sum().sqrt()
+    (flat.clone() * flat).sum_dim(0)
 }
 
-/// The global norm of per-tensor norms: `‖[‖g_1‖, …, ‖g_n‖]‖₂`, read back once. 0 for none.
-fn norm_of_norms<B: Backend>(norms: Vec<Tensor<B, 1>>) -> f32 {
-    if norms.is_empty() {
-        return 0.0;
-    }
-    l2(Tensor::cat(norms, 0)).into_scalar().elem::<f32>()
+/// The global L2 norm from each tensor's `Σ g²`: `sqrt(Σ_i Σ g_i²)`, the norm of the
+/// per-tensor norms that torch takes, up to rounding. Summed by a chain of element-wise adds
+/// (which fuse into a kernel or a few), not by concatenating, which costs one copy per tensor.
+/// `None` for no tensors.
+fn total_norm<B: Backend>(sums: Vec<Tensor<B, 1>>) -> Option<Tensor<B, 1>> {
+    sums.into_iter().reduce(|a, b| a + b).map(Tensor::sqrt)
+}
+
+/// [`total_norm`] read back once; 0 for no tensors.
+fn norm_of_norms<B: Backend>(sums: Vec<Tensor<B, 1>>) -> f32 {
+    total_norm(sums).map_or(0.0, |t| t.into_scalar().elem::<f32>())
 }
 
 /// Clips a list of (flattened) gradients by their global L2 norm, as `clip_grad_norm_` does.
@@ -45,7 +53,7 @@ pub fn clip_tensors<B: Backend>(
     grads: Vec<Tensor<B, 1>>,
     max_norm: f64,
 ) -> (Vec<Tensor<B, 1>>, f64) {
-    let total = norm_of_norms(grads.iter().cloned().map(l2).collect());
+    let total = norm_of_norms(grads.iter().cloned().map(sum_sq).collect());
     let grads = match clip_coefficient(total, max_norm) {
         Some(coef) => grads.into_iter().map(|g| g.mul_scalar(coef)).collect(),
         None => grads,
@@ -53,7 +61,7 @@ pub fn clip_tensors<B: Backend>(
     (grads, f64::from(total))
 }
 
-/// Collects the norms of the gradients of the module's float parameters (each id once).
+/// Collects `Σ g²` of the gradients of the module's float parameters (each id once).
 struct NormCollector<'a, B: AutodiffBackend> {
     grads: &'a GradientsParams,
     seen: HashSet<ParamId>,
@@ -67,7 +75,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for NormCollector<'_, B> {
             return;
         }
         if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
-            self.norms.push(l2(g));
+            self.norms.push(sum_sq(g));
         }
     }
 }
@@ -114,8 +122,7 @@ fn scale<B: AutodiffBackend, M: AutodiffModule<B>>(
     grads
 }
 
-/// The L2 norm of each gradient of `module`'s float parameters (each id once), in visiting
-/// order.
+/// `Σ g²` of each gradient of `module`'s float parameters (each id once), in visiting order.
 fn grad_norms<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,
     grads: &GradientsParams,
@@ -176,11 +183,28 @@ pub fn clip_grad_norm_on_device<B: AutodiffBackend, M: AutodiffModule<B>>(
     grads: GradientsParams,
     max_norm: f64,
 ) -> (GradientsParams, Tensor<B::InnerBackend, 1>) {
-    let norms = grad_norms(module, &grads);
-    if norms.is_empty() {
-        return (grads, Tensor::zeros([1], &Default::default()));
+    match clip_coef_on_device(module, &grads, max_norm) {
+        (Some(coef), total) => (scale(module, grads, Coef::Device(coef)), total),
+        (None, total) => (grads, total),
     }
-    let total = l2(Tensor::cat(norms, 0));
+}
+
+/// What [`clip_grad_norm_on_device`] computes, without applying it: torch's `clip_coef_clamped`
+/// as a `[1]` tensor on the device (`None` when `module` has no gradients) and the total norm.
+/// The optimizer multiplies each gradient by the coefficient as the first operation of its
+/// update ([`crate::train::optim::QaOptimizer::step_scaled`]), where a GPU fuses it into the
+/// update's kernel instead of spending a pass (and a launch) per gradient.
+pub fn clip_coef_on_device<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &GradientsParams,
+    max_norm: f64,
+) -> (
+    Option<Tensor<B::InnerBackend, 1>>,
+    Tensor<B::InnerBackend, 1>,
+) {
+    let Some(total) = total_norm(grad_norms(module, grads)) else {
+        return (None, Tensor::zeros([1], &Default::default()));
+    };
     // The host formula of `clip_coefficient`, element-wise in f32: (1 / (t + 1e-6)) · max.
     let coef = total
         .clone()
@@ -188,7 +212,7 @@ pub fn clip_grad_norm_on_device<B: AutodiffBackend, M: AutodiffModule<B>>(
         .recip()
         .mul_scalar(max_norm as f32)
         .clamp_max(1.0f32);
-    (scale(module, grads, Coef::Device(coef)), total)
+    (Some(coef), total)
 }
 
 #[cfg(test)]

@@ -451,17 +451,16 @@ struct FlatState<B: Backend> {
 }
 
 impl<B: AutodiffBackend> QaOptimizer<B> {
-    /// A fresh optimizer. AdamW's multi-tensor step (see [`Self::step`]) is on for device
-    /// backends (CUDA) and off on the host backend, where copying every parameter and gradient
-    /// into one tensor costs more than the operations it saves (roberta-base on 2 CPU cores:
-    /// 3.7–4.0 s a step instead of 2.1–2.3 s, twice the memory); `PIPELINE_MULTI_TENSOR=0` or
-    /// `1` overrides that choice.
+    /// A fresh optimizer. AdamW's multi-tensor step (see [`Self::step`]) is off unless
+    /// `PIPELINE_MULTI_TENSOR=1` turns it on. On the host backend copying every parameter and
+    /// gradient into one tensor costs more than the operations it saves (roberta-base on 2 CPU
+    /// cores: 3.7–4.0 s a step instead of 2.1–2.3 s, twice the memory). On the GPU backends
+    /// (`Fusion` over CubeCL) each tensor's update already fuses into one kernel, so the
+    /// concatenations and slices add launches: a 2-layer encoder's step launches 496 kernels
+    /// with it and 409 without (wgpu, `bench/RESULTS.md`), and it doubles the parameters'
+    /// and gradients' memory.
     pub fn new(cfg: OptimConfig) -> Self {
-        let multi_tensor = match std::env::var(MULTI_TENSOR_ENV).as_deref() {
-            Ok("0") => false,
-            Ok("1") => true,
-            _ => !crate::model::amp::host_backend(),
-        };
+        let multi_tensor = matches!(std::env::var(MULTI_TENSOR_ENV).as_deref(), Ok("1"));
         Self {
             cfg,
             states: HashMap::new(),
@@ -504,16 +503,31 @@ impl<B: AutodiffBackend> QaOptimizer<B> {
     /// of them. Element for element the arithmetic is the per-tensor update's, so the results
     /// are identical. AdamP, whose projection is per tensor, updates one tensor at a time.
     pub fn step<M: AutodiffModule<B>>(&mut self, lr: f64, module: M, grads: GradientsParams) -> M {
+        self.step_scaled(lr, module, grads, None)
+    }
+
+    /// [`Self::step`] with every gradient first multiplied by `coef` (a `[1]` tensor: the
+    /// clipping coefficient of [`crate::train::clip::clip_coef_on_device`]). The product is the
+    /// first operation of each update, so a GPU fuses it into the update's kernel; the numbers
+    /// are those of scaling the gradients first and then stepping.
+    pub fn step_scaled<M: AutodiffModule<B>>(
+        &mut self,
+        lr: f64,
+        module: M,
+        grads: GradientsParams,
+        coef: Option<Tensor<B::InnerBackend, 1>>,
+    ) -> M {
         if self.multi_tensor && self.cfg.kind == OptimKind::Adamw {
             let layout = flat_layout(&module, &grads);
             if let Some(step) = self.flat_step_count(&layout) {
-                return self.step_flat(lr, module, grads, layout, step);
+                return self.step_flat(lr, module, grads, coef, layout, step);
             }
         }
         self.flatten_back();
         let mut mapper = StepMapper {
             opt: self,
             grads,
+            coef,
             lr,
             path: Vec::new(),
         };
@@ -649,6 +663,7 @@ impl<B: AutodiffBackend> QaOptimizer<B> {
         lr: f64,
         module: M,
         mut grads: GradientsParams,
+        coef: Option<Tensor<B::InnerBackend, 1>>,
         layout: Vec<FlatEntry>,
         step: usize,
     ) -> M {
@@ -668,6 +683,10 @@ impl<B: AutodiffBackend> QaOptimizer<B> {
         let (params, grad_list) = (gather.params, gather.grad_list);
         let p = Tensor::cat(params, 0);
         let g = Tensor::cat(grad_list, 0);
+        let g = match coef {
+            Some(c) => g * c,
+            None => g,
+        };
         let wd = self.cfg.weight_decay;
         // The per-tensor step multiplies decaying parameters by f32(1 - lr·wd); 0/1 masks
         // give exactly that factor, or 1, per element.
@@ -869,6 +888,7 @@ fn owner(path: &PathStack) -> &str {
 struct StepMapper<'a, B: AutodiffBackend> {
     opt: &'a mut QaOptimizer<B>,
     grads: GradientsParams,
+    coef: Option<Tensor<B::InnerBackend, 1>>,
     lr: f64,
     path: PathStack,
 }
@@ -887,6 +907,10 @@ impl<B: AutodiffBackend> ModuleMapper<B> for StepMapper<'_, B> {
         let (id, tensor, mapper) = param.consume();
         let Some(grad) = self.grads.remove::<B::InnerBackend, D>(id) else {
             return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let grad = match &self.coef {
+            Some(c) => grad * c.clone().reshape([1; D]),
+            None => grad,
         };
         let require_grad = tensor.is_require_grad();
         let inner = tensor.inner();
