@@ -8,6 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use polars::prelude::*;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
+use crate::qa::decode::Logits;
 use crate::qa::examples::{Answer, Example};
 use crate::qa::windows::Window;
 use crate::run::write_atomic_with;
@@ -378,6 +379,70 @@ pub fn read_folds(path: &Path) -> Result<Vec<i32>> {
         .iter()
         .map(|v| v.unwrap_or(TEST_FOLD))
         .collect())
+}
+
+/// Writes `logits.safetensors` atomically: `start_logits`, `end_logits` `[rows, seq]`,
+/// `example_index` `[rows]`, and `feature_index` `[rows]` (the window's row in
+/// `prepare/features.safetensors`) when given.
+pub fn write_logits(
+    path: &Path,
+    logits: &Logits,
+    example_index: &[i64],
+    feature_index: Option<&[i64]>,
+) -> Result<()> {
+    let n = example_index.len();
+    let f32b = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let i64b = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let (s, e) = (f32b(&logits.start), f32b(&logits.end));
+    let ex = i64b(example_index);
+    let fi = feature_index.map(i64b);
+    let mut views = vec![
+        (
+            "end_logits",
+            TensorView::new(Dtype::F32, vec![n, logits.seq], &e)?,
+        ),
+        ("example_index", TensorView::new(Dtype::I64, vec![n], &ex)?),
+        (
+            "start_logits",
+            TensorView::new(Dtype::F32, vec![n, logits.seq], &s)?,
+        ),
+    ];
+    if let Some(fi) = &fi {
+        views.push(("feature_index", TensorView::new(Dtype::I64, vec![n], fi)?));
+    }
+    let bytes = safetensors::serialize(views, None)?;
+    crate::run::write_atomic(path, &bytes)
+}
+
+/// Reads a logits file written by [`write_logits`]: logits, example index, feature index.
+pub fn read_logits(path: &Path) -> Result<(Logits, Vec<i64>, Vec<i64>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let get = |name: &str| {
+        st.tensor(name)
+            .map_err(|e| anyhow::anyhow!("{}: {name}: {e}", path.display()))
+    };
+    let s = get("start_logits")?;
+    let seq = s.shape().get(1).copied().unwrap_or(0);
+    let f32s = |d: &[u8]| -> Vec<f32> {
+        d.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    let i64s = |d: &[u8]| -> Vec<i64> {
+        d.chunks_exact(8)
+            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect()
+    };
+    let start = f32s(s.data());
+    let end = f32s(get("end_logits")?.data());
+    let ex = i64s(get("example_index")?.data());
+    let fi = match st.tensor("feature_index") {
+        Ok(t) => i64s(t.data()),
+        Err(_) => Vec::new(),
+    };
+    Ok((Logits { seq, start, end }, ex, fi))
 }
 
 #[cfg(test)]

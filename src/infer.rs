@@ -5,21 +5,20 @@
 //! `end_logits` f32 `[features, max_seq_length]`, `example_index` i64 `[features]`; features in
 //! input order, windows in order, as HF produces them).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
-use safetensors::tensor::{Dtype, TensorView};
 use serde::Serialize;
 
+use crate::artifacts::write_logits;
 use crate::device::Device;
 use crate::model::config::EncoderConfig;
 use crate::model::{HeadConfig, QaModel};
-use crate::qa::decode::{decode_example, DecodeConfig, WindowLogits};
-use crate::qa::examples::{self, Example};
+use crate::qa::decode::{decode_all, DecodeConfig, Logits};
+use crate::qa::examples;
+use crate::qa::examples::DataFormat;
 use crate::qa::windows::{build_windows, QaTokenizer, Window};
-use crate::settings::DataFormat;
 use crate::ui::Ui;
 
 /// What `infer` needs.
@@ -34,13 +33,6 @@ pub struct InferArgs {
     pub decode: DecodeConfig,
     pub head: HeadConfig,
     pub device: Device,
-}
-
-/// Start/end logits of every window, row-major `[windows, seq]`.
-pub struct Logits {
-    pub seq: usize,
-    pub start: Vec<f32>,
-    pub end: Vec<f32>,
 }
 
 /// Runs `model` over windows in batches, in evaluation mode (no dropout, no autodiff), through
@@ -66,139 +58,6 @@ pub fn window_logits<B: Backend>(
         device,
         on_progress,
     )
-}
-
-/// One n-best entry as HF writes it.
-#[derive(Debug, Clone, Serialize)]
-pub struct NbestEntry {
-    pub text: String,
-    pub probability: f32,
-    pub start_logit: f32,
-    pub end_logit: f32,
-}
-
-/// Decodes every example from its windows' logits: best answers and n-best lists, by id.
-pub fn decode_all(
-    examples: &[Example],
-    windows: &[Window],
-    logits: &Logits,
-    cfg: &DecodeConfig,
-) -> (BTreeMap<String, String>, BTreeMap<String, Vec<NbestEntry>>) {
-    let row_example: Vec<usize> = windows.iter().map(|w| w.example_index).collect();
-    let offsets: Vec<Vec<Option<(usize, usize)>>> =
-        windows.iter().map(Window::context_offsets).collect();
-    decode_rows(examples, &row_example, &offsets, logits, cfg)
-}
-
-/// Decodes the examples that have rows: row `r` of `logits` is a window of example
-/// `row_example[r]` with context offsets `row_offsets[r]`; rows of one example in window order.
-pub fn decode_rows(
-    examples: &[Example],
-    row_example: &[usize],
-    row_offsets: &[Vec<Option<(usize, usize)>>],
-    logits: &Logits,
-    cfg: &DecodeConfig,
-) -> (BTreeMap<String, String>, BTreeMap<String, Vec<NbestEntry>>) {
-    let mut by_example: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for (r, &e) in row_example.iter().enumerate() {
-        by_example.entry(e).or_default().push(r);
-    }
-    let l = logits.seq;
-    let mut preds = BTreeMap::new();
-    let mut nbest = BTreeMap::new();
-    for (&ei, rows) in &by_example {
-        let ex = &examples[ei];
-        let ws: Vec<WindowLogits> = rows
-            .iter()
-            .map(|&i| WindowLogits {
-                start_logits: &logits.start[i * l..(i + 1) * l],
-                end_logits: &logits.end[i * l..(i + 1) * l],
-                offsets: &row_offsets[i],
-            })
-            .collect();
-        let cands = decode_example(&ex.context, &ws, cfg);
-        preds.insert(
-            ex.id.clone(),
-            cands.first().map(|c| c.text.clone()).unwrap_or_default(),
-        );
-        nbest.insert(
-            ex.id.clone(),
-            cands
-                .into_iter()
-                .map(|c| NbestEntry {
-                    text: c.text,
-                    probability: c.probability,
-                    start_logit: c.start_logit,
-                    end_logit: c.end_logit,
-                })
-                .collect(),
-        );
-    }
-    (preds, nbest)
-}
-
-/// Writes `logits.safetensors` atomically: `start_logits`, `end_logits` `[rows, seq]`,
-/// `example_index` `[rows]`, and `feature_index` `[rows]` (the window's row in
-/// `prepare/features.safetensors`) when given.
-pub fn write_logits(
-    path: &Path,
-    logits: &Logits,
-    example_index: &[i64],
-    feature_index: Option<&[i64]>,
-) -> Result<()> {
-    let n = example_index.len();
-    let f32b = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    let i64b = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    let (s, e) = (f32b(&logits.start), f32b(&logits.end));
-    let ex = i64b(example_index);
-    let fi = feature_index.map(i64b);
-    let mut views = vec![
-        (
-            "end_logits",
-            TensorView::new(Dtype::F32, vec![n, logits.seq], &e)?,
-        ),
-        ("example_index", TensorView::new(Dtype::I64, vec![n], &ex)?),
-        (
-            "start_logits",
-            TensorView::new(Dtype::F32, vec![n, logits.seq], &s)?,
-        ),
-    ];
-    if let Some(fi) = &fi {
-        views.push(("feature_index", TensorView::new(Dtype::I64, vec![n], fi)?));
-    }
-    let bytes = safetensors::serialize(views, None)?;
-    crate::run::write_atomic(path, &bytes)
-}
-
-/// Reads a logits file written by [`write_logits`]: logits, example index, feature index.
-pub fn read_logits(path: &Path) -> Result<(Logits, Vec<i64>, Vec<i64>)> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let get = |name: &str| {
-        st.tensor(name)
-            .map_err(|e| anyhow::anyhow!("{}: {name}: {e}", path.display()))
-    };
-    let s = get("start_logits")?;
-    let seq = s.shape().get(1).copied().unwrap_or(0);
-    let f32s = |d: &[u8]| -> Vec<f32> {
-        d.chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
-    };
-    let i64s = |d: &[u8]| -> Vec<i64> {
-        d.chunks_exact(8)
-            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-            .collect()
-    };
-    let start = f32s(s.data());
-    let end = f32s(get("end_logits")?.data());
-    let ex = i64s(get("example_index")?.data());
-    let fi = match st.tensor("feature_index") {
-        Ok(t) => i64s(t.data()),
-        Err(_) => Vec::new(),
-    };
-    Ok((Logits { seq, start, end }, ex, fi))
 }
 
 /// JSON with non-ASCII text as is (the competition's format), pretty-printed.

@@ -467,6 +467,22 @@ pub fn as_worker(cmd: &mut std::process::Command) {
     }
 }
 
+/// The folder of training fold `fold` in the run folder `run_dir`.
+pub fn fold_dir(run_dir: &Path, fold: usize) -> PathBuf {
+    run_dir.join("train").join(format!("fold-{fold}"))
+}
+
+/// Each of the first `folds` folds' manifest summary (its best validation scores), `null`
+/// for a fold without a manifest.
+pub fn fold_summaries(run_dir: &Path, folds: usize) -> Result<Vec<serde_json::Value>> {
+    (0..folds)
+        .map(|k| {
+            let m = Manifest::read(&fold_dir(run_dir, k))?;
+            Ok(m.map(|m| m.summary).unwrap_or(serde_json::Value::Null))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

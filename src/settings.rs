@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+pub use crate::qa::examples::DataFormat;
 use crate::qa::metrics::Metric;
 
 /// Everything `pipeline.toml` can say.
@@ -31,7 +32,7 @@ pub struct Settings {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EnsembleSettings {
-    pub method: crate::stages::ensemble::EnsembleMethod,
+    pub method: EnsembleMethod,
 }
 
 /// `[submit]`: which files the submission gets.
@@ -66,18 +67,18 @@ impl Default for RunSettings {
     }
 }
 
-/// Input file formats `prepare` reads.
+/// How fold logits combine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
-pub enum DataFormat {
-    /// Chosen from the path: `.json` SQuAD, `.jsonl` JSON Lines, `.csv`, `.parquet`, a folder = HF `save_to_disk`.
+pub enum EnsembleMethod {
+    /// Plain mean of start/end logits.
     #[default]
-    Auto,
-    Squad,
-    Jsonl,
-    HfDisk,
-    Csv,
-    Parquet,
+    Mean,
+    /// Mean weighted by each fold's best validation score (`train.keep_best_by`).
+    Weighted,
+    /// Each fold decodes its own logits; the answer text most folds give wins, ties going to
+    /// the higher mean score (start + end logit). Works for folds with different windows.
+    HardVote,
 }
 
 /// `[data]`: the training file and an optional test file.
@@ -405,6 +406,16 @@ pub struct DecodeSettings {
     pub max_answer_length: usize,
 }
 
+impl DecodeSettings {
+    /// The decoder's limits.
+    pub fn config(&self) -> crate::qa::decode::DecodeConfig {
+        crate::qa::decode::DecodeConfig {
+            n_best_size: self.n_best_size,
+            max_answer_length: self.max_answer_length,
+        }
+    }
+}
+
 impl Default for DecodeSettings {
     fn default() -> Self {
         Self {
@@ -430,6 +441,15 @@ impl Default for EvaluateSettings {
 }
 
 impl Settings {
+    /// Whether evaluation batches keep one shape on the configured device (see
+    /// [`crate::device::Device::wants_fixed_shapes`]).
+    pub fn fixed_shape(&self) -> bool {
+        self.train
+            .device
+            .parse::<crate::device::Device>()
+            .is_ok_and(crate::device::Device::wants_fixed_shapes)
+    }
+
     /// Reads `path`, applies `overrides` (`section.key=value`, value in TOML syntax or a bare
     /// string) and validates the result.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {

@@ -15,6 +15,10 @@
 //!   `np.argsort(x)[::-1]` as if its sort were stable.
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+use crate::qa::examples::Example;
+use crate::qa::windows::Window;
 
 /// Limits of the span search.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -290,6 +294,82 @@ pub fn decode_example(
         c.probability = p;
     }
     out
+}
+
+/// Start/end logits of every window, row-major `[windows, seq]`.
+pub struct Logits {
+    pub seq: usize,
+    pub start: Vec<f32>,
+    pub end: Vec<f32>,
+}
+
+/// One n-best entry as HF writes it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NbestEntry {
+    pub text: String,
+    pub probability: f32,
+    pub start_logit: f32,
+    pub end_logit: f32,
+}
+
+/// Decodes every example from its windows' logits: best answers and n-best lists, by id.
+pub fn decode_all(
+    examples: &[Example],
+    windows: &[Window],
+    logits: &Logits,
+    cfg: &DecodeConfig,
+) -> (BTreeMap<String, String>, BTreeMap<String, Vec<NbestEntry>>) {
+    let row_example: Vec<usize> = windows.iter().map(|w| w.example_index).collect();
+    let offsets: Vec<Vec<Option<(usize, usize)>>> =
+        windows.iter().map(Window::context_offsets).collect();
+    decode_rows(examples, &row_example, &offsets, logits, cfg)
+}
+
+/// Decodes the examples that have rows: row `r` of `logits` is a window of example
+/// `row_example[r]` with context offsets `row_offsets[r]`; rows of one example in window order.
+pub fn decode_rows(
+    examples: &[Example],
+    row_example: &[usize],
+    row_offsets: &[Vec<Option<(usize, usize)>>],
+    logits: &Logits,
+    cfg: &DecodeConfig,
+) -> (BTreeMap<String, String>, BTreeMap<String, Vec<NbestEntry>>) {
+    let mut by_example: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (r, &e) in row_example.iter().enumerate() {
+        by_example.entry(e).or_default().push(r);
+    }
+    let l = logits.seq;
+    let mut preds = BTreeMap::new();
+    let mut nbest = BTreeMap::new();
+    for (&ei, rows) in &by_example {
+        let ex = &examples[ei];
+        let ws: Vec<WindowLogits> = rows
+            .iter()
+            .map(|&i| WindowLogits {
+                start_logits: &logits.start[i * l..(i + 1) * l],
+                end_logits: &logits.end[i * l..(i + 1) * l],
+                offsets: &row_offsets[i],
+            })
+            .collect();
+        let cands = decode_example(&ex.context, &ws, cfg);
+        preds.insert(
+            ex.id.clone(),
+            cands.first().map(|c| c.text.clone()).unwrap_or_default(),
+        );
+        nbest.insert(
+            ex.id.clone(),
+            cands
+                .into_iter()
+                .map(|c| NbestEntry {
+                    text: c.text,
+                    probability: c.probability,
+                    start_logit: c.start_logit,
+                    end_logit: c.end_logit,
+                })
+                .collect(),
+        );
+    }
+    (preds, nbest)
 }
 
 #[cfg(test)]

@@ -13,7 +13,19 @@ use std::path::{Path, PathBuf};
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::settings::DataFormat;
+/// Input file formats `prepare` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DataFormat {
+    /// Chosen from the path: `.json` SQuAD, `.jsonl` JSON Lines, `.csv`, `.parquet`, a folder = HF `save_to_disk`.
+    #[default]
+    Auto,
+    Squad,
+    Jsonl,
+    HfDisk,
+    Csv,
+    Parquet,
+}
 
 /// One gold answer: its text and the character offset where it starts in the context.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,34 +8,21 @@
 //! `nbest_predictions.json`, `oof_predictions.json`.
 
 use anyhow::{bail, Result};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::json;
 
-use super::{train::fold_dir, Ctx, Plan, Stage};
+use super::{Ctx, Plan, Stage};
 use crate::artifacts::{read_examples, Features};
-use crate::infer::{decode_rows, read_logits, write_logits, Logits};
-use crate::qa::decode::DecodeConfig;
-use crate::run::{Manifest, StageWriter};
+use crate::artifacts::{read_logits, write_logits};
+use crate::qa::decode::{decode_rows, Logits, NbestEntry};
+use crate::run::{fold_summaries, Manifest, StageWriter};
+use crate::settings::EnsembleMethod;
 
 /// Character offsets of one window's tokens (`None` outside the context).
 type ContextOffsets = Vec<Option<(usize, usize)>>;
 
 /// Logits with the example and feature index of each row, as `read_logits` returns them.
 type RowLogits = (Logits, Vec<i64>, Vec<i64>);
-
-/// How fold logits combine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum EnsembleMethod {
-    /// Plain mean of start/end logits.
-    #[default]
-    Mean,
-    /// Mean weighted by each fold's best validation score (`train.keep_best_by`).
-    Weighted,
-    /// Each fold decodes its own logits; the answer text most folds give wins, ties going to
-    /// the higher mean score (start + end logit). Works for folds with different windows.
-    HardVote,
-}
 
 /// One answer text's votes across folds.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -77,24 +64,6 @@ pub fn hard_vote(answers: &[(String, f32)]) -> Vec<Vote> {
             .then(b.mean_score.total_cmp(&a.mean_score))
     });
     votes
-}
-
-/// The decode settings.
-pub fn decode_config(ctx: &Ctx) -> DecodeConfig {
-    DecodeConfig {
-        n_best_size: ctx.settings.decode.n_best_size,
-        max_answer_length: ctx.settings.decode.max_answer_length,
-    }
-}
-
-/// Each fold's best validation score by `keep_best_by` (from its train manifest).
-pub fn fold_scores(ctx: &Ctx) -> Result<Vec<serde_json::Value>> {
-    (0..ctx.settings.split.folds)
-        .map(|k| {
-            let m = Manifest::read(&fold_dir(&ctx.run_dir, k))?;
-            Ok(m.map(|m| m.summary).unwrap_or(serde_json::Value::Null))
-        })
-        .collect()
 }
 
 /// The folds' test logits combined with `weights`, and the feature rows they belong to
@@ -139,7 +108,7 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
     let k = s.split.folds;
     let pred = ctx.stage_dir(Stage::Predict);
 
-    let cfg = decode_config(ctx);
+    let cfg = ctx.settings.decode.config();
     let rows_of = |fi: &[i64]| -> (Vec<usize>, Vec<ContextOffsets>) {
         (
             fi.iter()
@@ -160,7 +129,7 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
                 crate::settings::KeepBestBy::StartAcc => "start_acc",
                 crate::settings::KeepBestBy::EndAcc => "end_acc",
             };
-            let raw: Vec<f64> = fold_scores(ctx)?
+            let raw: Vec<f64> = fold_summaries(&ctx.run_dir, ctx.settings.split.folds)?
                 .iter()
                 .map(|m| m["best"][key].as_f64().unwrap_or(0.0))
                 .map(|v| {
@@ -209,12 +178,12 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
         w.write_json("predictions.json", &preds)?;
         w.write_json("votes.json", &tallies)?;
         // submit reads an n-best list: the tallies in its shape (probability = vote share).
-        let nbest: std::collections::BTreeMap<String, Vec<crate::infer::NbestEntry>> = tallies
+        let nbest: std::collections::BTreeMap<String, Vec<NbestEntry>> = tallies
             .iter()
             .map(|(id, vs)| {
                 let list = vs
                     .iter()
-                    .map(|v| crate::infer::NbestEntry {
+                    .map(|v| NbestEntry {
                         text: v.text.clone(),
                         probability: v.votes as f32 / k as f32,
                         start_logit: v.mean_score as f32,

@@ -8,12 +8,11 @@ use std::collections::{BTreeMap, HashMap};
 use anyhow::Result;
 use serde_json::json;
 
-use super::ensemble::{decode_config, fold_scores};
 use super::{Ctx, Plan, Stage};
-use crate::artifacts::{read_examples, read_folds, Features, TEST_FOLD};
-use crate::infer::{decode_rows, read_logits};
+use crate::artifacts::{read_examples, read_folds, read_logits, Features, TEST_FOLD};
+use crate::qa::decode::decode_rows;
 use crate::qa::metrics::{score, Score};
-use crate::run::{Manifest, StageWriter};
+use crate::run::{fold_summaries, Manifest, StageWriter};
 
 /// Runs the stage.
 pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
@@ -51,12 +50,12 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
         .0
     };
 
-    let per_fold = fold_scores(ctx)?;
+    let per_fold = fold_summaries(&ctx.run_dir, ctx.settings.split.folds)?;
     let oof = score_of(&golds(&|f| f >= 0), &read_preds("oof_predictions.json")?);
     let test_golds = golds(&|f| f == TEST_FOLD);
     let mut test = serde_json::Value::Null;
     if !test_golds.is_empty() {
-        let cfg = decode_config(ctx);
+        let cfg = ctx.settings.decode.config();
         let mut singles = Vec::new();
         for k in 0..s.split.folds {
             let (lg, _, fi) = read_logits(

@@ -192,7 +192,7 @@ pub fn plans(ctx: &Ctx, stage: Stage) -> Result<Vec<Plan>> {
                         inputs.extend(files_of(dir).into_iter().map(input));
                     }
                     (
-                        train::fold_dir(&ctx.run_dir, k),
+                        crate::run::fold_dir(&ctx.run_dir, k),
                         hash_of(&(&s.model, &train_hashed, &s.decode, &s.evaluate, k))?,
                         inputs,
                     )
@@ -213,7 +213,7 @@ pub fn plans(ctx: &Ctx, stage: Stage) -> Result<Vec<Plan>> {
                 };
                 if stage == Stage::Predict {
                     inputs.push(input(
-                        train::fold_dir(&ctx.run_dir, k).join("best/model.safetensors"),
+                        crate::run::fold_dir(&ctx.run_dir, k).join("best/model.safetensors"),
                     ));
                 }
                 Ok(Plan {

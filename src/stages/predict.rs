@@ -10,11 +10,12 @@ use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
 use serde_json::json;
 
-use super::{train::fold_dir, Ctx, Plan, Stage};
+use super::{Ctx, Plan, Stage};
+use crate::artifacts::write_logits;
 use crate::artifacts::{read_folds, Features, TEST_FOLD};
 use crate::device::Device;
-use crate::infer::write_logits;
 use crate::model::QaModel;
+use crate::run::fold_dir;
 use crate::run::{Manifest, StageWriter};
 use crate::train::batch::logits;
 
@@ -57,7 +58,7 @@ fn run_on<B: Backend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Result<Manif
         ("oof_logits.safetensors", &oof),
         ("test_logits.safetensors", &test),
     ] {
-        let fixed = super::train::fixed_shape(&ctx.settings);
+        let fixed = ctx.settings.fixed_shape();
         let lg = logits(&model, &feats, rows, bs, fixed, device, &|n| bar.inc(n));
         let ex: Vec<i64> = rows.iter().map(|&r| feats.example_index[r]).collect();
         let fi: Vec<i64> = rows.iter().map(|&r| r as i64).collect();

@@ -26,11 +26,11 @@ use serde_json::json;
 use super::{Ctx, Plan, Stage};
 use crate::artifacts::{read_examples, read_folds, Features};
 use crate::device::Device;
-use crate::infer::{decode_rows, Logits};
 use crate::model::config::EncoderConfig;
 use crate::model::export::save_pretrained;
 use crate::model::QaModel;
 use crate::qa::decode::{argmax, DecodeConfig};
+use crate::qa::decode::{decode_rows, Logits};
 use crate::qa::examples::Example;
 use crate::qa::metrics;
 use crate::qa::windows::QaTokenizer;
@@ -125,20 +125,6 @@ pub fn resumable_step(plan: &Plan) -> Option<usize> {
         .filter_map(|d| read_state(d).ok())
         .find(|st| st.config_hash == key)
         .map(|st| st.step)
-}
-
-/// The fold's folder.
-pub fn fold_dir(run_dir: &Path, fold: usize) -> PathBuf {
-    run_dir.join("train").join(format!("fold-{fold}"))
-}
-
-/// Whether evaluation batches keep one shape on the configured device (see
-/// [`Device::wants_fixed_shapes`]).
-pub fn fixed_shape(s: &Settings) -> bool {
-    s.train
-        .device
-        .parse::<Device>()
-        .is_ok_and(Device::wants_fixed_shapes)
 }
 
 /// Runs one fold on the configured device.
@@ -416,7 +402,7 @@ fn validate<B: Backend>(
         &data.feats,
         &data.val_rows,
         t.eval_batch_size,
-        fixed_shape(s),
+        s.fixed_shape(),
         device,
         |chunk, st, en| {
             lg.start.extend(st.to_data().convert::<f32>().iter::<f32>());

@@ -5,8 +5,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::artifacts::Features;
-use crate::infer::Logits;
 use crate::model::QaModel;
+use crate::qa::decode::Logits;
 
 /// Input tensors of the windows `rows` (indices into `feats`).
 pub struct Batch<B: Backend> {
