@@ -74,7 +74,7 @@ pub fn run(args: &InferArgs, ui: Ui) -> Result<()> {
 
 fn run_on<B: Backend>(args: &InferArgs, device: &B::Device, ui: Ui) -> Result<()> {
     ui.cuda_summary();
-    let cfg = EncoderConfig::load(&args.model.join("config.json"))?;
+    let cfg = EncoderConfig::load(&args.model.join(crate::model::CONFIG_FILE))?;
     let tok = QaTokenizer::load(&args.model)?;
     check_compatible(&cfg, &tok, args.max_seq_length, &args.model)?;
     let (model, _, report) = QaModel::<B>::from_pretrained(&args.model, &args.head, device)
@@ -116,18 +116,18 @@ fn run_on<B: Backend>(args: &InferArgs, device: &B::Device, ui: Ui) -> Result<()
         .with_context(|| format!("creating {}", args.out.display()))?;
     let ex_index: Vec<i64> = windows.iter().map(|w| w.example_index as i64).collect();
     write_logits(
-        &args.out.join("logits.safetensors"),
+        &args.out.join(crate::run::names::LOGITS),
         &logits,
         &ex_index,
         None,
     )?;
-    write_json_utf8(&args.out.join("nbest_predictions.json"), &nbest)?;
-    write_json_utf8(&args.out.join("predictions.json"), &preds)?;
+    write_json_utf8(&args.out.join(crate::run::names::NBEST_PREDICTIONS), &nbest)?;
+    write_json_utf8(&args.out.join(crate::run::names::PREDICTIONS), &preds)?;
     ui.info(&format!(
         "infer: {} examples, {} windows -> {}",
         examples.len(),
         windows.len(),
-        args.out.join("predictions.json").display()
+        args.out.join(crate::run::names::PREDICTIONS).display()
     ));
     Ok(())
 }

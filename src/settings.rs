@@ -498,8 +498,8 @@ impl Settings {
         match &self.model.pretrained {
             // The model's position table bounds the windows (read here when the folder is
             // there; `prepare` reports a missing one).
-            Some(dir) if dir.join("config.json").is_file() => {
-                let cfg = crate::model::config::EncoderConfig::load(&dir.join("config.json"))?;
+            Some(dir) if dir.join(crate::model::CONFIG_FILE).is_file() => {
+                let cfg = crate::model::config::EncoderConfig::load(&dir.join(crate::model::CONFIG_FILE))?;
                 let max = cfg.max_seq_length()?;
                 if p.max_seq_length > max {
                     bail!(
@@ -768,8 +768,10 @@ mod tests {
             env!("CARGO_MANIFEST_DIR"),
             "/tests/fixtures/models/roberta_qa"
         );
-        let cfg = crate::model::config::EncoderConfig::load(&Path::new(model).join("config.json"))
-            .unwrap();
+        let cfg = crate::model::config::EncoderConfig::load(
+            &Path::new(model).join(crate::model::CONFIG_FILE),
+        )
+        .unwrap();
         let max = cfg.max_seq_length().unwrap();
         let with = |l: usize| {
             Settings::from_toml(

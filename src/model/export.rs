@@ -166,7 +166,7 @@ pub fn save_pretrained<B: Backend>(
         .collect::<Result<_>>()?;
     let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
     let st = safetensors::serialize(views, Some(meta))?;
-    crate::run::write_atomic(&out.join("model.safetensors"), &st)?;
+    crate::run::write_atomic(&out.join(crate::model::WEIGHTS_FILE), &st)?;
 
     // Start from the checkpoint's own config (it has keys we do not model) when there is one.
     let mut config = match base_config {
@@ -184,10 +184,10 @@ pub fn save_pretrained<B: Backend>(
         config["qa_head"] = serde_json::json!("bilstm");
         config["num_rnn_layers"] = serde_json::json!(model.lstm.as_ref().map(|l| l.layers.len()));
     }
-    crate::run::write_json_atomic(&out.join("config.json"), &config)?;
+    crate::run::write_json_atomic(&out.join(crate::model::CONFIG_FILE), &config)?;
     for name in [
-        "tokenizer.json",
-        "tokenizer_config.json",
+        crate::qa::windows::TOKENIZER_FILE,
+        crate::qa::windows::TOKENIZER_CONFIG_FILE,
         "special_tokens_map.json",
     ] {
         let src = tokenizer_dir.join(name);

@@ -51,7 +51,7 @@ impl Weights {
     /// Reads the checkpoint in a HF model folder.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let mut tensors = BTreeMap::new();
-        let single = dir.join("model.safetensors");
+        let single = dir.join(crate::model::WEIGHTS_FILE);
         let index = dir.join("model.safetensors.index.json");
         let bin = dir.join("pytorch_model.bin");
         let source = if single.exists() {

@@ -3,6 +3,11 @@
 //! Knows nothing of files beyond a HF model folder, nor of stages. Returns start/end logits;
 //! losses are computed apart so prediction reuses the same forward.
 
+/// A HF checkpoint folder's weights (`save_pretrained`'s single-file safetensors).
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// A HF checkpoint folder's model configuration.
+pub const CONFIG_FILE: &str = "config.json";
+
 pub mod amp;
 pub mod config;
 pub mod dropout;
@@ -106,7 +111,7 @@ impl<B: Backend> QaModel<B> {
         head: &HeadConfig,
         device: &B::Device,
     ) -> Result<(Self, EncoderConfig, LoadReport)> {
-        let cfg = EncoderConfig::load(&dir.join("config.json"))?;
+        let cfg = EncoderConfig::load(&dir.join(CONFIG_FILE))?;
         let mut w = Weights::from_dir(dir)?;
         let (model, report) = Self::from_weights(&mut w, &cfg, head, device)?;
         Ok((model, cfg, report))

@@ -7,6 +7,10 @@
 //! Offsets are characters (`encode_char_offsets`), the unit `answer_start` uses.
 //! Also trains the from-scratch BERT-style WordPiece tokenizer.
 
+/// A HF tokenizer folder's `tokenizers` file and its settings.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -52,7 +56,7 @@ impl QaTokenizer {
     /// `tokenizer_config.json`, which names the pad and CLS tokens).
     pub fn load(path: &Path) -> Result<Self> {
         let (file, dir) = if path.is_dir() {
-            (path.join("tokenizer.json"), path.to_path_buf())
+            (path.join(TOKENIZER_FILE), path.to_path_buf())
         } else {
             (
                 path.to_path_buf(),
@@ -67,9 +71,9 @@ impl QaTokenizer {
         }
         let mut tokenizer = Tokenizer::from_file(&file)
             .map_err(|e| anyhow!("{}: not a HF tokenizer.json: {e}", file.display()))?;
-        let config: serde_json::Value = match std::fs::read(dir.join("tokenizer_config.json")) {
+        let config: serde_json::Value = match std::fs::read(dir.join(TOKENIZER_CONFIG_FILE)) {
             Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
-                format!("parsing {}", dir.join("tokenizer_config.json").display())
+                format!("parsing {}", dir.join(TOKENIZER_CONFIG_FILE).display())
             })?,
             Err(_) => serde_json::Value::Null,
         };
@@ -187,7 +191,7 @@ impl QaTokenizer {
             .tokenizer
             .to_string(true)
             .map_err(|e| anyhow!("serialising the tokenizer: {e}"))?;
-        let tok_path = dir.join("tokenizer.json");
+        let tok_path = dir.join(TOKENIZER_FILE);
         crate::run::write_atomic(&tok_path, json.as_bytes())?;
         let token = |id: u32| self.tokenizer.id_to_token(id).unwrap_or_default();
         let mut config = serde_json::json!({
@@ -205,7 +209,7 @@ impl QaTokenizer {
                 config[key] = tok.into();
             }
         }
-        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg_path = dir.join(TOKENIZER_CONFIG_FILE);
         crate::run::write_json_atomic(&cfg_path, &config)?;
         Ok(vec![tok_path, cfg_path])
     }

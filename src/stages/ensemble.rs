@@ -11,11 +11,11 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 use serde_json::json;
 
-use super::{Ctx, Plan, Stage};
+use super::{Ctx, Plan};
 use crate::artifacts::{read_examples, Features};
 use crate::artifacts::{read_logits, write_logits};
 use crate::qa::decode::{decode_rows, Logits, NbestEntry};
-use crate::run::{fold_summaries, Manifest, StageWriter};
+use crate::run::{fold_summaries, names, Manifest, StageWriter};
 use crate::settings::EnsembleMethod;
 
 /// Character offsets of one window's tokens (`None` outside the context).
@@ -68,11 +68,11 @@ pub fn hard_vote(answers: &[(String, f32)]) -> Vec<Vote> {
 
 /// The folds' test logits combined with `weights`, and the feature rows they belong to
 /// (example and feature index per row; `None` without folds); folds must share their windows.
-fn mean_test_logits(pred: &std::path::Path, weights: &[f64]) -> Result<Option<RowLogits>> {
+fn mean_test_logits(at: &crate::run::RunLayout, weights: &[f64]) -> Result<Option<RowLogits>> {
     let mut acc: Option<RowLogits> = None;
     for (fold, weight) in weights.iter().enumerate() {
         let weight = *weight as f32;
-        let (lg, ex, fi) = read_logits(&pred.join(format!("fold-{fold}/test_logits.safetensors")))?;
+        let (lg, ex, fi) = read_logits(&at.test_logits(fold))?;
         match &mut acc {
             None => {
                 let scaled = Logits {
@@ -101,12 +101,11 @@ fn mean_test_logits(pred: &std::path::Path, weights: &[f64]) -> Result<Option<Ro
 /// Runs the stage.
 pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
     let s = &ctx.settings;
-    let mut w = StageWriter::begin(plan.dir, "ensemble", plan.config_hash, &plan.inputs)?;
-    let prep = ctx.stage_dir(Stage::Prepare);
-    let feats = Features::load(&prep.join("features.safetensors"))?;
-    let (examples, _) = read_examples(&prep.join("examples.parquet"))?;
+    let mut w = StageWriter::begin(plan.dir, names::ENSEMBLE, plan.config_hash, &plan.inputs)?;
+    let at = ctx.layout();
+    let feats = Features::load(&at.features())?;
+    let (examples, _) = read_examples(&at.examples())?;
     let k = s.split.folds;
-    let pred = ctx.stage_dir(Stage::Predict);
 
     let cfg = ctx.settings.decode.config();
     let rows_of = |fi: &[i64]| -> (Vec<usize>, Vec<ContextOffsets>) {
@@ -150,8 +149,7 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
         let mut answers: std::collections::BTreeMap<String, Vec<(String, f32)>> =
             Default::default();
         for fold in 0..k {
-            let (lg, _, fi) =
-                read_logits(&pred.join(format!("fold-{fold}/test_logits.safetensors")))?;
+            let (lg, _, fi) = read_logits(&at.test_logits(fold))?;
             let (re, ro) = rows_of(&fi);
             let (_, nbest) = decode_rows(&examples, &re, &ro, &lg, &cfg);
             for (id, list) in nbest {
@@ -175,8 +173,8 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
                 )
             })
             .collect();
-        w.write_json("predictions.json", &preds)?;
-        w.write_json("votes.json", &tallies)?;
+        w.write_json(names::PREDICTIONS, &preds)?;
+        w.write_json(names::VOTES, &tallies)?;
         // submit reads an n-best list: the tallies in its shape (probability = vote share).
         let nbest: std::collections::BTreeMap<String, Vec<NbestEntry>> = tallies
             .iter()
@@ -193,10 +191,10 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
                 (id.clone(), list)
             })
             .collect();
-        w.write_json("nbest_predictions.json", &nbest)?;
+        w.write_json(names::NBEST_PREDICTIONS, &nbest)?;
         preds
     } else {
-        let (test_lg, test_ex, test_fi) = mean_test_logits(&pred, &weights)?.unwrap_or((
+        let (test_lg, test_ex, test_fi) = mean_test_logits(&at, &weights)?.unwrap_or((
             Logits {
                 seq: feats.max_seq_length,
                 start: vec![],
@@ -206,16 +204,16 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
             vec![],
         ));
         write_logits(
-            &w.path("test_logits.safetensors"),
+            &w.path(names::TEST_LOGITS),
             &test_lg,
             &test_ex,
             Some(&test_fi),
         )?;
-        w.record("test_logits.safetensors")?;
+        w.record(names::TEST_LOGITS)?;
         let (re, ro) = rows_of(&test_fi);
         let (preds, nbest) = decode_rows(&examples, &re, &ro, &test_lg, &cfg);
-        w.write_json("predictions.json", &preds)?;
-        w.write_json("nbest_predictions.json", &nbest)?;
+        w.write_json(names::PREDICTIONS, &preds)?;
+        w.write_json(names::NBEST_PREDICTIONS, &nbest)?;
         preds
     };
 
@@ -227,14 +225,14 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
     };
     let mut oof_fi = Vec::new();
     for fold in 0..k {
-        let (lg, _, fi) = read_logits(&pred.join(format!("fold-{fold}/oof_logits.safetensors")))?;
+        let (lg, _, fi) = read_logits(&at.oof_logits(fold))?;
         oof.start.extend(lg.start);
         oof.end.extend(lg.end);
         oof_fi.extend(fi);
     }
     let (re, ro) = rows_of(&oof_fi);
     let (oof_preds, _) = decode_rows(&examples, &re, &ro, &oof, &cfg);
-    w.write_json("oof_predictions.json", &oof_preds)?;
+    w.write_json(names::OOF_PREDICTIONS, &oof_preds)?;
     ctx.ui.info(&format!(
         "ensemble: {} folds ({:?}) -> {} test predictions, {} out-of-fold predictions",
         k,

@@ -12,16 +12,16 @@ use super::{Ctx, Plan, Stage};
 use crate::artifacts::{read_examples, read_folds, read_logits, Features, TEST_FOLD};
 use crate::qa::decode::decode_rows;
 use crate::qa::metrics::{score, Score};
-use crate::run::{fold_summaries, Manifest, StageWriter};
+use crate::run::{fold_summaries, names, Manifest, StageWriter};
 
 /// Runs the stage.
 pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
     let s = &ctx.settings;
-    let mut w = StageWriter::begin(plan.dir, "evaluate", plan.config_hash, &plan.inputs)?;
-    let prep = ctx.stage_dir(Stage::Prepare);
-    let (examples, _) = read_examples(&prep.join("examples.parquet"))?;
-    let feats = Features::load(&prep.join("features.safetensors"))?;
-    let folds = read_folds(&ctx.stage_dir(Stage::Split).join("folds.parquet"))?;
+    let mut w = StageWriter::begin(plan.dir, names::EVALUATE, plan.config_hash, &plan.inputs)?;
+    let at = ctx.layout();
+    let (examples, _) = read_examples(&at.examples())?;
+    let feats = Features::load(&at.features())?;
+    let folds = read_folds(&at.folds())?;
     let ens = ctx.stage_dir(Stage::Ensemble);
     let read_preds = |name: &str| -> Result<HashMap<String, String>> {
         let bytes = std::fs::read(ens.join(name))?;
@@ -51,17 +51,14 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
     };
 
     let per_fold = fold_summaries(&ctx.run_dir, ctx.settings.split.folds)?;
-    let oof = score_of(&golds(&|f| f >= 0), &read_preds("oof_predictions.json")?);
+    let oof = score_of(&golds(&|f| f >= 0), &read_preds(names::OOF_PREDICTIONS)?);
     let test_golds = golds(&|f| f == TEST_FOLD);
     let mut test = serde_json::Value::Null;
     if !test_golds.is_empty() {
         let cfg = ctx.settings.decode.config();
         let mut singles = Vec::new();
         for k in 0..s.split.folds {
-            let (lg, _, fi) = read_logits(
-                &ctx.stage_dir(Stage::Predict)
-                    .join(format!("fold-{k}/test_logits.safetensors")),
-            )?;
+            let (lg, _, fi) = read_logits(&at.test_logits(k))?;
             let re: Vec<usize> = fi
                 .iter()
                 .map(|&r| feats.example_index[r as usize] as usize)
@@ -73,7 +70,7 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
             let (p, _) = decode_rows(&examples, &re, &ro, &lg, &cfg);
             singles.push(score_of(&test_golds, &p.into_iter().collect()));
         }
-        let ensemble = score_of(&test_golds, &read_preds("predictions.json")?);
+        let ensemble = score_of(&test_golds, &read_preds(names::PREDICTIONS)?);
         let mean_f1 = singles.iter().map(|x| x.f1).sum::<f64>() / singles.len() as f64;
         let mean_em = singles.iter().map(|x| x.exact_match).sum::<f64>() / singles.len() as f64;
         let best_f1 = singles.iter().map(|x| x.f1).fold(f64::MIN, f64::max);
@@ -90,7 +87,7 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
         "oof": oof,
         "test": test,
     });
-    w.write_json("metrics.json", &metrics)?;
+    w.write_json(names::METRICS, &metrics)?;
 
     let mut md = format!(
         "# {} — {} folds, metric {}\n\n",
@@ -124,7 +121,7 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
             test["best_fold_f1"].as_f64().unwrap_or(0.0),
         ));
     }
-    w.write("report.md", md.as_bytes())?;
+    w.write(names::REPORT, md.as_bytes())?;
     ctx.ui.info(&format!(
         "evaluate: out-of-fold EM {:.2} F1 {:.2}{} -> {}",
         oof.exact_match,
@@ -139,7 +136,7 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
                 test["mean_fold"]["f1"].as_f64().unwrap_or(0.0)
             )
         },
-        w.path("report.md").display()
+        w.path(names::REPORT).display()
     ));
     w.finish(metrics)
 }

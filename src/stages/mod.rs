@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::run::{self, Manifest, Status};
+use crate::run::{self, names, Manifest, RunLayout, Status};
 use crate::settings::Settings;
 use crate::ui::Ui;
 
@@ -48,13 +48,13 @@ impl Stage {
     /// The stage's name, module and output folder.
     pub fn name(self) -> &'static str {
         match self {
-            Stage::Prepare => "prepare",
-            Stage::Split => "split",
-            Stage::Train => "train",
-            Stage::Predict => "predict",
-            Stage::Ensemble => "ensemble",
-            Stage::Evaluate => "evaluate",
-            Stage::Submit => "submit",
+            Stage::Prepare => names::PREPARE,
+            Stage::Split => names::SPLIT,
+            Stage::Train => names::TRAIN,
+            Stage::Predict => names::PREDICT,
+            Stage::Ensemble => names::ENSEMBLE,
+            Stage::Evaluate => names::EVALUATE,
+            Stage::Submit => names::SUBMIT,
         }
     }
 
@@ -104,7 +104,12 @@ impl Ctx {
 
     /// The output folder of a stage.
     pub fn stage_dir(&self, stage: Stage) -> PathBuf {
-        self.run_dir.join(stage.name())
+        self.layout().stage(stage.name())
+    }
+
+    /// The paths of this run's folder.
+    pub fn layout(&self) -> RunLayout {
+        RunLayout::new(&self.run_dir)
     }
 }
 
@@ -152,8 +157,8 @@ fn folds(ctx: &Ctx) -> Vec<usize> {
 /// The settings and inputs of each unit of a stage (one, or one per fold).
 pub fn plans(ctx: &Ctx, stage: Stage) -> Result<Vec<Plan>> {
     let s = &ctx.settings;
-    let prep = ctx.stage_dir(Stage::Prepare);
-    let split = ctx.stage_dir(Stage::Split).join("folds.parquet");
+    let at = ctx.layout();
+    let split = at.folds();
     let input = |p: PathBuf| (p.display().to_string(), p);
     // How many folds train at once does not change a fold's result.
     let train_hashed = crate::settings::TrainSettings {
@@ -174,47 +179,39 @@ pub fn plans(ctx: &Ctx, stage: Stage) -> Result<Vec<Plan>> {
             let (h, i) = prepare::plan(s)?;
             one(h, i)
         }
-        Stage::Split => one(
-            hash_of(&s.split)?,
-            vec![input(prep.join("examples.parquet"))],
-        ),
+        Stage::Split => one(hash_of(&s.split)?, vec![input(at.examples())]),
         Stage::Train | Stage::Predict => folds(ctx)
             .into_iter()
             .map(|k| {
                 let (dir, config_hash, mut inputs) = if stage == Stage::Train {
                     let mut inputs = vec![
-                        input(prep.join("examples.parquet")),
-                        input(prep.join("features.safetensors")),
-                        input(prep.join("tokenizer/tokenizer.json")),
+                        input(at.examples()),
+                        input(at.features()),
+                        input(at.tokenizer().join(crate::qa::windows::TOKENIZER_FILE)),
                         input(split.clone()),
                     ];
                     if let Some(dir) = &s.model.pretrained {
                         inputs.extend(files_of(dir).into_iter().map(input));
                     }
                     (
-                        crate::run::fold_dir(&ctx.run_dir, k),
+                        at.fold(k),
                         hash_of(&(&s.model, &train_hashed, &s.decode, &s.evaluate, k))?,
                         inputs,
                     )
                 } else {
                     (
-                        ctx.stage_dir(Stage::Predict).join(format!("fold-{k}")),
+                        at.predicted(k),
                         if s.train.precision == crate::device::Precision::F32 {
                             hash_of(&(&s.train.device, s.train.eval_batch_size, k))?
                         } else {
                             let p = s.train.precision;
                             hash_of(&(&s.train.device, s.train.eval_batch_size, k, p))?
                         },
-                        vec![
-                            input(prep.join("features.safetensors")),
-                            input(split.clone()),
-                        ],
+                        vec![input(at.features()), input(split.clone())],
                     )
                 };
                 if stage == Stage::Predict {
-                    inputs.push(input(
-                        crate::run::fold_dir(&ctx.run_dir, k).join("best/model.safetensors"),
-                    ));
+                    inputs.push(input(at.best(k).join(crate::model::WEIGHTS_FILE)));
                 }
                 Ok(Plan {
                     label: format!("{} fold {k}", stage.name()),
@@ -226,38 +223,31 @@ pub fn plans(ctx: &Ctx, stage: Stage) -> Result<Vec<Plan>> {
             })
             .collect(),
         Stage::Ensemble => {
-            let mut inputs = vec![input(prep.join("features.safetensors"))];
+            let mut inputs = vec![input(at.features())];
             for k in 0..s.split.folds {
-                let d = ctx.stage_dir(Stage::Predict).join(format!("fold-{k}"));
-                inputs.push(input(d.join("test_logits.safetensors")));
-                inputs.push(input(d.join("oof_logits.safetensors")));
+                inputs.push(input(at.test_logits(k)));
+                inputs.push(input(at.oof_logits(k)));
             }
             one(
                 hash_of(&(&s.ensemble, &s.decode, &s.train.keep_best_by))?,
                 inputs,
             )
         }
-        Stage::Evaluate => {
-            let e = ctx.stage_dir(Stage::Ensemble);
-            one(
-                hash_of(&(&s.evaluate, &s.decode))?,
-                vec![
-                    input(e.join("predictions.json")),
-                    input(e.join("oof_predictions.json")),
-                    input(split.clone()),
-                ],
-            )
-        }
-        Stage::Submit => {
-            let e = ctx.stage_dir(Stage::Ensemble);
-            one(
-                hash_of(&s.submit)?,
-                vec![
-                    input(e.join("predictions.json")),
-                    input(e.join("nbest_predictions.json")),
-                ],
-            )
-        }
+        Stage::Evaluate => one(
+            hash_of(&(&s.evaluate, &s.decode))?,
+            vec![
+                input(at.ensembled(names::PREDICTIONS)),
+                input(at.ensembled(names::OOF_PREDICTIONS)),
+                input(split.clone()),
+            ],
+        ),
+        Stage::Submit => one(
+            hash_of(&s.submit)?,
+            vec![
+                input(at.ensembled(names::PREDICTIONS)),
+                input(at.ensembled(names::NBEST_PREDICTIONS)),
+            ],
+        ),
     }
 }
 
@@ -444,8 +434,8 @@ pub fn run_all(ctx: &Ctx) -> Result<()> {
     let evaluate = ctx.stage_dir(Stage::Evaluate);
     ctx.ui.info(&format!(
         "done: submission {} , scores {}",
-        submit.join("predictions.json").display(),
-        evaluate.join("report.md").display()
+        submit.join(names::PREDICTIONS).display(),
+        evaluate.join(names::REPORT).display()
     ));
     Ok(())
 }

@@ -10,13 +10,12 @@ use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
 use serde_json::json;
 
-use super::{Ctx, Plan, Stage};
+use super::{Ctx, Plan};
 use crate::artifacts::write_logits;
 use crate::artifacts::{read_folds, Features, TEST_FOLD};
 use crate::device::Device;
 use crate::model::QaModel;
-use crate::run::fold_dir;
-use crate::run::{Manifest, StageWriter};
+use crate::run::{names, Manifest, StageWriter};
 use crate::train::batch::logits;
 
 /// Runs one fold.
@@ -36,12 +35,12 @@ fn run_on<B: Backend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Result<Manif
         plan.config_hash,
         &plan.inputs,
     )?;
-    let best = fold_dir(&ctx.run_dir, fold).join("best");
+    let best = ctx.layout().best(fold);
     let (model, _, _) =
         QaModel::<B>::from_pretrained(&best, &ctx.settings.model.head_config(), device)
             .with_context(|| format!("loading {}", best.display()))?;
-    let feats = Features::load(&ctx.stage_dir(Stage::Prepare).join("features.safetensors"))?;
-    let folds = read_folds(&ctx.stage_dir(Stage::Split).join("folds.parquet"))?;
+    let feats = Features::load(&ctx.layout().features())?;
+    let folds = read_folds(&ctx.layout().folds())?;
     let fold_of = |r: usize| folds[feats.example_index[r] as usize];
     let oof: Vec<usize> = (0..feats.len())
         .filter(|&r| fold_of(r) == fold as i32)
@@ -54,10 +53,7 @@ fn run_on<B: Backend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Result<Manif
         (oof.len() + test.len()) as u64,
         &format!("predict fold {fold}"),
     );
-    for (name, rows) in [
-        ("oof_logits.safetensors", &oof),
-        ("test_logits.safetensors", &test),
-    ] {
+    for (name, rows) in [(names::OOF_LOGITS, &oof), (names::TEST_LOGITS, &test)] {
         let fixed = ctx.settings.fixed_shape();
         let lg = logits(&model, &feats, rows, bs, fixed, device, &|n| bar.inc(n));
         let ex: Vec<i64> = rows.iter().map(|&r| feats.example_index[r]).collect();

@@ -11,7 +11,7 @@ use super::{files_of, Ctx, Plan};
 use crate::artifacts::{self, Features, SPLIT_TEST, SPLIT_TRAIN};
 use crate::qa::examples::{self, Example};
 use crate::qa::windows::{build_windows, QaTokenizer, Window};
-use crate::run::{self, Manifest, StageWriter};
+use crate::run::{self, names, Manifest, StageWriter};
 use crate::settings::{Overflow, Settings};
 
 /// Config hash (the `[data]` and `[prepare]` sections) and input files.
@@ -30,7 +30,10 @@ pub fn plan(s: &Settings) -> Result<(String, Vec<(String, std::path::PathBuf)>)>
     }
     if let Some(tok) = &tokenizer {
         if tok.is_dir() {
-            for name in ["tokenizer.json", "tokenizer_config.json"] {
+            for name in [
+                crate::qa::windows::TOKENIZER_FILE,
+                crate::qa::windows::TOKENIZER_CONFIG_FILE,
+            ] {
                 if tok.join(name).exists() {
                     add("tokenizer", &tok.join(name));
                 }
@@ -46,7 +49,7 @@ pub fn plan(s: &Settings) -> Result<(String, Vec<(String, std::path::PathBuf)>)>
 pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
     let s = &ctx.settings;
     let p = &s.prepare;
-    let mut w = StageWriter::begin(plan.dir, "prepare", plan.config_hash, &plan.inputs)?;
+    let mut w = StageWriter::begin(plan.dir, names::PREPARE, plan.config_hash, &plan.inputs)?;
 
     let t0 = std::time::Instant::now();
     let (mut all, train_report) =
@@ -102,10 +105,10 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
         }
     };
     if let Some(dir) = &s.model.pretrained {
-        let cfg = crate::model::config::EncoderConfig::load(&dir.join("config.json"))?;
+        let cfg = crate::model::config::EncoderConfig::load(&dir.join(crate::model::CONFIG_FILE))?;
         crate::infer::check_compatible(&cfg, &tok, p.max_seq_length, dir)?;
     }
-    let tok_dir = w.dir.join("tokenizer");
+    let tok_dir = w.dir.join(names::TOKENIZER);
     for path in tok.save(&tok_dir)? {
         if let Ok(rel) = path.strip_prefix(&w.dir) {
             w.record(&rel.to_string_lossy())?;
@@ -123,10 +126,10 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
 
     let mut sources = vec![SPLIT_TRAIN; n_train];
     sources.resize(all.len(), SPLIT_TEST);
-    artifacts::write_examples(&w.path("examples.parquet"), &all, &sources)?;
-    w.record("examples.parquet")?;
-    features.save(&w.path("features.safetensors"))?;
-    w.record("features.safetensors")?;
+    artifacts::write_examples(&w.path(names::EXAMPLES), &all, &sources)?;
+    w.record(names::EXAMPLES)?;
+    features.save(&w.path(names::FEATURES))?;
+    w.record(names::FEATURES)?;
 
     let max_windows = windows
         .iter()

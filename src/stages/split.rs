@@ -17,7 +17,7 @@ use serde_json::json;
 
 use super::{Ctx, Plan};
 use crate::artifacts::{write_folds, SPLIT_TEST, TEST_FOLD};
-use crate::run::{Manifest, StageWriter};
+use crate::run::{names, Manifest, StageWriter};
 use crate::settings::{GroupBy, SplitSettings, SplitStrategy};
 
 /// Runs the stage.
@@ -28,7 +28,7 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
         .first()
         .map(|(_, p)| p.clone())
         .context("split has no input")?;
-    let mut w = StageWriter::begin(plan.dir, "split", plan.config_hash, &plan.inputs)?;
+    let mut w = StageWriter::begin(plan.dir, names::SPLIT, plan.config_hash, &plan.inputs)?;
     let file = std::fs::File::open(&examples_path)
         .with_context(|| format!("opening {}", examples_path.display()))?;
     let df = ParquetReader::new(file).finish()?;
@@ -53,8 +53,8 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
         .collect();
 
     let folds = assign(s, &groups, &lengths, &is_test)?;
-    write_folds(&w.path("folds.parquet"), &ids, &groups, &folds)?;
-    w.record("folds.parquet")?;
+    write_folds(&w.path(names::FOLDS), &ids, &groups, &folds)?;
+    w.record(names::FOLDS)?;
 
     let summary = summarise(s, &group_col, &groups, &folds)?;
     ctx.ui.info(&format!(

@@ -8,7 +8,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use super::{Ctx, Plan, Stage};
-use crate::run::{Manifest, StageWriter};
+use crate::run::{names, Manifest, StageWriter};
 
 /// Quotes a CSV field when it needs it (RFC 4180).
 fn csv_field(s: &str) -> String {
@@ -21,26 +21,26 @@ fn csv_field(s: &str) -> String {
 
 /// Runs the stage.
 pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
-    let mut w = StageWriter::begin(plan.dir, "submit", plan.config_hash, &plan.inputs)?;
+    let mut w = StageWriter::begin(plan.dir, names::SUBMIT, plan.config_hash, &plan.inputs)?;
     let ens = ctx.stage_dir(Stage::Ensemble);
     let preds: std::collections::BTreeMap<String, String> =
-        serde_json::from_slice(&std::fs::read(ens.join("predictions.json"))?)?;
-    w.write_json("predictions.json", &preds)?;
+        serde_json::from_slice(&std::fs::read(ens.join(names::PREDICTIONS))?)?;
+    w.write_json(names::PREDICTIONS, &preds)?;
     w.write(
-        "nbest_predictions.json",
-        &std::fs::read(ens.join("nbest_predictions.json"))?,
+        names::NBEST_PREDICTIONS,
+        &std::fs::read(ens.join(names::NBEST_PREDICTIONS))?,
     )?;
     if ctx.settings.submit.csv {
         let mut csv = String::from("id,answer\n");
         for (id, a) in &preds {
             csv.push_str(&format!("{},{}\n", csv_field(id), csv_field(a)));
         }
-        w.write("submission.csv", csv.as_bytes())?;
+        w.write(names::SUBMISSION, csv.as_bytes())?;
     }
     ctx.ui.info(&format!(
         "submit: {} predictions -> {}",
         preds.len(),
-        w.path("predictions.json").display()
+        w.path(names::PREDICTIONS).display()
     ));
     w.finish(json!({"predictions": preds.len(), "csv": ctx.settings.submit.csv}))
 }

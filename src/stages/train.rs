@@ -34,7 +34,7 @@ use crate::qa::decode::{decode_rows, Logits};
 use crate::qa::examples::Example;
 use crate::qa::metrics;
 use crate::qa::windows::QaTokenizer;
-use crate::run::{Manifest, StageWriter};
+use crate::run::{names, Manifest, RunLayout, StageWriter};
 use crate::settings::{KeepBestBy, Settings};
 use crate::train::batch::{batch, forward_chunks, labels};
 use crate::train::clip::{clip_coef_on_device, clip_grad_norm, grad_norm, scale_grads};
@@ -103,15 +103,9 @@ pub struct TrainerState {
     pub skipped_steps: usize,
 }
 
-/// The resumable checkpoints of a fold, newest first: `last/`, and `last.old/`, the one before
-/// it, kept while `last/` is replaced so that a crash at any moment leaves one readable.
-pub fn checkpoint_dirs(fold_dir: &Path) -> [PathBuf; 2] {
-    [fold_dir.join("last"), fold_dir.join("last.old")]
-}
-
 /// Reads a checkpoint's `trainer_state.json`.
 fn read_state(dir: &Path) -> Result<TrainerState> {
-    let path = dir.join("trainer_state.json");
+    let path = dir.join(names::TRAINER_STATE);
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
 }
@@ -120,7 +114,7 @@ fn read_state(dir: &Path) -> Result<TrainerState> {
 /// reads and was made with the plan's settings and inputs (for `status`).
 pub fn resumable_step(plan: &Plan) -> Option<usize> {
     let key = crate::run::resume_key(&plan.config_hash, &plan.inputs).ok()?;
-    checkpoint_dirs(&plan.dir)
+    RunLayout::checkpoints(&plan.dir)
         .iter()
         .filter_map(|d| read_state(d).ok())
         .find(|st| st.config_hash == key)
@@ -151,7 +145,7 @@ pub fn check_fits(s: &Settings, cfg: Option<&EncoderConfig>) -> Result<()> {
         Some(c) => c,
         None => {
             guessed = match &s.model.pretrained {
-                Some(dir) => match EncoderConfig::load(&dir.join("config.json")) {
+                Some(dir) => match EncoderConfig::load(&dir.join(crate::model::CONFIG_FILE)) {
                     Ok(c) => c,
                     Err(_) => return Ok(()), // `prepare` / `train` report the folder
                 },
@@ -239,10 +233,10 @@ struct FoldData {
 }
 
 fn fold_data(ctx: &Ctx, fold: usize) -> Result<FoldData> {
-    let prep = ctx.stage_dir(Stage::Prepare);
-    let feats = Features::load(&prep.join("features.safetensors"))?;
-    let (examples, _) = read_examples(&prep.join("examples.parquet"))?;
-    let folds = read_folds(&ctx.stage_dir(Stage::Split).join("folds.parquet"))?;
+    let at = ctx.layout();
+    let feats = Features::load(&at.features())?;
+    let (examples, _) = read_examples(&at.examples())?;
+    let folds = read_folds(&at.folds())?;
     let fold_of = |r: usize| folds[feats.example_index[r] as usize];
     let train_rows: Vec<usize> = (0..feats.len())
         .filter(|&r| feats.train_window[r] == 1 && fold_of(r) >= 0 && fold_of(r) != fold as i32)
@@ -277,7 +271,8 @@ fn initial_model<B: Backend>(
         Some(dir) => {
             let (m, cfg, _) = QaModel::from_pretrained(dir, &head, device)
                 .with_context(|| format!("loading {}", dir.display()))?;
-            let base = serde_json::from_slice(&std::fs::read(dir.join("config.json"))?)?;
+            let base =
+                serde_json::from_slice(&std::fs::read(dir.join(crate::model::CONFIG_FILE))?)?;
             Ok((m, cfg, Some(base)))
         }
         None => {
@@ -554,7 +549,7 @@ fn resume<B: Backend>(
 ) -> Resume<B> {
     let mut skipped = Vec::new();
     let mut changed = false;
-    for dir in checkpoint_dirs(fold_dir) {
+    for dir in RunLayout::checkpoints(fold_dir) {
         if !dir.exists() {
             continue;
         }
@@ -565,7 +560,7 @@ fn resume<B: Backend>(
             }
             let (model, _, _) =
                 QaModel::<B>::from_pretrained(&dir, &s.model.head_config(), device)?;
-            let path = dir.join("optimizer.json");
+            let path = dir.join(names::OPTIMIZER_STATE);
             let bytes =
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             let os: OptimState = serde_json::from_slice(&bytes)
@@ -611,8 +606,8 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
     let fold = plan.fold.context("train runs per fold")?;
     let device_kind: Device = t.device.parse()?;
     let dir = plan.dir.clone();
-    let last_dir = dir.join("last");
-    let best_dir = dir.join("best");
+    let last_dir = dir.join(names::LAST);
+    let best_dir = dir.join(names::BEST);
     let mut w = StageWriter::begin(
         dir.clone(),
         &format!("train fold {fold}"),
@@ -638,7 +633,7 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
     };
 
     // Resume from the newest readable checkpoint made with these settings (not with --force).
-    let [_, old_dir] = checkpoint_dirs(&dir);
+    let [_, old_dir] = RunLayout::checkpoints(&dir);
     if ctx.force {
         remove_dirs(&[&last_dir, &old_dir])?;
     }
@@ -750,7 +745,7 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
             base_cfg.as_ref(),
             &tok_dir,
             &last_dir,
-            &[("optimizer.json", os), ("trainer_state.json", ts)],
+            &[(names::OPTIMIZER_STATE, os), (names::TRAINER_STATE, ts)],
             true,
         )
     };
@@ -961,7 +956,7 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
                     .filter_map(|l| serde_json::to_string(l).ok())
                     .map(|l| l + "\n")
                     .collect();
-                crate::run::write_atomic(&dir.join("metrics.jsonl"), lines.as_bytes())?;
+                crate::run::write_atomic(&dir.join(names::METRICS_LOG), lines.as_bytes())?;
                 if t.patience > 0 && st.evals_since_best >= t.patience {
                     ctx.ui.info(&format!(
                         "train fold {fold}: no improvement in {} validations, stopping early",
@@ -996,10 +991,10 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
     if !best_dir.exists() {
         bail!("train fold {fold}: no validation ran, so there is no best checkpoint");
     }
-    for f in ["model.safetensors", "config.json"] {
+    for f in [crate::model::WEIGHTS_FILE, crate::model::CONFIG_FILE] {
         w.record(&format!("best/{f}"))?;
     }
-    w.record("metrics.jsonl")?;
+    w.record(names::METRICS_LOG)?;
     let best = st.best.clone();
     ctx.ui.info(&format!(
         "train fold {fold}: best {:?} = {:.4} at step {} ({:.0} windows/s)",
