@@ -57,6 +57,10 @@ pub struct BenchArgs {
     /// kernels (LSTM, attention), to compare the two in one build.
     #[arg(long)]
     pub reference_kernels: bool,
+    /// AdamW's multi-tensor step (all parameters as one flat tensor); also
+    /// `PIPELINE_MULTI_TENSOR=1`.
+    #[arg(long)]
+    pub multi_tensor_adamw: bool,
 }
 
 /// The measurement.
@@ -88,7 +92,7 @@ pub struct BenchReport {
     /// Whether this build autotunes CUDA kernels (the opt-in `autotune` feature).
     pub autotune: bool,
     /// Whether AdamW updated all parameters as one tensor (the multi-tensor step, on with
-    /// `PIPELINE_MULTI_TENSOR=1`).
+    /// `--multi-tensor-adamw` unless the device's buffer limit forbids it).
     pub multi_tensor_adamw: bool,
     /// Whether the model ran our fused GPU kernels (LSTM, attention) where the backend has
     /// them; false with `--reference-kernels`.
@@ -177,7 +181,8 @@ fn run_on<B: AutodiffBackend>(
     let embedding =
         (cfg.vocab_size + cfg.max_position_embeddings + cfg.type_vocab_size) * cfg.hidden_size;
     let non_embedding = parameters.saturating_sub(embedding);
-    let mut optim = QaOptimizer::<B>::new(OptimConfig::default());
+    let mut optim =
+        QaOptimizer::<B>::new(OptimConfig::default()).with_multi_tensor(args.multi_tensor_adamw);
     if optim.multi_tensor() && !crate::stages::train::multi_tensor_fits(&model, args.device) {
         optim = optim.with_multi_tensor(false);
     }

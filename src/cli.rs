@@ -119,6 +119,42 @@ pub enum Command {
     },
 }
 
+/// Environment variables that act as settings, read here and nowhere else: each becomes a
+/// `--set` override placed before the command line's own (which win), so it enters the stages'
+/// settings hashes like any setting.
+const ENV_SETTINGS: [(&str, &str); 2] = [
+    // `fused` or `naive`: evaluation and prediction attention.
+    ("PIPELINE_ATTENTION", "train.eval_attention"),
+    // `1` or `0`: AdamW's multi-tensor step.
+    ("PIPELINE_MULTI_TENSOR", "train.multi_tensor_adamw"),
+];
+
+/// The `--set` overrides of the environment (see [`ENV_SETTINGS`]).
+fn env_overrides() -> Result<Vec<String>> {
+    let mut sets = Vec::new();
+    for (var, key) in ENV_SETTINGS {
+        let Ok(value) = std::env::var(var) else {
+            continue;
+        };
+        let value = match (key, value.as_str()) {
+            ("train.multi_tensor_adamw", "1") => "true",
+            ("train.multi_tensor_adamw", "0") => "false",
+            ("train.multi_tensor_adamw", v) => bail!("{var}={v:?}: use 1 or 0"),
+            ("train.eval_attention", v @ ("fused" | "naive")) => v,
+            (_, v) => bail!("{var}={v:?}: use fused or naive"),
+        };
+        sets.push(format!("{key}={value}"));
+    }
+    Ok(sets)
+}
+
+/// The settings file with the environment's and then the command line's overrides.
+fn load_settings(config: &ConfigArgs) -> Result<Settings> {
+    let mut sets = env_overrides()?;
+    sets.extend(config.set.iter().cloned());
+    Settings::load(&config.config, &sets)
+}
+
 /// Parses the process arguments and runs the command.
 pub fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -130,7 +166,7 @@ pub fn main() -> Result<()> {
             fold,
             force,
         } => {
-            let settings = Settings::load(&config.config, &config.set)?;
+            let settings = load_settings(&config)?;
             let mut ctx = Ctx::new(settings, force, fold, ui)?;
             if let (Some(k), Some(stage)) = (fold, stage_of(target)) {
                 if !stage.per_fold() {
@@ -149,7 +185,7 @@ pub fn main() -> Result<()> {
             }
         }
         Command::Status { config } => {
-            let settings = Settings::load(&config.config, &config.set)?;
+            let settings = load_settings(&config)?;
             let ctx = Ctx::new(settings, false, None, ui)?;
             print!("{}", stages::report_status(&ctx)?);
             Ok(())
@@ -190,10 +226,13 @@ pub fn main() -> Result<()> {
                     ..Default::default()
                 },
                 device,
+                fused_attention: std::env::var("PIPELINE_ATTENTION").is_ok_and(|v| v == "fused"),
             };
             crate::infer::run(&args, ui)
         }
-        Command::Bench(args) => {
+        Command::Bench(mut args) => {
+            args.multi_tensor_adamw |=
+                std::env::var("PIPELINE_MULTI_TENSOR").is_ok_and(|v| v == "1");
             let report = crate::bench::run(&args)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())

@@ -6,17 +6,6 @@ use std::str::FromStr;
 
 use anyhow::{anyhow, Result};
 
-/// Environment variable choosing evaluation-time attention (`fused` or `naive`).
-pub const ATTENTION_ENV: &str = "PIPELINE_ATTENTION";
-
-/// Whether evaluation and prediction use Burn's fused attention op (`PIPELINE_ATTENTION=fused`;
-/// flash attention on CUDA) instead of matmul, softmax, matmul (the default). Off by default:
-/// on the CPU it measured no faster (KorQuAD predict, L 256: 40.1 s vs 39.2 s) and CUDA's kernel
-/// has not yet run on a GPU here; the parity tests prove both paths give transformers' logits.
-pub fn fused_attention_requested() -> bool {
-    matches!(std::env::var(ATTENTION_ENV).as_deref(), Ok("fused"))
-}
-
 /// Where tensors live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Device {
@@ -158,8 +147,9 @@ impl std::fmt::Display for Precision {
 }
 
 /// Evaluates `$body` with the type `$B` bound to the backend for (`$device`, `$precision`) and
-/// `$d` to a reference to its device, under autocast for the mixed precisions and with the
-/// attention implementation `PIPELINE_ATTENTION` asks for; pure half precision is CUDA only.
+/// `$d` to a reference to its device, under autocast for the mixed precisions; pure half
+/// precision is CUDA only. The evaluation-time attention is the caller's to choose
+/// ([`crate::model::amp::with_fused_attention`]).
 /// The body returns a `Result`.
 #[macro_export]
 macro_rules! with_backend {
@@ -168,8 +158,6 @@ macro_rules! with_backend {
         let precision: Precision = $precision;
         let device: Device = $device;
         let autocast = precision.autocast();
-        let fused = $crate::device::fused_attention_requested();
-        $crate::model::amp::with_fused_attention(fused, || {
         $crate::model::amp::autocast(autocast, || match (device, precision) {
             (Device::Cpu, p) if p.is_pure_half() => Err(anyhow::anyhow!(
                 "precision {p} needs a CUDA device (the CPU backend keeps f32 weights; bf16-mixed runs there)"
@@ -209,7 +197,6 @@ macro_rules! with_backend {
                     }
                 }
             }
-        })
         })
     }};
 }

@@ -33,6 +33,8 @@ pub struct InferArgs {
     pub decode: DecodeConfig,
     pub head: HeadConfig,
     pub device: Device,
+    /// Burn's fused attention op instead of matmul, softmax, matmul (`PIPELINE_ATTENTION=fused`).
+    pub fused_attention: bool,
 }
 
 /// Runs `model` over windows in batches, in evaluation mode (no dropout, no autodiff), through
@@ -67,8 +69,10 @@ pub fn write_json_utf8<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 
 /// Runs `infer` on the chosen backend.
 pub fn run(args: &InferArgs, ui: Ui) -> Result<()> {
-    crate::with_backend!(args.device, crate::device::Precision::F32, |B, d| {
-        run_on::<B>(args, d, ui)
+    crate::model::amp::with_fused_attention(args.fused_attention, || {
+        crate::with_backend!(args.device, crate::device::Precision::F32, |B, d| {
+            run_on::<B>(args, d, ui)
+        })
     })
 }
 

@@ -284,6 +284,41 @@ pub struct TrainSettings {
     pub loss: crate::train::loss::LossKind,
     pub focal_gamma: f64,
     pub label_smoothing: f64,
+    /// AdamW updates all parameters as one flat tensor (torch's `foreach`) instead of one tensor
+    /// at a time: the same numbers, so not part of the settings hash (left out of serialisation
+    /// when off). `PIPELINE_MULTI_TENSOR=1` turns it on.
+    #[serde(skip_serializing_if = "is_false")]
+    pub multi_tensor_adamw: bool,
+    /// Attention in evaluation and prediction (no dropout there): `naive` (matmul, softmax,
+    /// matmul) or `fused` (Burn's fused attention op; flash attention on CUDA). The logits agree
+    /// up to rounding. Left out of serialisation at `naive`, so older runs keep their hash;
+    /// `PIPELINE_ATTENTION=fused|naive` sets it.
+    #[serde(skip_serializing_if = "EvalAttention::is_naive")]
+    pub eval_attention: EvalAttention,
+}
+
+/// How evaluation and prediction compute attention (`train.eval_attention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalAttention {
+    #[default]
+    Naive,
+    Fused,
+}
+
+impl EvalAttention {
+    fn is_naive(&self) -> bool {
+        *self == EvalAttention::Naive
+    }
+
+    /// Whether Burn's fused attention op runs.
+    pub fn fused(self) -> bool {
+        self == EvalAttention::Fused
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Default for TrainSettings {
@@ -318,6 +353,8 @@ impl Default for TrainSettings {
             loss: Default::default(),
             focal_gamma: 2.0,
             label_smoothing: 0.1,
+            multi_tensor_adamw: false,
+            eval_attention: EvalAttention::Naive,
         }
     }
 }

@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::run::{self, names, Manifest, RunLayout, Status};
-use crate::settings::Settings;
+use crate::settings::{EvalAttention, Settings};
 use crate::ui::Ui;
 
 /// The stages, in pipeline order.
@@ -160,9 +160,11 @@ pub fn plans(ctx: &Ctx, stage: Stage) -> Result<Vec<Plan>> {
     let at = ctx.layout();
     let split = at.folds();
     let input = |p: PathBuf| (p.display().to_string(), p);
-    // How many folds train at once does not change a fold's result.
+    // How many folds train at once, and whether AdamW steps all tensors as one, do not change
+    // a fold's result.
     let train_hashed = crate::settings::TrainSettings {
         parallel_folds: 1,
+        multi_tensor_adamw: false,
         ..s.train.clone()
     };
     let one = |config_hash: String, inputs: Vec<(String, PathBuf)>| {
@@ -201,11 +203,18 @@ pub fn plans(ctx: &Ctx, stage: Stage) -> Result<Vec<Plan>> {
                 } else {
                     (
                         at.predicted(k),
-                        if s.train.precision == crate::device::Precision::F32 {
-                            hash_of(&(&s.train.device, s.train.eval_batch_size, k))?
-                        } else {
-                            let p = s.train.precision;
-                            hash_of(&(&s.train.device, s.train.eval_batch_size, k, p))?
+                        // Precision and attention enter only when they differ from the
+                        // defaults, so that runs from before they existed keep their hash.
+                        match (s.train.precision, s.train.eval_attention) {
+                            (crate::device::Precision::F32, EvalAttention::Naive) => {
+                                hash_of(&(&s.train.device, s.train.eval_batch_size, k))?
+                            }
+                            (p, EvalAttention::Naive) => {
+                                hash_of(&(&s.train.device, s.train.eval_batch_size, k, p))?
+                            }
+                            (p, a) => {
+                                hash_of(&(&s.train.device, s.train.eval_batch_size, k, p, a))?
+                            }
                         },
                         vec![input(at.features()), input(split.clone())],
                     )
@@ -493,4 +502,36 @@ pub fn report_status(ctx: &Ctx) -> Result<String> {
         upstream_ok &= st == Status::Done;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hashes(sets: &[&str], stage: Stage) -> Vec<String> {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let settings = Settings::from_toml("[data]\ntrain = \"t.json\"", &sets).unwrap();
+        let ctx = Ctx::new(settings, false, None, Ui { quiet: true }).unwrap();
+        plans(&ctx, stage)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.config_hash)
+            .collect()
+    }
+
+    /// `PIPELINE_ATTENTION` (now `train.eval_attention`) changes `predict`'s logits, so it
+    /// makes `predict` and `train` (whose validation uses it) stale; the multi-tensor step
+    /// gives the same numbers and does not. Defaults hash as before the settings existed.
+    #[test]
+    fn settings_that_change_results_enter_the_hash_and_the_others_do_not() {
+        for stage in [Stage::Train, Stage::Predict] {
+            let base = hashes(&[], stage);
+            let naive = hashes(&["train.eval_attention=naive"], stage);
+            let fused = hashes(&["train.eval_attention=fused"], stage);
+            let multi = hashes(&["train.multi_tensor_adamw=true"], stage);
+            assert_eq!(base, naive, "{stage:?}");
+            assert_ne!(base, fused, "{stage:?}");
+            assert_eq!(base, multi, "{stage:?}");
+        }
+    }
 }

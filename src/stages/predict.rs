@@ -21,8 +21,11 @@ use crate::train::batch::logits;
 /// Runs one fold.
 pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
     let device: Device = ctx.settings.train.device.parse()?;
-    crate::with_backend!(device, ctx.settings.train.precision, |B, d| {
-        run_on::<B>(ctx, plan, d)
+    let fused = ctx.settings.train.eval_attention.fused();
+    crate::model::amp::with_fused_attention(fused, || {
+        crate::with_backend!(device, ctx.settings.train.precision, |B, d| {
+            run_on::<B>(ctx, plan, d)
+        })
     })
 }
 

@@ -129,8 +129,11 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
         &plan.dir.join(crate::run::LOCK),
         &format!("{} ({})", plan.label, plan.dir.display()),
     )?;
-    crate::with_backend!(device, ctx.settings.train.precision, |B, d| {
-        run_on::<burn::backend::Autodiff<B>>(ctx, plan, d)
+    let fused = ctx.settings.train.eval_attention.fused();
+    crate::model::amp::with_fused_attention(fused, || {
+        crate::with_backend!(device, ctx.settings.train.precision, |B, d| {
+            run_on::<burn::backend::Autodiff<B>>(ctx, plan, d)
+        })
     })
 }
 
@@ -623,7 +626,7 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
     B::seed(device, mix(t.seed, fold, 0, 1));
     let (mut model, enc_cfg, base_cfg) = initial_model::<B>(s, &tok, device)?;
     check_fits(s, Some(&enc_cfg)).with_context(|| format!("train fold {fold}"))?;
-    let mut optim = QaOptimizer::<B>::new(t.optim_config());
+    let mut optim = QaOptimizer::<B>::new(t.optim_config()).with_multi_tensor(t.multi_tensor_adamw);
     if optim.multi_tensor() && !multi_tensor_fits(&model, device_kind) {
         optim = optim.with_multi_tensor(false);
     }

@@ -406,9 +406,6 @@ pub struct OptimState {
     pub params: Vec<ParamState>,
 }
 
-/// Environment variable that forces AdamW's multi-tensor step on (`1`) or off (`0`).
-pub const MULTI_TENSOR_ENV: &str = "PIPELINE_MULTI_TENSOR";
-
 /// AdamW / AdamP over all float parameters of a Burn module, HF Trainer style.
 #[derive(Debug)]
 pub struct QaOptimizer<B: AutodiffBackend> {
@@ -452,7 +449,7 @@ struct FlatState<B: Backend> {
 
 impl<B: AutodiffBackend> QaOptimizer<B> {
     /// A fresh optimizer. AdamW's multi-tensor step (see [`Self::step`]) is off unless
-    /// `PIPELINE_MULTI_TENSOR=1` turns it on. On the host backend copying every parameter and
+    /// [`Self::with_multi_tensor`] turns it on (`train.multi_tensor_adamw`). On the host backend copying every parameter and
     /// gradient into one tensor costs more than the operations it saves (roberta-base on 2 CPU
     /// cores: 3.7–4.0 s a step instead of 2.1–2.3 s, twice the memory). On the GPU backends
     /// (`Fusion` over CubeCL) each tensor's update already fuses into one kernel, so the
@@ -460,13 +457,12 @@ impl<B: AutodiffBackend> QaOptimizer<B> {
     /// with it and 409 without (wgpu, `bench/RESULTS.md`), and it doubles the parameters'
     /// and gradients' memory.
     pub fn new(cfg: OptimConfig) -> Self {
-        let multi_tensor = matches!(std::env::var(MULTI_TENSOR_ENV).as_deref(), Ok("1"));
         Self {
             cfg,
             states: HashMap::new(),
             pending: HashMap::new(),
             flat: None,
-            multi_tensor,
+            multi_tensor: false,
         }
     }
 
