@@ -177,6 +177,10 @@ pub fn main() -> Result<()> {
                 }
             }
             ctx.config_args = config.to_args();
+            // A test hook: the training loop stops after this step as a crash would.
+            ctx.interrupt_after = std::env::var("PIPELINE_INTERRUPT_AFTER_STEP")
+                .ok()
+                .and_then(|v| v.parse().ok());
             // One writer per run: held until this process ends (see `run::Lock`).
             let _lock = crate::run::lock_run(&ctx.run_dir)?;
             match stage_of(target) {

@@ -221,18 +221,7 @@ impl ModelSettings {
     }
 }
 
-/// Which validation metric picks the best checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum KeepBestBy {
-    Em,
-    #[default]
-    F1,
-    /// Lowest validation loss.
-    Loss,
-    StartAcc,
-    EndAcc,
-}
+pub use crate::train::trainer::KeepBestBy;
 
 fn is_one(n: &usize) -> bool {
     *n == 1

@@ -79,6 +79,9 @@ pub struct Ctx {
     pub ui: Ui,
     /// The `--config` / `--set` arguments this run was started with, for fold processes.
     pub config_args: Vec<String>,
+    /// For tests that resume: each training fold stops as a crash would, right after a
+    /// checkpoint at this step (`PIPELINE_INTERRUPT_AFTER_STEP`, read by `cli`).
+    pub interrupt_after: Option<usize>,
 }
 
 impl Ctx {
@@ -99,6 +102,7 @@ impl Ctx {
             fold,
             ui,
             config_args: Vec::new(),
+            interrupt_after: None,
         })
     }
 

@@ -13,14 +13,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use burn::module::AutodiffModule;
-use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::Tensor;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{Ctx, Plan, Stage};
@@ -35,73 +28,14 @@ use crate::qa::examples::Example;
 use crate::qa::metrics;
 use crate::qa::windows::QaTokenizer;
 use crate::run::{names, Manifest, RunLayout, StageWriter};
-use crate::settings::{KeepBestBy, Settings};
-use crate::train::batch::{batch, forward_chunks, labels};
-use crate::train::clip::{clip_coef_on_device, clip_grad_norm, grad_norm, scale_grads};
+use crate::settings::Settings;
+use crate::train::batch::{forward_chunks, labels};
 use crate::train::loss::qa_loss;
 use crate::train::optim::{OptimState, QaOptimizer};
-use crate::train::scaler::LossScaler;
-use crate::train::schedule::{lr_at, warmup_steps};
-
-/// One validation. Its numbers are written so that any value reads back: a non-finite one as
-/// the string `"NaN"`, `"inf"` or `"-inf"` (see [`crate::run::float`]).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EvalLine {
-    pub step: usize,
-    #[serde(with = "crate::run::float")]
-    pub epoch: f64,
-    #[serde(with = "crate::run::float")]
-    pub lr: f64,
-    #[serde(with = "crate::run::float")]
-    pub train_loss: f64,
-    #[serde(with = "crate::run::float")]
-    pub loss: f64,
-    #[serde(with = "crate::run::float")]
-    pub start_acc: f64,
-    #[serde(with = "crate::run::float")]
-    pub end_acc: f64,
-    #[serde(with = "crate::run::float")]
-    pub exact_match: f64,
-    #[serde(with = "crate::run::float")]
-    pub f1: f64,
-    #[serde(with = "crate::run::float")]
-    pub elapsed_s: f64,
-}
-
-impl EvalLine {
-    /// The value `keep_best_by` compares, larger is better.
-    fn score(&self, by: KeepBestBy) -> f64 {
-        match by {
-            KeepBestBy::Em => self.exact_match,
-            KeepBestBy::F1 => self.f1,
-            KeepBestBy::Loss => -self.loss,
-            KeepBestBy::StartAcc => self.start_acc,
-            KeepBestBy::EndAcc => self.end_acc,
-        }
-    }
-}
-
-/// Where a fold's training stands; saved in `last/trainer_state.json`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct TrainerState {
-    /// The settings hash and input files it was made with ([`crate::run::resume_key`]).
-    pub config_hash: String,
-    /// Optimizer steps taken.
-    pub step: usize,
-    /// Epoch and batch within it to continue from.
-    pub epoch: usize,
-    pub batch: usize,
-    pub best: Option<EvalLine>,
-    pub evals_since_best: usize,
-    pub history: Vec<EvalLine>,
-    pub train_seconds: f64,
-    pub windows_seen: usize,
-    /// f16-mixed: the loss scaler, and the optimizer steps it skipped (non-finite gradients).
-    #[serde(default)]
-    pub loss_scaler: Option<LossScaler>,
-    #[serde(default)]
-    pub skipped_steps: usize,
-}
+use crate::train::schedule::warmup_steps;
+use crate::train::trainer::{
+    mix, EvalLine, Hooks, Trainer, TrainerConfig, TrainerState, Validation,
+};
 
 /// Reads a checkpoint's `trainer_state.json`.
 fn read_state(dir: &Path) -> Result<TrainerState> {
@@ -288,94 +222,6 @@ fn initial_model<B: Backend>(
         }
     }
 }
-
-/// A training loss or gradient norm still on the device.
-struct Unread<B: Backend> {
-    value: Tensor<B, 1>,
-    check: Check,
-    /// The optimizer step it belongs to.
-    step: usize,
-}
-
-#[derive(Clone, Copy)]
-enum Check {
-    /// A micro-batch's loss (divided by the accumulation steps): summed into the running
-    /// training loss; must be finite.
-    Loss { epoch: usize, batch: usize },
-    /// The gradient norm before clipping: must be finite.
-    GradNorm,
-}
-
-/// Losses and gradient norms read one optimizer step late. Reading a value makes the host wait
-/// until the device has computed it; read at once, the loss would stall every step between the
-/// forward and the backward pass, and the norm between the backward pass and the optimizer, and
-/// a GPU would idle while the host queues the next work. Read a step late, they are ready.
-/// Everything is read before a validation, a checkpoint and the end of training, so what is
-/// logged and saved is unchanged; a non-finite value stops training one step later than it
-/// would have (the last good checkpoint is on disk either way).
-struct UnreadValues<B: Backend> {
-    /// Values of the step being queued.
-    current: Vec<Unread<B>>,
-    /// Values of the step before.
-    previous: Vec<Unread<B>>,
-    /// Gradient accumulation steps (each micro-batch's loss is divided by it).
-    accumulation: usize,
-}
-
-impl<B: Backend> UnreadValues<B> {
-    fn new(accumulation: usize) -> Self {
-        Self {
-            current: Vec::new(),
-            previous: Vec::new(),
-            accumulation,
-        }
-    }
-
-    /// Reads the current step's values now.
-    fn settle_current(&mut self, running: &mut (f64, usize), report: &Report<B>) -> Result<()> {
-        let list = std::mem::take(&mut self.current);
-        self.settle(list, running, report)
-    }
-
-    /// Reads the previous step's values; the current step's become the previous.
-    fn next_step(&mut self, running: &mut (f64, usize), report: &Report<B>) -> Result<()> {
-        let list = std::mem::take(&mut self.previous);
-        self.settle(list, running, report)?;
-        self.previous = std::mem::take(&mut self.current);
-        Ok(())
-    }
-
-    /// Reads everything, in step order.
-    fn settle_all(&mut self, running: &mut (f64, usize), report: &Report<B>) -> Result<()> {
-        self.next_step(running, report)?;
-        self.next_step(running, report)
-    }
-
-    /// Adds the losses of `list` to `running` in order, checking every value with `report`.
-    fn settle(
-        &self,
-        list: Vec<Unread<B>>,
-        running: &mut (f64, usize),
-        report: &Report<B>,
-    ) -> Result<()> {
-        for u in list {
-            let v = u.value.clone().into_scalar().elem::<f64>();
-            match u.check {
-                Check::Loss { .. } => {
-                    let v = v * self.accumulation as f64;
-                    report(&u, v)?;
-                    running.0 += v;
-                    running.1 += 1;
-                }
-                Check::GradNorm => report(&u, v)?,
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Checks one value read back (see [`UnreadValues`]).
-type Report<'a, B> = dyn Fn(&Unread<B>, f64) -> Result<()> + 'a;
 
 /// Validation: loss, start/end accuracy on windows holding the answer, EM/F1 on decoded text.
 #[allow(clippy::too_many_arguments)]
@@ -591,15 +437,120 @@ fn resume<B: Backend>(
     Resume::Fresh { changed, skipped }
 }
 
-/// A seed for (fold, epoch or step) so data order and dropout are reproducible on resume.
-fn mix(seed: u64, fold: usize, n: usize, salt: u64) -> u64 {
-    let mut h = blake3::Hasher::new();
-    h.update(&seed.to_le_bytes());
-    h.update(&(fold as u64).to_le_bytes());
-    h.update(&(n as u64).to_le_bytes());
-    h.update(&salt.to_le_bytes());
-    let b = h.finalize();
-    u64::from_le_bytes(b.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+/// Where a fold's weights are exported from: the model's config, the pretrained config.json
+/// it came with, and the tokenizer folder.
+struct Export<'a> {
+    cfg: &'a EncoderConfig,
+    base: Option<&'a serde_json::Value>,
+    tok_dir: &'a Path,
+}
+
+/// The train stage's side of the [`Trainer`]: validation on the fold's examples, the `best/`
+/// and `last/` folders, `metrics.jsonl`, the progress bar and messages.
+struct FoldHooks<'a, B: Backend> {
+    ctx: &'a Ctx,
+    fold: usize,
+    data: &'a FoldData,
+    device: &'a B::Device,
+    export: Export<'a>,
+    dir: &'a Path,
+    last_dir: &'a Path,
+    best_dir: &'a Path,
+    bar: indicatif::ProgressBar,
+    total_steps: usize,
+    started: Instant,
+    last_log: Instant,
+    windows_at_start: usize,
+}
+
+impl<B: AutodiffBackend> Hooks<B> for FoldHooks<'_, B::InnerBackend> {
+    fn validate(&mut self, model: &QaModel<B::InnerBackend>) -> Validation {
+        let (loss, start_acc, end_acc, exact_match, f1, _) =
+            validate(model, self.data, &self.ctx.settings, self.device);
+        Validation {
+            loss,
+            start_acc,
+            end_acc,
+            exact_match,
+            f1,
+        }
+    }
+
+    fn save_best(&mut self, model: &QaModel<B::InnerBackend>) -> Result<()> {
+        let e = &self.export;
+        save_dir(model, e.cfg, e.base, e.tok_dir, self.best_dir, &[], false)
+    }
+
+    fn save_checkpoint(
+        &mut self,
+        model: &QaModel<B>,
+        optim: &QaOptimizer<B>,
+        st: &TrainerState,
+    ) -> Result<()> {
+        let os = serde_json::to_vec(&optim.state())?;
+        let ts = serde_json::to_vec_pretty(st)?;
+        let e = &self.export;
+        save_dir(
+            model,
+            e.cfg,
+            e.base,
+            e.tok_dir,
+            self.last_dir,
+            &[(names::OPTIMIZER_STATE, os), (names::TRAINER_STATE, ts)],
+            true,
+        )
+    }
+
+    fn checkpoint_dir(&self) -> String {
+        self.last_dir.display().to_string()
+    }
+
+    fn stepped(&mut self, st: &TrainerState, running: Option<f64>) {
+        let fold = self.fold;
+        self.bar.inc(1);
+        // The running loss is read a step late: nothing to show after the first step.
+        if let Some(loss) = running {
+            self.bar.set_message(format!("fold {fold} loss {loss:.4}"));
+        }
+        // Without a terminal (logs, nohup) the bar is hidden: a plain line every 30 s.
+        if self.bar.is_hidden() && self.last_log.elapsed().as_secs() >= 30 {
+            self.last_log = Instant::now();
+            self.ctx.ui.info(&format!(
+                "fold {fold} step {}/{}: loss {:.4}, {:.1} windows/s",
+                st.step,
+                self.total_steps,
+                running.unwrap_or(0.0),
+                (st.windows_seen - self.windows_at_start) as f64
+                    / self.started.elapsed().as_secs_f64()
+            ));
+        }
+    }
+
+    fn evaluated(&mut self, line: &EvalLine, improved: bool, history: &[EvalLine]) -> Result<()> {
+        self.ctx.ui.note(
+            &self.bar,
+            &format!(
+                "fold {} step {}: loss {:.4} val loss {:.4} EM {:.2} F1 {:.2}{}",
+                self.fold,
+                line.step,
+                line.train_loss,
+                line.loss,
+                line.exact_match,
+                line.f1,
+                if improved { " (best)" } else { "" }
+            ),
+        );
+        let lines: String = history
+            .iter()
+            .filter_map(|l| serde_json::to_string(l).ok())
+            .map(|l| l + "\n")
+            .collect();
+        crate::run::write_atomic(&self.dir.join(names::METRICS_LOG), lines.as_bytes())
+    }
+
+    fn info(&mut self, message: &str) {
+        self.ctx.ui.info(message);
+    }
 }
 
 fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Result<Manifest> {
@@ -689,7 +640,6 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
             remove_dirs(&[&last_dir, &old_dir])?;
         }
     }
-    let last_saved = (st.step > 0).then_some(st.step);
 
     let batches_per_epoch = if t.drop_last {
         data.train_rows.len() / t.batch_size
@@ -716,7 +666,6 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
     } else {
         t.checkpoint_every
     };
-    let loss_cfg = t.loss_config();
     ctx.ui.info(&format!(
         "train fold {fold}: {} training windows, {} validation windows, {total_steps} steps ({warmup} warmup), device {}",
         data.train_rows.len(),
@@ -724,273 +673,53 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
         t.device
     ));
 
-    // Test hook: stop as a crash would, right after a checkpoint at this step.
-    let interrupt_after: Option<usize> = std::env::var("PIPELINE_INTERRUPT_AFTER_STEP")
-        .ok()
-        .and_then(|v| v.parse().ok());
     let bar = ctx.ui.bar(total_steps as u64, &format!("fold {fold}"));
     bar.set_position(st.step as u64);
-    let started = Instant::now();
-    let mut last_log = Instant::now();
-    let windows_at_start = st.windows_seen;
-    let time_before = st.train_seconds;
-    let mut running = (0.0f64, 0usize);
-    let mut stop = false;
-    let mut accum = GradientsAccumulator::<QaModel<B>>::new();
-    let mut in_accum = 0usize;
-
-    let save_last = |model: &QaModel<B>, optim: &QaOptimizer<B>, st: &TrainerState| -> Result<()> {
-        let os = serde_json::to_vec(&optim.state())?;
-        let ts = serde_json::to_vec_pretty(st)?;
-        save_dir(
-            model,
-            &enc_cfg,
-            base_cfg.as_ref(),
-            &tok_dir,
-            &last_dir,
-            &[(names::OPTIMIZER_STATE, os), (names::TRAINER_STATE, ts)],
-            true,
-        )
+    let trainer = Trainer {
+        config: TrainerConfig {
+            fold,
+            seed: t.seed,
+            epochs: t.epochs,
+            batch_size: t.batch_size,
+            batches_per_epoch,
+            gradient_accumulation: t.gradient_accumulation,
+            total_steps,
+            warmup,
+            schedule: t.schedule,
+            learning_rate: t.learning_rate,
+            max_grad_norm: t.max_grad_norm,
+            loss_scaling: t.precision.loss_scaling(),
+            loss: t.loss_config(),
+            eval_every,
+            checkpoint_every: ckpt_every,
+            patience: t.patience,
+            keep_best_by: t.keep_best_by,
+            interrupt_after: ctx.interrupt_after,
+        },
+        feats: &data.feats,
+        train_rows: &data.train_rows,
     };
-
-    // Losses and gradient norms are read one step late (see `UnreadValues`).
-    let mut unread = UnreadValues::new(t.gradient_accumulation);
-    // Where a diverged run can go back to: the last checkpoint saved, whose validation (if
-    // one ran with it) was finite.
-    let saved_at = std::cell::Cell::new(last_saved);
-    let last_finite = || match saved_at.get() {
-        Some(step) => format!(
-            "the last finite checkpoint is {} (step {step}); lower train.learning_rate?",
-            last_dir.display()
-        ),
-        None => "no checkpoint was saved before it (lower train.learning_rate?)".to_string(),
+    let mut hooks = FoldHooks {
+        ctx,
+        fold,
+        data: &data,
+        device,
+        export: Export {
+            cfg: &enc_cfg,
+            base: base_cfg.as_ref(),
+            tok_dir: &tok_dir,
+        },
+        dir: &dir,
+        last_dir: &last_dir,
+        best_dir: &best_dir,
+        bar,
+        total_steps,
+        started: Instant::now(),
+        last_log: Instant::now(),
+        windows_at_start: st.windows_seen,
     };
-    let report = |u: &Unread<B::InnerBackend>, v: f64| -> Result<()> {
-        match u.check {
-            Check::Loss { epoch, batch } if !v.is_finite() => bail!(
-                "train fold {fold}: the loss became {v} at step {} (epoch {epoch}, batch {batch}); {}",
-                u.step,
-                last_finite()
-            ),
-            Check::GradNorm if !v.is_finite() => bail!(
-                "train fold {fold}: the gradient norm became {v} at step {}; {}",
-                u.step,
-                last_finite()
-            ),
-            _ => Ok(()),
-        }
-    };
-
-    // f16-mixed: dynamic loss scaling, continued from the saved state on resume.
-    let mut scaler = t
-        .precision
-        .loss_scaling()
-        .then(|| st.loss_scaler.unwrap_or_default());
-    'epochs: for epoch in st.epoch..t.epochs {
-        let mut order = data.train_rows.clone();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(t.seed, fold, epoch, 2)));
-        let batches: Vec<&[usize]> = order.chunks(t.batch_size).take(batches_per_epoch).collect();
-        let first = if epoch == st.epoch { st.batch } else { 0 };
-        for (bi, rows) in batches.iter().enumerate().skip(first) {
-            B::seed(device, mix(t.seed, fold, epoch * batches_per_epoch + bi, 3));
-            let b = batch::<B>(&data.feats, rows, device);
-            let (s_log, e_log) = model.forward(b.input_ids, b.attention_mask, b.token_type_ids);
-            let loss = qa_loss(&loss_cfg, s_log, e_log, b.start_positions, b.end_positions);
-            let loss = loss / t.gradient_accumulation as f64;
-            unread.current.push(Unread {
-                value: loss.clone().inner(),
-                check: Check::Loss { epoch, batch: bi },
-                step: st.step,
-            });
-            if scaler.is_some() {
-                // f16-mixed reads its gradient norm every step anyway (to skip overflowing
-                // steps), so nothing is gained by reading the loss later.
-                unread.settle_current(&mut running, &report)?;
-            }
-            st.windows_seen += rows.len();
-            let scaled = match &scaler {
-                Some(s) => loss * s.scale,
-                None => loss,
-            };
-            let grads = GradientsParams::from_grads(scaled.backward(), &model);
-            accum.accumulate(&model, grads);
-            in_accum += 1;
-            if in_accum < t.gradient_accumulation && bi + 1 < batches.len() {
-                continue;
-            }
-            in_accum = 0;
-            let mut grads = accum.grads();
-            if let Some(s) = &scaler {
-                // Unscale in f32 (the scale is a power of two: exact), as GradScaler.unscale_.
-                grads = scale_grads(&model, grads, (1.0 / s.scale) as f32);
-            }
-            // The clipping coefficient, when it stays on the device: the optimizer applies it.
-            let mut clip_coef = None;
-            let step_ok = match scaler.as_mut() {
-                Some(s) => {
-                    let norm = if t.max_grad_norm > 0.0 {
-                        let (g, norm) = clip_grad_norm(&model, grads, t.max_grad_norm);
-                        grads = g;
-                        norm
-                    } else {
-                        grad_norm(&model, &grads)
-                    };
-                    s.update(norm.is_finite())
-                }
-                None => {
-                    if t.max_grad_norm > 0.0 {
-                        // Clipped without a read-back; the norm is checked a step later.
-                        let (coef, norm) = clip_coef_on_device(&model, &grads, t.max_grad_norm);
-                        clip_coef = coef;
-                        unread.current.push(Unread {
-                            value: norm,
-                            check: Check::GradNorm,
-                            step: st.step,
-                        });
-                    }
-                    true
-                }
-            };
-            st.loss_scaler = scaler;
-            // The schedule counts optimizer steps taken: a step the loss scaler skipped does
-            // not advance it (HF Trainer steps its scheduler only when the optimizer ran).
-            let lr = lr_at(
-                t.schedule,
-                t.learning_rate,
-                st.step - st.skipped_steps,
-                warmup,
-                total_steps,
-            );
-            if step_ok {
-                model = optim.step_scaled(lr, model, grads, clip_coef);
-            } else {
-                st.skipped_steps += 1;
-            }
-            // The previous step's loss and norm: by now the device has computed them, and this
-            // step's work is queued behind them.
-            unread.next_step(&mut running, &report)?;
-            st.step += 1;
-            st.epoch = epoch;
-            st.batch = bi + 1;
-            bar.inc(1);
-            // The running loss is read a step late: nothing to show after the first step.
-            if running.1 > 0 {
-                bar.set_message(format!(
-                    "fold {fold} loss {:.4}",
-                    running.0 / running.1 as f64
-                ));
-            }
-            // Without a terminal (logs, nohup) the bar is hidden: a plain line every 30 s.
-            if bar.is_hidden() && last_log.elapsed().as_secs() >= 30 {
-                last_log = Instant::now();
-                ctx.ui.info(&format!(
-                    "fold {fold} step {}/{total_steps}: loss {:.4}, {:.1} windows/s",
-                    st.step,
-                    running.0 / running.1.max(1) as f64,
-                    (st.windows_seen - windows_at_start) as f64 / started.elapsed().as_secs_f64()
-                ));
-            }
-
-            let last_step = st.step == total_steps;
-            let eval_now = st.step.is_multiple_of(eval_every) || last_step;
-            let interrupt_now = interrupt_after.is_some_and(|n| st.step >= n);
-            if eval_now || st.step.is_multiple_of(ckpt_every) || interrupt_now {
-                unread.settle_all(&mut running, &report)?;
-            }
-            if eval_now {
-                let valid = model.valid();
-                let (vloss, sacc, eacc, em, f1, _) = validate(&valid, &data, s, device);
-                if !vloss.is_finite() {
-                    // Never best, never saved as a checkpoint: the weights have diverged.
-                    bail!(
-                        "train fold {fold}: the validation loss became {vloss} at step {}; {}",
-                        st.step,
-                        last_finite()
-                    );
-                }
-                let line = EvalLine {
-                    step: st.step,
-                    epoch: epoch as f64 + (bi + 1) as f64 / batches.len() as f64,
-                    lr,
-                    train_loss: running.0 / running.1.max(1) as f64,
-                    loss: vloss,
-                    start_acc: sacc,
-                    end_acc: eacc,
-                    exact_match: em,
-                    f1,
-                    elapsed_s: time_before + started.elapsed().as_secs_f64(),
-                };
-                running = (0.0, 0);
-                let improved = st
-                    .best
-                    .as_ref()
-                    .is_none_or(|b| line.score(t.keep_best_by) > b.score(t.keep_best_by));
-                if improved {
-                    save_dir(
-                        &valid,
-                        &enc_cfg,
-                        base_cfg.as_ref(),
-                        &tok_dir,
-                        &best_dir,
-                        &[],
-                        false,
-                    )?;
-                    st.best = Some(line.clone());
-                    st.evals_since_best = 0;
-                } else {
-                    st.evals_since_best += 1;
-                }
-                ctx.ui.note(
-                    &bar,
-                    &format!(
-                        "fold {fold} step {}: loss {:.4} val loss {:.4} EM {:.2} F1 {:.2}{}",
-                        line.step,
-                        line.train_loss,
-                        line.loss,
-                        line.exact_match,
-                        line.f1,
-                        if improved { " (best)" } else { "" }
-                    ),
-                );
-                st.history.push(line);
-                let lines: String = st
-                    .history
-                    .iter()
-                    .filter_map(|l| serde_json::to_string(l).ok())
-                    .map(|l| l + "\n")
-                    .collect();
-                crate::run::write_atomic(&dir.join(names::METRICS_LOG), lines.as_bytes())?;
-                if t.patience > 0 && st.evals_since_best >= t.patience {
-                    ctx.ui.info(&format!(
-                        "train fold {fold}: no improvement in {} validations, stopping early",
-                        t.patience
-                    ));
-                    stop = true;
-                }
-            }
-            if st.step.is_multiple_of(ckpt_every) || last_step || stop {
-                st.train_seconds = time_before + started.elapsed().as_secs_f64();
-                save_last(&model, &optim, &st)?;
-                saved_at.set(Some(st.step));
-            }
-            if stop {
-                break 'epochs;
-            }
-            if interrupt_now {
-                save_last(&model, &optim, &st)?;
-                bail!(
-                    "train fold {fold}: interrupted after step {} (PIPELINE_INTERRUPT_AFTER_STEP)",
-                    st.step
-                );
-            }
-        }
-        st.batch = 0;
-        st.epoch = epoch + 1;
-    }
-    unread.settle_all(&mut running, &report)?;
-    bar.finish_and_clear();
-    st.train_seconds = time_before + started.elapsed().as_secs_f64();
-    save_last(&model, &optim, &st)?;
+    let (_, _, st) = trainer.run(model, optim, st, device, &mut hooks)?;
+    hooks.bar.finish_and_clear();
     if !best_dir.exists() {
         bail!("train fold {fold}: no validation ran, so there is no best checkpoint");
     }

@@ -6,3 +6,4 @@ pub mod loss;
 pub mod optim;
 pub mod scaler;
 pub mod schedule;
+pub mod trainer;
