@@ -183,7 +183,7 @@ fn run_on<B: AutodiffBackend>(
     let non_embedding = parameters.saturating_sub(embedding);
     let mut optim =
         QaOptimizer::<B>::new(OptimConfig::default()).with_multi_tensor(args.multi_tensor_adamw);
-    if optim.multi_tensor() && !crate::stages::train::multi_tensor_fits(&model, args.device) {
+    if optim.multi_tensor() && !crate::train::optim::multi_tensor_fits(&model, args.device) {
         optim = optim.with_multi_tensor(false);
     }
     let multi_tensor = optim.multi_tensor();

@@ -182,7 +182,11 @@ pub fn main() -> Result<()> {
                 .ok()
                 .and_then(|v| v.parse().ok());
             // One writer per run: held until this process ends (see `run::Lock`).
-            let _lock = crate::run::lock_run(&ctx.run_dir)?;
+            // A fold worker of `train.parallel_folds` is told its parent's pid (`run::as_worker`).
+            let worker_of = std::env::var(crate::run::WORKER_OF)
+                .ok()
+                .and_then(|v| v.parse().ok());
+            let _lock = crate::run::lock_run(&ctx.run_dir, worker_of)?;
             match stage_of(target) {
                 Some(stage) => stages::run_stage(&ctx, stage),
                 None => stages::run_all(&ctx),

@@ -421,11 +421,12 @@ fn open_lock_file(path: &Path) -> Result<fs::File> {
 }
 
 /// The run's lock for a process that writes into `run_dir`. A fold worker started by
-/// `train.parallel_folds` (its parent's pid in [`WORKER_OF`]) gets `None`: its parent holds
-/// the run's lock, which the worker checks, and the worker locks its fold instead.
-pub fn lock_run(run_dir: &Path) -> Result<Option<Lock>> {
+/// `train.parallel_folds` (`worker_of`: its parent's pid, from [`WORKER_OF`], while that parent
+/// lives) gets `None`: its parent holds the run's lock, which the worker checks, and the worker
+/// locks its fold instead.
+pub fn lock_run(run_dir: &Path, worker_of: Option<u32>) -> Result<Option<Lock>> {
     let path = run_dir.join(LOCK);
-    if let Some(parent) = worker_parent() {
+    if let Some(parent) = worker_of.filter(|&pid| std::os::unix::process::parent_id() == pid) {
         if !Lock::is_held(&path) {
             anyhow::bail!(
                 "this fold worker's parent (pid {parent}) no longer holds {}: stopping",
@@ -435,12 +436,6 @@ pub fn lock_run(run_dir: &Path) -> Result<Option<Lock>> {
         return Ok(None);
     }
     Lock::acquire(&path, &format!("run {}", run_dir.display())).map(Some)
-}
-
-/// The parent's pid when this process is a fold worker of a live parent.
-fn worker_parent() -> Option<u32> {
-    let pid: u32 = std::env::var(WORKER_OF).ok()?.parse().ok()?;
-    (std::os::unix::process::parent_id() == pid).then_some(pid)
 }
 
 /// Makes `cmd` a fold worker of this process: it is told so, and on Linux the kernel kills it

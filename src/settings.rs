@@ -232,7 +232,7 @@ fn is_one(n: &usize) -> bool {
 #[serde(deny_unknown_fields, default)]
 pub struct TrainSettings {
     /// `cpu` (flex), `cuda` / `cuda:N`, or `wgpu` / `wgpu:N` / `wgpu:cpu` (Vulkan, Metal).
-    pub device: String,
+    pub device: crate::device::Device,
     /// `f32`, or pure `bf16` / `f16` on CUDA (prediction uses the same).
     pub precision: crate::device::Precision,
     pub epochs: usize,
@@ -313,7 +313,7 @@ fn is_false(b: &bool) -> bool {
 impl Default for TrainSettings {
     fn default() -> Self {
         Self {
-            device: "cpu".into(),
+            device: crate::device::Device::Cpu,
             precision: Default::default(),
             epochs: 3,
             batch_size: 32,
@@ -470,10 +470,7 @@ impl Settings {
     /// Whether evaluation batches keep one shape on the configured device (see
     /// [`crate::device::Device::wants_fixed_shapes`]).
     pub fn fixed_shape(&self) -> bool {
-        self.train
-            .device
-            .parse::<crate::device::Device>()
-            .is_ok_and(crate::device::Device::wants_fixed_shapes)
+        self.train.device.wants_fixed_shapes()
     }
 
     /// Reads `path`, applies `overrides` (`section.key=value`, value in TOML syntax or a bare
@@ -589,10 +586,7 @@ impl Settings {
             }
         }
         let t = &self.train;
-        let device = t
-            .device
-            .parse::<crate::device::Device>()
-            .map_err(|e| anyhow::anyhow!("train.device: {e}"))?;
+        let device = t.device;
         if device == crate::device::Device::Cpu && t.precision.is_pure_half() {
             bail!(
                 "train.precision = \"{}\" needs train.device = \"cuda\" (the CPU backend keeps f32 weights; \"bf16-mixed\" runs there)",

@@ -13,14 +13,13 @@ use serde_json::json;
 use super::{Ctx, Plan};
 use crate::artifacts::write_logits;
 use crate::artifacts::{read_folds, Features, TEST_FOLD};
-use crate::device::Device;
 use crate::model::QaModel;
 use crate::run::{names, Manifest, StageWriter};
 use crate::train::batch::logits;
 
 /// Runs one fold.
 pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
-    let device: Device = ctx.settings.train.device.parse()?;
+    let device = ctx.settings.train.device;
     let fused = ctx.settings.train.eval_attention.fused();
     crate::model::amp::with_fused_attention(fused, || {
         crate::with_backend!(device, ctx.settings.train.precision, |B, d| {

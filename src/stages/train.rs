@@ -18,7 +18,6 @@ use serde_json::json;
 
 use super::{Ctx, Plan, Stage};
 use crate::artifacts::{read_examples, read_folds, Features};
-use crate::device::Device;
 use crate::model::config::EncoderConfig;
 use crate::model::export::save_pretrained;
 use crate::model::QaModel;
@@ -57,7 +56,7 @@ pub fn resumable_step(plan: &Plan) -> Option<usize> {
 
 /// Runs one fold on the configured device.
 pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
-    let device: Device = ctx.settings.train.device.parse()?;
+    let device = ctx.settings.train.device;
     // One writer per fold, also among the workers of `train.parallel_folds`.
     let _lock = crate::run::Lock::acquire(
         &plan.dir.join(crate::run::LOCK),
@@ -76,7 +75,7 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
 /// `cfg` is the model's config; without it (before `prepare`) it is read from the pretrained
 /// folder or built from the from-scratch sizes.
 pub fn check_fits(s: &Settings, cfg: Option<&EncoderConfig>) -> Result<()> {
-    let device: Device = s.train.device.parse()?;
+    let device = s.train.device;
     let guessed;
     let cfg = match cfg {
         Some(c) => c,
@@ -152,13 +151,6 @@ pub fn check_fits(s: &Settings, cfg: Option<&EncoderConfig>) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Whether AdamW's multi-tensor step (every parameter in one buffer) fits the device's largest
-/// buffer; where it does not, the per-tensor step gives the same numbers.
-pub fn multi_tensor_fits<B: Backend>(model: &QaModel<B>, device: Device) -> bool {
-    use burn::module::Module;
-    crate::device::max_buffer_bytes(device).is_none_or(|max| model.num_params() as u64 * 4 <= max)
 }
 
 /// The data a fold trains and validates on.
@@ -558,7 +550,7 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
     let s = &ctx.settings;
     let t = &s.train;
     let fold = plan.fold.context("train runs per fold")?;
-    let device_kind: Device = t.device.parse()?;
+    let device_kind = t.device;
     let dir = plan.dir.clone();
     let last_dir = dir.join(names::LAST);
     let best_dir = dir.join(names::BEST);
@@ -578,7 +570,7 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
     let (mut model, enc_cfg, base_cfg) = initial_model::<B>(s, &tok, device)?;
     check_fits(s, Some(&enc_cfg)).with_context(|| format!("train fold {fold}"))?;
     let mut optim = QaOptimizer::<B>::new(t.optim_config()).with_multi_tensor(t.multi_tensor_adamw);
-    if optim.multi_tensor() && !multi_tensor_fits(&model, device_kind) {
+    if optim.multi_tensor() && !crate::train::optim::multi_tensor_fits(&model, device_kind) {
         optim = optim.with_multi_tensor(false);
     }
     let mut st = TrainerState {

@@ -373,6 +373,16 @@ impl<B: AutodiffBackend> QaOptimizer<B> {
     }
 }
 
+/// Whether AdamW's multi-tensor step (every parameter in one buffer) fits the device's largest
+/// buffer; where it does not, the per-tensor step gives the same numbers.
+pub fn multi_tensor_fits<B: Backend>(
+    model: &crate::model::QaModel<B>,
+    device: crate::device::Device,
+) -> bool {
+    use burn::module::Module;
+    crate::device::max_buffer_bytes(device).is_none_or(|max| model.num_params() as u64 * 4 <= max)
+}
+
 /// Tracks the dotted module path and the owning struct while Burn walks a module.
 type PathStack = Vec<(String, String)>;
 
