@@ -462,3 +462,36 @@ fn korquad_question_logits_match_transformers() {
         assert!(d <= 1e-4, "{kind}: {d}");
     }
 }
+
+/// Loading and export agree on the HF key tree: every tensor that loading took from a fixture
+/// checkpoint comes back under the same key, and export writes nothing else (besides `qa_outputs` where the checkpoint had no head, which loading initialised).
+#[test]
+fn export_writes_back_exactly_the_keys_that_loading_took() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+    for name in ["roberta_qa", "roberta_base", "roberta_sharded", "bert_qa"] {
+        let d = dir.join(name);
+        let (model, cfg, report) =
+            QaModel::<B>::from_pretrained(&d, &HeadConfig::default(), &Default::default()).unwrap();
+        let weights = Weights::from_dir(&d).unwrap();
+        let taken: std::collections::BTreeSet<String> = weights
+            .keys()
+            .filter(|k| !report.unused.iter().any(|u| u == k))
+            .map(str::to_string)
+            .collect();
+        let sd = pipeline::model::export::state_dict(&model, cfg.family().unwrap());
+        let mut written: std::collections::BTreeSet<String> = sd.keys().cloned().collect();
+        if !report.head_loaded {
+            assert!(written.remove("qa_outputs.weight") && written.remove("qa_outputs.bias"));
+        }
+        // Export writes the family's prefix (`roberta.`); a bare checkpoint (a base model
+        // without one) loads from the same keys without it.
+        let strip = |k: &str, p: &str| k.strip_prefix(p).unwrap_or(k).to_string();
+        let family = cfg.family().unwrap().prefix();
+        let taken: std::collections::BTreeSet<String> =
+            taken.iter().map(|k| strip(k, &report.prefix)).collect();
+        let written: std::collections::BTreeSet<String> =
+            written.iter().map(|k| strip(k, family)).collect();
+        assert_eq!(written, taken, "{name}: export and load disagree on keys");
+        assert!(taken.len() > 10, "{name}: {} keys", taken.len());
+    }
+}
