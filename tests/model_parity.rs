@@ -230,9 +230,13 @@ fn bilstm_head_matches_torch_lstm_with_packing() {
     }
     let mut w = Weights::from_map(map, "lstm.json");
     let dev = Default::default();
-    let lstm =
-        pipeline::model::heads::BiLstm::<B>::load(&mut w, "lstm.", 8, 8, 2, 0.0, &dev).unwrap();
-    let head = w.linear::<B>("qa_outputs", 16, 2, &dev).unwrap();
+    // Loaded through the model's key map, as `from_pretrained` loads a BiLSTM head.
+    use pipeline::model::keys::load_into;
+    let lstm = pipeline::model::heads::BiLstm::<B>::init(8, 8, 2, 0.0, &dev);
+    let lstm = load_into(lstm, &mut w, "", "lstm", |_| true).unwrap();
+    let head = pipeline::model::encoder::hf_linear::<B>(16, 2, 0.02, &dev);
+    let head = load_into(head, &mut w, "", "qa_outputs", |_| true).unwrap();
+    assert!(w.unused().is_empty(), "not loaded: {:?}", w.unused());
     let x: Tensor<B, 3> =
         Tensor::from_data(TensorData::new(floats(&fx["x"]["data"]), [2, 6, 8]), &dev);
 

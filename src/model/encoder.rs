@@ -3,7 +3,7 @@
 //! Structs follow HF's classes in order (`Embeddings -> SelfAttention -> SelfOutput -> Attention
 //! -> Intermediate -> Output -> Layer -> Encoder -> Model`) and each module's HF key is its field
 //! path, with two spellings Rust cannot use: `attention.self` (field `self_attention`) and
-//! `LayerNorm` (field `layer_norm`); [`super::load`] maps them. Dropout sits exactly where HF puts
+//! `LayerNorm` (field `layer_norm`); [`super::keys`] maps them. Dropout sits exactly where HF puts
 //! it (embeddings, attention probabilities, after the attention-output and FFN-output dense
 //! layers) and is active only on an autodiff backend (training), never in evaluation.
 
@@ -19,7 +19,6 @@ use burn::tensor::{Distribution, Int, Tensor};
 use super::amp;
 use super::config::{EncoderConfig, Family};
 use super::dropout::dropout;
-use super::load::Weights;
 
 /// A Linear initialised as HF does: N(0, initializer_range), zero bias.
 pub fn hf_linear<B: Backend>(d_in: usize, d_out: usize, std: f64, device: &B::Device) -> Linear<B> {
@@ -92,41 +91,6 @@ impl<B: Backend> Embeddings<B> {
             layer_norm: layer_norm(cfg, device),
             dropout: DropoutConfig::new(cfg.hidden_dropout_prob).init(),
         }
-    }
-
-    fn load(
-        w: &mut Weights,
-        p: &str,
-        cfg: &EncoderConfig,
-        device: &B::Device,
-    ) -> anyhow::Result<Self> {
-        Ok(Self {
-            word_embeddings: w.embedding(
-                &format!("{p}word_embeddings"),
-                cfg.vocab_size,
-                cfg.hidden_size,
-                device,
-            )?,
-            position_embeddings: w.embedding(
-                &format!("{p}position_embeddings"),
-                cfg.max_position_embeddings,
-                cfg.hidden_size,
-                device,
-            )?,
-            token_type_embeddings: w.embedding(
-                &format!("{p}token_type_embeddings"),
-                cfg.type_vocab_size,
-                cfg.hidden_size,
-                device,
-            )?,
-            layer_norm: w.layer_norm(
-                &format!("{p}LayerNorm"),
-                cfg.hidden_size,
-                cfg.layer_norm_eps,
-                device,
-            )?,
-            dropout: DropoutConfig::new(cfg.hidden_dropout_prob).init(),
-        })
     }
 
     fn forward(
@@ -276,45 +240,6 @@ impl<B: Backend> Layer<B> {
         }
     }
 
-    fn load(
-        w: &mut Weights,
-        p: &str,
-        cfg: &EncoderConfig,
-        device: &B::Device,
-    ) -> anyhow::Result<Self> {
-        let (eps, h, i) = (cfg.layer_norm_eps, cfg.hidden_size, cfg.intermediate_size);
-        Ok(Self {
-            attention: Attention {
-                self_attention: SelfAttention {
-                    query: w.linear(&format!("{p}attention.self.query"), h, h, device)?,
-                    key: w.linear(&format!("{p}attention.self.key"), h, h, device)?,
-                    value: w.linear(&format!("{p}attention.self.value"), h, h, device)?,
-                    dropout: DropoutConfig::new(cfg.attention_probs_dropout_prob).init(),
-                    num_heads: cfg.num_attention_heads,
-                },
-                output: SelfOutput {
-                    dense: w.linear(&format!("{p}attention.output.dense"), h, h, device)?,
-                    layer_norm: w.layer_norm(
-                        &format!("{p}attention.output.LayerNorm"),
-                        h,
-                        eps,
-                        device,
-                    )?,
-                    dropout: DropoutConfig::new(cfg.hidden_dropout_prob).init(),
-                },
-            },
-            intermediate: Intermediate {
-                dense: w.linear(&format!("{p}intermediate.dense"), h, i, device)?,
-                approximate_gelu: cfg.hidden_act != "gelu",
-            },
-            output: Output {
-                dense: w.linear(&format!("{p}output.dense"), i, h, device)?,
-                layer_norm: w.layer_norm(&format!("{p}output.LayerNorm"), h, eps, device)?,
-                dropout: DropoutConfig::new(cfg.hidden_dropout_prob).init(),
-            },
-        })
-    }
-
     fn forward(&self, x: Tensor<B, 3>, mask: &KeyMask<B>) -> Tensor<B, 3> {
         let a = &self.attention;
         let ctx = a.self_attention.forward(x.clone(), mask);
@@ -359,25 +284,6 @@ impl<B: Backend> EncoderModel<B> {
                 layer: (0..cfg.num_hidden_layers)
                     .map(|_| Layer::init(cfg, device))
                     .collect(),
-            },
-            roberta_positions: cfg.family()? == Family::Roberta,
-            pad_token_id: cfg.pad_token_id,
-        })
-    }
-
-    /// Builds the encoder from checkpoint tensors under `prefix` (`""`, `roberta.` or `bert.`).
-    pub fn load(
-        w: &mut Weights,
-        prefix: &str,
-        cfg: &EncoderConfig,
-        device: &B::Device,
-    ) -> anyhow::Result<Self> {
-        Ok(Self {
-            embeddings: Embeddings::load(w, &format!("{prefix}embeddings."), cfg, device)?,
-            encoder: Encoder {
-                layer: (0..cfg.num_hidden_layers)
-                    .map(|i| Layer::load(w, &format!("{prefix}encoder.layer.{i}."), cfg, device))
-                    .collect::<anyhow::Result<_>>()?,
             },
             roberta_positions: cfg.family()? == Family::Roberta,
             pad_token_id: cfg.pad_token_id,

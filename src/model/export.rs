@@ -8,9 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
-use burn::nn::{Embedding, LayerNorm, Linear};
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
 use safetensors::tensor::{Dtype, TensorView};
 
 use super::config::{EncoderConfig, Family};
@@ -19,123 +17,19 @@ use super::QaModel;
 /// Row-major f32 values and shape of every tensor, by HF key.
 pub type StateDict = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
-fn put<B: Backend, const D: usize>(sd: &mut StateDict, key: String, t: Tensor<B, D>) {
-    let shape = t.dims().to_vec();
-    let data = t
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .unwrap_or_default();
-    sd.insert(key, (shape, data));
-}
-
-fn put_linear<B: Backend>(sd: &mut StateDict, key: &str, l: &Linear<B>) {
-    put(sd, format!("{key}.weight"), l.weight.val().transpose());
-    if let Some(b) = &l.bias {
-        put(sd, format!("{key}.bias"), b.val());
-    }
-}
-
-fn put_ln<B: Backend>(sd: &mut StateDict, key: &str, ln: &LayerNorm<B>) {
-    put(sd, format!("{key}.weight"), ln.gamma.val());
-    if let Some(b) = &ln.beta {
-        put(sd, format!("{key}.bias"), b.val());
-    }
-}
-
-fn put_emb<B: Backend>(sd: &mut StateDict, key: &str, e: &Embedding<B>) {
-    put(sd, format!("{key}.weight"), e.weight.val());
-}
-
-/// The model's tensors under HF keys (the inverse of loading).
+/// The model's tensors under HF keys (the inverse of loading): every parameter at its
+/// [`super::keys::hf_key`], the encoder's under the family prefix.
 pub fn state_dict<B: Backend>(model: &QaModel<B>, family: Family) -> StateDict {
-    let mut sd = StateDict::new();
-    let p = family.prefix();
-    let e = &model.encoder.embeddings;
-    put_emb(
-        &mut sd,
-        &format!("{p}embeddings.word_embeddings"),
-        &e.word_embeddings,
-    );
-    put_emb(
-        &mut sd,
-        &format!("{p}embeddings.position_embeddings"),
-        &e.position_embeddings,
-    );
-    put_emb(
-        &mut sd,
-        &format!("{p}embeddings.token_type_embeddings"),
-        &e.token_type_embeddings,
-    );
-    put_ln(&mut sd, &format!("{p}embeddings.LayerNorm"), &e.layer_norm);
-    for (i, layer) in model.encoder.encoder.layer.iter().enumerate() {
-        let k = format!("{p}encoder.layer.{i}");
-        let a = &layer.attention;
-        put_linear(
-            &mut sd,
-            &format!("{k}.attention.self.query"),
-            &a.self_attention.query,
-        );
-        put_linear(
-            &mut sd,
-            &format!("{k}.attention.self.key"),
-            &a.self_attention.key,
-        );
-        put_linear(
-            &mut sd,
-            &format!("{k}.attention.self.value"),
-            &a.self_attention.value,
-        );
-        put_linear(
-            &mut sd,
-            &format!("{k}.attention.output.dense"),
-            &a.output.dense,
-        );
-        put_ln(
-            &mut sd,
-            &format!("{k}.attention.output.LayerNorm"),
-            &a.output.layer_norm,
-        );
-        put_linear(
-            &mut sd,
-            &format!("{k}.intermediate.dense"),
-            &layer.intermediate.dense,
-        );
-        put_linear(&mut sd, &format!("{k}.output.dense"), &layer.output.dense);
-        put_ln(
-            &mut sd,
-            &format!("{k}.output.LayerNorm"),
-            &layer.output.layer_norm,
-        );
-    }
-    if let Some(lstm) = &model.lstm {
-        for (k, layer) in lstm.layers.iter().enumerate() {
-            for (dir, suffix) in [(&layer.forward, ""), (&layer.reverse, "_reverse")] {
-                put(
-                    &mut sd,
-                    format!("lstm.weight_ih_l{k}{suffix}"),
-                    dir.weight_ih.val(),
-                );
-                put(
-                    &mut sd,
-                    format!("lstm.weight_hh_l{k}{suffix}"),
-                    dir.weight_hh.val(),
-                );
-                put(
-                    &mut sd,
-                    format!("lstm.bias_ih_l{k}{suffix}"),
-                    dir.bias_ih.val(),
-                );
-                put(
-                    &mut sd,
-                    format!("lstm.bias_hh_l{k}{suffix}"),
-                    dir.bias_hh.val(),
-                );
-            }
-        }
-    }
-    put_linear(&mut sd, "qa_outputs", &model.qa_outputs);
-    sd
+    super::keys::hf_tensors(model)
+        .into_iter()
+        .map(|(k, shape, data)| {
+            let key = match k.part {
+                super::keys::Part::Encoder => format!("{}{}", family.prefix(), k.key),
+                _ => k.key,
+            };
+            (key, (shape, data))
+        })
+        .collect()
 }
 
 /// Writes `config.json`, `model.safetensors` and copies `tokenizer.json` /

@@ -17,7 +17,6 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor};
 
 use super::amp;
-use super::load::Weights;
 
 /// One direction of one LSTM layer, PyTorch layout.
 #[derive(Module, Debug)]
@@ -41,38 +40,6 @@ impl<B: Backend> LstmDirection<B> {
             bias_ih: Param::from_tensor(Tensor::random([4 * h], u, device)),
             bias_hh: Param::from_tensor(Tensor::random([4 * h], u, device)),
         }
-    }
-
-    fn load(
-        w: &mut Weights,
-        prefix: &str,
-        suffix: &str,
-        d_in: usize,
-        h: usize,
-        device: &B::Device,
-    ) -> anyhow::Result<Self> {
-        Ok(Self {
-            weight_ih: Param::from_tensor(w.tensor(
-                &format!("{prefix}weight_ih{suffix}"),
-                [4 * h, d_in],
-                device,
-            )?),
-            weight_hh: Param::from_tensor(w.tensor(
-                &format!("{prefix}weight_hh{suffix}"),
-                [4 * h, h],
-                device,
-            )?),
-            bias_ih: Param::from_tensor(w.tensor(
-                &format!("{prefix}bias_ih{suffix}"),
-                [4 * h],
-                device,
-            )?),
-            bias_hh: Param::from_tensor(w.tensor(
-                &format!("{prefix}bias_hh{suffix}"),
-                [4 * h],
-                device,
-            )?),
-        })
     }
 
     /// The input projections of all steps at once, `x W_ihᵀ + b_ih + b_hh`: `[b, l, 4H]`.
@@ -247,44 +214,6 @@ impl<B: Backend> BiLstm<B> {
                 .collect(),
             dropout: DropoutConfig::new(dropout).init(),
         }
-    }
-
-    /// Loads PyTorch `nn.LSTM` weights under `prefix` (e.g. `lstm.`).
-    pub fn load(
-        w: &mut Weights,
-        prefix: &str,
-        d_in: usize,
-        hidden: usize,
-        layers: usize,
-        dropout: f64,
-        device: &B::Device,
-    ) -> anyhow::Result<Self> {
-        Ok(Self {
-            layers: (0..layers)
-                .map(|k| {
-                    let d = if k == 0 { d_in } else { 2 * hidden };
-                    Ok(LstmLayer {
-                        forward: LstmDirection::load(
-                            w,
-                            prefix,
-                            &format!("_l{k}"),
-                            d,
-                            hidden,
-                            device,
-                        )?,
-                        reverse: LstmDirection::load(
-                            w,
-                            prefix,
-                            &format!("_l{k}_reverse"),
-                            d,
-                            hidden,
-                            device,
-                        )?,
-                    })
-                })
-                .collect::<anyhow::Result<_>>()?,
-            dropout: DropoutConfig::new(dropout).init(),
-        })
     }
 
     /// `x` `[b, l, in]`, `mask` `[b, l]` (1 = real token; right padding) -> `[b, l, 2H]`, zero

@@ -2,15 +2,13 @@
 //! `model.safetensors.index.json`, and `pytorch_model.bin` (via burn-store's pickle reader).
 //!
 //! Loading is strict: a tensor the model needs but the checkpoint lacks, or one of the wrong
-//! shape, is an error naming it; tensors the model does not use are listed. HF `nn.Linear`
-//! stores `[out, in]`, Burn `[in, out]`: the one transpose happens here.
+//! shape, is an error naming it; tensors the model does not use are listed. Which key each
+//! parameter reads, and the `nn.Linear` transpose, come from [`super::keys`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use burn::module::Param;
-use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 use safetensors::tensor::{Dtype, SafeTensors};
@@ -144,59 +142,5 @@ impl Weights {
         let data = data.clone().convert::<f32>();
         self.used.insert(name.to_string());
         Ok(Tensor::from_data(data, device))
-    }
-
-    /// HF `nn.Linear(d_in, d_out)` at `name.weight` (`[out, in]`) and `name.bias`.
-    pub fn linear<B: Backend>(
-        &mut self,
-        name: &str,
-        d_in: usize,
-        d_out: usize,
-        device: &B::Device,
-    ) -> Result<Linear<B>> {
-        let w: Tensor<B, 2> = self.tensor(&format!("{name}.weight"), [d_out, d_in], device)?;
-        let b: Tensor<B, 1> = self.tensor(&format!("{name}.bias"), [d_out], device)?;
-        let mut l = LinearConfig::new(d_in, d_out).init(device);
-        // Materialise the transpose: a strided parameter would be copied on every use.
-        let wt = Tensor::from_data(w.transpose().into_data(), device);
-        l.weight = Param::from_tensor(wt);
-        l.bias = Some(Param::from_tensor(b));
-        Ok(l)
-    }
-
-    /// HF `nn.LayerNorm(d)` at `name.weight`/`name.bias` (or the old `gamma`/`beta`).
-    pub fn layer_norm<B: Backend>(
-        &mut self,
-        name: &str,
-        d: usize,
-        eps: f64,
-        device: &B::Device,
-    ) -> Result<LayerNorm<B>> {
-        let (w, b) = if self.has(&format!("{name}.gamma")) {
-            ("gamma", "beta")
-        } else {
-            ("weight", "bias")
-        };
-        let mut ln = LayerNormConfig::new(d).with_epsilon(eps).init(device);
-        ln.gamma = Param::from_tensor(self.tensor(&format!("{name}.{w}"), [d], device)?);
-        ln.beta = Some(Param::from_tensor(self.tensor(
-            &format!("{name}.{b}"),
-            [d],
-            device,
-        )?));
-        Ok(ln)
-    }
-
-    /// HF `nn.Embedding(n, d)` at `name.weight`.
-    pub fn embedding<B: Backend>(
-        &mut self,
-        name: &str,
-        n: usize,
-        d: usize,
-        device: &B::Device,
-    ) -> Result<Embedding<B>> {
-        let mut e = EmbeddingConfig::new(n, d).init(device);
-        e.weight = Param::from_tensor(self.tensor(&format!("{name}.weight"), [n, d], device)?);
-        Ok(e)
     }
 }

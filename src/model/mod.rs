@@ -15,6 +15,7 @@ pub mod encoder;
 pub mod export;
 pub mod heads;
 pub mod kernels;
+pub mod keys;
 pub mod load;
 pub mod memory;
 
@@ -126,55 +127,25 @@ impl<B: Backend> QaModel<B> {
     ) -> Result<(Self, LoadReport)> {
         let family = cfg.family()?;
         let prefix = detect_prefix(w, family)?;
-        let encoder = EncoderModel::load(w, &prefix, cfg, device)?;
-        let h = cfg.hidden_size;
-        let mut head_loaded = false;
-        let (lstm, out_in) = match head.kind {
-            HeadKind::Linear => (None, h),
-            HeadKind::Bilstm => {
-                let lstm = if w.has("lstm.weight_ih_l0") {
-                    head_loaded = true;
-                    BiLstm::load(
-                        w,
-                        "lstm.",
-                        h,
-                        h,
-                        head.num_rnn_layers,
-                        head.rnn_dropout,
-                        device,
-                    )?
-                } else {
-                    BiLstm::init(h, h, head.num_rnn_layers, head.rnn_dropout, device)
-                };
-                (Some(lstm), 2 * h)
-            }
-        };
-        let qa_outputs = match w.has("qa_outputs.weight") {
-            true if head.kind == HeadKind::Linear || head_loaded => {
-                w.linear("qa_outputs", out_in, 2, device)?
-            }
-            _ => {
-                head_loaded = false;
-                hf_linear(out_in, 2, cfg.initializer_range, device)
-            }
-        };
-        if head.kind == HeadKind::Linear {
-            head_loaded = w.has("qa_outputs.weight");
-        }
+        // The head comes from the checkpoint when it holds one for this head kind: `qa_outputs`
+        // alone for the linear head, the LSTM and `qa_outputs` for the BiLSTM head. Otherwise
+        // it keeps HF's initialisation, as `from_pretrained` does for a missing head.
+        let lstm_found = head.kind == HeadKind::Bilstm && w.has("lstm.weight_ih_l0");
+        let head_loaded =
+            w.has("qa_outputs.weight") && (head.kind == HeadKind::Linear || lstm_found);
+        let model = Self::init(cfg, head, device)?;
+        let model = keys::load_into(model, w, &prefix, "", |part| match part {
+            keys::Part::Encoder => true,
+            keys::Part::Lstm => lstm_found,
+            keys::Part::QaOutputs => head_loaded,
+        })?;
         let report = LoadReport {
             source: w.source.display().to_string(),
             prefix,
             head_loaded,
             unused: w.unused(),
         };
-        Ok((
-            Self {
-                encoder,
-                lstm,
-                qa_outputs,
-            },
-            report,
-        ))
+        Ok((model, report))
     }
 
     /// Start and end logits `[batch, seq]`.
