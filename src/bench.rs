@@ -32,8 +32,8 @@ pub struct BenchArgs {
     pub model: String,
     /// `linear` (HF's `qa_outputs`) or `bilstm` (2 bidirectional LSTM layers of the encoder's
     /// width, then Linear(2 hidden, 2): the competition seed's head).
-    #[arg(long, default_value = "linear", value_parser = ["linear", "bilstm"])]
-    pub head: String,
+    #[arg(long, default_value = "linear")]
+    pub head: HeadKind,
     #[arg(long, default_value_t = 384)]
     pub seq: usize,
     #[arg(long, default_value_t = 8)]
@@ -67,7 +67,7 @@ pub struct BenchArgs {
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub model: String,
-    pub head: String,
+    pub head: HeadKind,
     pub device: String,
     pub precision: String,
     pub seq: usize,
@@ -168,10 +168,7 @@ fn run_on<B: AutodiffBackend>(
 ) -> Result<BenchReport> {
     let (b, s) = (args.batch, args.seq);
     let head = HeadConfig {
-        kind: match args.head.as_str() {
-            "bilstm" => HeadKind::Bilstm,
-            _ => HeadKind::Linear,
-        },
+        kind: args.head,
         ..HeadConfig::default()
     };
     // Seeded weights and inputs: the first loss is the same from run to run on one device.
@@ -251,7 +248,7 @@ fn run_on<B: AutodiffBackend>(
     let achieved = flops_per_token * tokens_per_second / 1e12;
     Ok(BenchReport {
         model: args.model.clone(),
-        head: args.head.clone(),
+        head: args.head,
         device: args.device.to_string(),
         precision: args.precision.to_string(),
         seq: s,

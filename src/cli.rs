@@ -23,17 +23,20 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Which stage `run` runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Target {
-    Prepare,
-    Split,
-    Train,
-    Predict,
-    Ensemble,
-    Evaluate,
-    Submit,
-    All,
+/// Which stage `run` runs: one [`Stage`] by its name, or `all` (`None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target(Option<Stage>);
+
+fn parse_target(s: &str) -> std::result::Result<Target, String> {
+    if s == "all" {
+        return Ok(Target(None));
+    }
+    <Stage as clap::ValueEnum>::from_str(s, false)
+        .map(|st| Target(Some(st)))
+        .map_err(|_| {
+            let names: Vec<&str> = Stage::ALL.iter().map(|st| st.name()).collect();
+            format!("use one of {}, all", names.join(", "))
+        })
 }
 
 #[derive(Debug, clap::Args)]
@@ -62,6 +65,8 @@ impl ConfigArgs {
 pub enum Command {
     /// Run one stage, or all of them in order (skipping those up to date).
     Run {
+        /// prepare, split, train, predict, ensemble, evaluate, submit, or all
+        #[arg(value_parser = parse_target)]
         target: Target,
         #[command(flatten)]
         config: ConfigArgs,
@@ -79,33 +84,7 @@ pub enum Command {
     },
     /// Run any HF question-answering checkpoint (or an exported fold) over a data file; writes
     /// predictions.json, nbest_predictions.json and logits.safetensors into --out.
-    Infer {
-        /// HF model folder: config.json, tokenizer.json, model.safetensors or pytorch_model.bin.
-        #[arg(long)]
-        model: PathBuf,
-        /// Data file (any format `prepare` reads; answers optional).
-        #[arg(long)]
-        data: PathBuf,
-        /// Output folder.
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long, default_value_t = 384)]
-        max_seq_length: usize,
-        #[arg(long, default_value_t = 128)]
-        doc_stride: usize,
-        #[arg(long, default_value_t = 32)]
-        batch_size: usize,
-        #[arg(long, default_value_t = 20)]
-        n_best_size: usize,
-        #[arg(long, default_value_t = 30)]
-        max_answer_length: usize,
-        /// `linear` (HF qa_outputs) or `bilstm` (an exported BiLSTM fold).
-        #[arg(long, default_value = "linear")]
-        head: String,
-        /// `cpu`, `cuda` / `cuda:N`, or `wgpu` / `wgpu:N` / `wgpu:cpu` (Vulkan, Metal).
-        #[arg(long, default_value = "cpu")]
-        device: crate::device::Device,
-    },
+    Infer(crate::infer::InferArgs),
     /// Measure training throughput on random inputs (examples/s, tokens/s, MFU) for a model
     /// shape; prints one JSON object.
     Bench(crate::bench::BenchArgs),
@@ -198,44 +177,8 @@ pub fn main() -> Result<()> {
             print!("{}", stages::report_status(&ctx)?);
             Ok(())
         }
-        Command::Infer {
-            model,
-            data,
-            out,
-            max_seq_length,
-            doc_stride,
-            batch_size,
-            n_best_size,
-            max_answer_length,
-            head,
-            device,
-        } => {
-            if doc_stride >= max_seq_length {
-                bail!("--doc-stride ({doc_stride}) must be smaller than --max-seq-length ({max_seq_length})");
-            }
-            let kind = match head.as_str() {
-                "linear" => crate::model::HeadKind::Linear,
-                "bilstm" => crate::model::HeadKind::Bilstm,
-                other => bail!("--head {other:?}: use linear or bilstm"),
-            };
-            let args = crate::infer::InferArgs {
-                model,
-                data,
-                out,
-                max_seq_length,
-                doc_stride,
-                batch_size,
-                decode: crate::qa::decode::DecodeConfig {
-                    n_best_size,
-                    max_answer_length,
-                },
-                head: crate::model::HeadConfig {
-                    kind,
-                    ..Default::default()
-                },
-                device,
-                fused_attention: std::env::var("PIPELINE_ATTENTION").is_ok_and(|v| v == "fused"),
-            };
+        Command::Infer(mut args) => {
+            args.fused_attention = std::env::var("PIPELINE_ATTENTION").is_ok_and(|v| v == "fused");
             crate::infer::run(&args, ui)
         }
         Command::Bench(mut args) => {
@@ -265,16 +208,7 @@ pub fn main() -> Result<()> {
 }
 
 fn stage_of(t: Target) -> Option<Stage> {
-    Some(match t {
-        Target::Prepare => Stage::Prepare,
-        Target::Split => Stage::Split,
-        Target::Train => Stage::Train,
-        Target::Predict => Stage::Predict,
-        Target::Ensemble => Stage::Ensemble,
-        Target::Evaluate => Stage::Evaluate,
-        Target::Submit => Stage::Submit,
-        Target::All => return None,
-    })
+    t.0
 }
 
 /// Reads a `{"id": "answer"}` predictions file.

@@ -19,21 +19,40 @@ use crate::qa::decode::{decode_all, DecodeConfig, Logits};
 use crate::qa::examples;
 use crate::qa::examples::DataFormat;
 use crate::qa::windows::{build_windows, QaTokenizer, Window};
+use crate::train::batch::Batching;
 use crate::ui::Ui;
 
-/// What `infer` needs.
-#[derive(Debug, Clone)]
+/// `pipeline infer`'s arguments.
+#[derive(Debug, Clone, clap::Args)]
 pub struct InferArgs {
+    /// HF model folder: config.json, tokenizer.json, model.safetensors or pytorch_model.bin.
+    #[arg(long)]
     pub model: PathBuf,
+    /// Data file (any format `prepare` reads; answers optional).
+    #[arg(long)]
     pub data: PathBuf,
+    /// Output folder.
+    #[arg(long)]
     pub out: PathBuf,
+    #[arg(long, default_value_t = 384)]
     pub max_seq_length: usize,
+    #[arg(long, default_value_t = 128)]
     pub doc_stride: usize,
+    #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
-    pub decode: DecodeConfig,
-    pub head: HeadConfig,
+    #[arg(long, default_value_t = 20)]
+    pub n_best_size: usize,
+    #[arg(long, default_value_t = 30)]
+    pub max_answer_length: usize,
+    /// `linear` (HF qa_outputs) or `bilstm` (an exported BiLSTM fold).
+    #[arg(long, default_value = "linear")]
+    pub head: crate::model::HeadKind,
+    /// `cpu`, `cuda` / `cuda:N`, or `wgpu` / `wgpu:N` / `wgpu:cpu` (Vulkan, Metal).
+    #[arg(long, default_value = "cpu")]
     pub device: Device,
-    /// Burn's fused attention op instead of matmul, softmax, matmul (`PIPELINE_ATTENTION=fused`).
+    /// Burn's fused attention op instead of matmul, softmax, matmul (`PIPELINE_ATTENTION=fused`,
+    /// read by `cli`).
+    #[arg(skip)]
     pub fused_attention: bool,
 }
 
@@ -43,23 +62,14 @@ pub struct InferArgs {
 pub fn window_logits<B: Backend>(
     model: &QaModel<B>,
     windows: &[Window],
-    batch_size: usize,
-    fixed_shape: bool,
+    batching: Batching,
     device: &B::Device,
     on_progress: &dyn Fn(u64),
 ) -> Logits {
     let seq = windows.first().map(|w| w.input_ids.len()).unwrap_or(0);
     let feats = crate::artifacts::Features::from_windows(windows, seq, vec![0; windows.len()]);
     let rows: Vec<usize> = (0..windows.len()).collect();
-    crate::train::batch::logits(
-        model,
-        &feats,
-        &rows,
-        batch_size,
-        fixed_shape,
-        device,
-        on_progress,
-    )
+    crate::train::batch::logits(model, &feats, &rows, batching, device, on_progress)
 }
 
 /// JSON with non-ASCII text as is (the competition's format), pretty-printed.
@@ -69,6 +79,13 @@ pub fn write_json_utf8<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 
 /// Runs `infer` on the chosen backend.
 pub fn run(args: &InferArgs, ui: Ui) -> Result<()> {
+    if args.doc_stride >= args.max_seq_length {
+        bail!(
+            "--doc-stride ({}) must be smaller than --max-seq-length ({})",
+            args.doc_stride,
+            args.max_seq_length
+        );
+    }
     crate::model::amp::with_fused_attention(args.fused_attention, || {
         crate::with_backend!(args.device, crate::device::Precision::F32, |B, d| {
             run_on::<B>(args, d, ui)
@@ -77,11 +94,19 @@ pub fn run(args: &InferArgs, ui: Ui) -> Result<()> {
 }
 
 fn run_on<B: Backend>(args: &InferArgs, device: &B::Device, ui: Ui) -> Result<()> {
+    let head = HeadConfig {
+        kind: args.head,
+        ..Default::default()
+    };
+    let decode = DecodeConfig {
+        n_best_size: args.n_best_size,
+        max_answer_length: args.max_answer_length,
+    };
     ui.cuda_summary();
     let cfg = EncoderConfig::load(&args.model.join(crate::model::CONFIG_FILE))?;
     let tok = QaTokenizer::load(&args.model)?;
     check_compatible(&cfg, &tok, args.max_seq_length, &args.model)?;
-    let (model, _, report) = QaModel::<B>::from_pretrained(&args.model, &args.head, device)
+    let (model, _, report) = QaModel::<B>::from_pretrained(&args.model, &head, device)
         .with_context(|| format!("loading {}", args.model.display()))?;
     if !report.head_loaded {
         ui.info(
@@ -110,12 +135,13 @@ fn run_on<B: Backend>(args: &InferArgs, device: &B::Device, ui: Ui) -> Result<()
         &|_| {},
     )?;
     let bar = ui.bar(windows.len() as u64, "infer");
-    let fixed = args.device.wants_fixed_shapes();
-    let logits = window_logits(&model, &windows, args.batch_size, fixed, device, &|n| {
-        bar.inc(n)
-    });
+    let batching = Batching {
+        batch_size: args.batch_size,
+        fixed_shape: args.device.wants_fixed_shapes(),
+    };
+    let logits = window_logits(&model, &windows, batching, device, &|n| bar.inc(n));
     bar.finish_and_clear();
-    let (preds, nbest) = decode_all(&examples, &windows, &logits, &args.decode);
+    let (preds, nbest) = decode_all(&examples, &windows, &logits, &decode);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let ex_index: Vec<i64> = windows.iter().map(|w| w.example_index as i64).collect();

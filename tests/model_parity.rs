@@ -447,8 +447,10 @@ fn korquad_question_logits_match_transformers() {
         let lg = pipeline::infer::window_logits(
             &model,
             &windows,
-            64,
-            true,
+            pipeline::train::batch::Batching {
+                batch_size: 64,
+                fixed_shape: true,
+            },
             &Default::default(),
             &|_| {},
         );

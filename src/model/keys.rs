@@ -115,9 +115,14 @@ impl Path {
             .join(".")
     }
 
+    /// The type of the struct that owns the current field, as Burn names it (`Struct:Linear`).
+    pub fn owner(&self) -> &str {
+        self.0.last().map_or("", |(_, c)| c.as_str())
+    }
+
     /// Whether the struct owning the current field is a `Linear`.
     pub fn in_linear(&self) -> bool {
-        self.0.last().is_some_and(|(_, c)| c.ends_with(":Linear"))
+        self.owner().ends_with(":Linear")
     }
 
     /// The current field's [`HfKey`].

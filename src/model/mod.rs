@@ -44,6 +44,18 @@ pub enum HeadKind {
     Bilstm,
 }
 
+/// `linear` or `bilstm`, as in settings (for command-line arguments).
+impl std::str::FromStr for HeadKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "linear" => Ok(HeadKind::Linear),
+            "bilstm" => Ok(HeadKind::Bilstm),
+            other => Err(format!("unknown head {other:?}: use linear or bilstm")),
+        }
+    }
+}
+
 /// Head settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeadConfig {

@@ -15,7 +15,7 @@ use crate::artifacts::write_logits;
 use crate::artifacts::{read_folds, Features, TEST_FOLD};
 use crate::model::QaModel;
 use crate::run::{names, Manifest, StageWriter};
-use crate::train::batch::logits;
+use crate::train::batch::{logits, Batching};
 
 /// Runs one fold.
 pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
@@ -50,14 +50,16 @@ fn run_on<B: Backend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Result<Manif
     let test: Vec<usize> = (0..feats.len())
         .filter(|&r| fold_of(r) == TEST_FOLD)
         .collect();
-    let bs = ctx.settings.train.eval_batch_size;
+    let batching = Batching {
+        batch_size: ctx.settings.train.eval_batch_size,
+        fixed_shape: ctx.settings.fixed_shape(),
+    };
     let bar = ctx.ui.bar(
         (oof.len() + test.len()) as u64,
         &format!("predict fold {fold}"),
     );
     for (name, rows) in [(names::OOF_LOGITS, &oof), (names::TEST_LOGITS, &test)] {
-        let fixed = ctx.settings.fixed_shape();
-        let lg = logits(&model, &feats, rows, bs, fixed, device, &|n| bar.inc(n));
+        let lg = logits(&model, &feats, rows, batching, device, &|n| bar.inc(n));
         let ex: Vec<i64> = rows.iter().map(|&r| feats.example_index[r]).collect();
         let fi: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
         write_logits(&w.path(name), &lg, &ex, Some(&fi))?;

@@ -28,7 +28,7 @@ use crate::qa::metrics;
 use crate::qa::windows::QaTokenizer;
 use crate::run::{names, Manifest, RunLayout, StageWriter};
 use crate::settings::Settings;
-use crate::train::batch::{forward_chunks, labels};
+use crate::train::batch::{forward_chunks, labels, Batching};
 use crate::train::loss::qa_loss;
 use crate::train::optim::{OptimState, QaOptimizer};
 use crate::train::schedule::warmup_steps;
@@ -237,8 +237,10 @@ fn validate<B: Backend>(
         model,
         &data.feats,
         &data.val_rows,
-        t.eval_batch_size,
-        s.fixed_shape(),
+        Batching {
+            batch_size: t.eval_batch_size,
+            fixed_shape: s.fixed_shape(),
+        },
         device,
         |chunk, st, en| {
             lg.start.extend(st.to_data().convert::<f32>().iter::<f32>());

@@ -53,6 +53,14 @@ pub fn labels<B: Backend>(
     (of(&feats.start_positions), of(&feats.end_positions))
 }
 
+/// How evaluation and prediction batch windows.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    pub batch_size: usize,
+    /// Pad a short last batch to `batch_size` (see [`forward_chunks`]).
+    pub fixed_shape: bool,
+}
+
 /// Runs the model in chunks of `batch_size` windows of `rows` and hands `each` every chunk's
 /// rows with their start/end logits. With `fixed_shape`, a short last chunk is padded to
 /// `batch_size` by repeating its first window and the padding is cut off the logits before
@@ -61,12 +69,11 @@ pub fn forward_chunks<B: Backend>(
     model: &QaModel<B>,
     feats: &Features,
     rows: &[usize],
-    batch_size: usize,
-    fixed_shape: bool,
+    batching: Batching,
     device: &B::Device,
     mut each: impl FnMut(&[usize], Tensor<B, 2>, Tensor<B, 2>),
 ) {
-    let size = batch_size.max(1);
+    let (size, fixed_shape) = (batching.batch_size.max(1), batching.fixed_shape);
     for chunk in rows.chunks(size) {
         let n = chunk.len();
         let padded: Vec<usize>;
@@ -91,32 +98,23 @@ pub fn forward_chunks<B: Backend>(
 }
 
 /// Start/end logits of `rows`, in that order, computed `batch_size` windows at a time (see
-/// [`forward_chunks`] for `fixed_shape`).
+/// [`forward_chunks`]).
 pub fn logits<B: Backend>(
     model: &QaModel<B>,
     feats: &Features,
     rows: &[usize],
-    batch_size: usize,
-    fixed_shape: bool,
+    batching: Batching,
     device: &B::Device,
     on_progress: &dyn Fn(u64),
 ) -> Logits {
     let seq = feats.max_seq_length;
     let mut start = Vec::with_capacity(rows.len() * seq);
     let mut end = Vec::with_capacity(rows.len() * seq);
-    forward_chunks(
-        model,
-        feats,
-        rows,
-        batch_size,
-        fixed_shape,
-        device,
-        |chunk, s, e| {
-            start.extend(s.into_data().convert::<f32>().iter::<f32>());
-            end.extend(e.into_data().convert::<f32>().iter::<f32>());
-            on_progress(chunk.len() as u64);
-        },
-    );
+    forward_chunks(model, feats, rows, batching, device, |chunk, s, e| {
+        start.extend(s.into_data().convert::<f32>().iter::<f32>());
+        end.extend(e.into_data().convert::<f32>().iter::<f32>());
+        on_progress(chunk.len() as u64);
+    });
     Logits { seq, start, end }
 }
 
@@ -151,12 +149,30 @@ mod tests {
             QaModel::<Flex>::init(&cfg, &HeadConfig::default(), &Default::default()).unwrap();
         let f = features();
         let rows = [6, 0, 3, 5, 1];
-        let plain = logits(&model, &f, &rows, 3, false, &Default::default(), &|_| {});
+        let plain = logits(
+            &model,
+            &f,
+            &rows,
+            Batching {
+                batch_size: 3,
+                fixed_shape: false,
+            },
+            &Default::default(),
+            &|_| {},
+        );
         // Progress counts real rows only: 3, then 2 (not the padded 3).
         let seen = std::cell::RefCell::new(Vec::new());
-        let padded = logits(&model, &f, &rows, 3, true, &Default::default(), &|n| {
-            seen.borrow_mut().push(n)
-        });
+        let padded = logits(
+            &model,
+            &f,
+            &rows,
+            Batching {
+                batch_size: 3,
+                fixed_shape: true,
+            },
+            &Default::default(),
+            &|n| seen.borrow_mut().push(n),
+        );
         assert_eq!(*seen.borrow(), vec![3, 2]);
         assert_eq!(padded.start.len(), rows.len() * 8);
         assert_eq!(padded.end.len(), rows.len() * 8);
@@ -169,7 +185,17 @@ mod tests {
             .fold(0f32, f32::max);
         assert!(d <= 1e-6, "max |Δ| {d}");
         // And the rows are in order: row 6 alone equals the first window's logits.
-        let one = logits(&model, &f, &[6], 3, true, &Default::default(), &|_| {});
+        let one = logits(
+            &model,
+            &f,
+            &[6],
+            Batching {
+                batch_size: 3,
+                fixed_shape: true,
+            },
+            &Default::default(),
+            &|_| {},
+        );
         let d1 = one
             .start
             .iter()

@@ -11,7 +11,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 
 use super::adamw::adamw_step;
-use super::{joined, owner, param_spec, AdamState, PathStack, QaOptimizer, Slot};
+use super::{param_spec, AdamState, QaOptimizer, Slot};
+use crate::model::keys::Path;
 
 /// Where one parameter lives in the multi-tensor step's flat tensors.
 #[derive(Clone, Debug, PartialEq)]
@@ -214,23 +215,22 @@ pub(super) fn flat_layout<B: AutodiffBackend, M: AutodiffModule<B>>(
 ) -> Vec<FlatEntry> {
     struct Lister<'a> {
         grads: &'a GradientsParams,
-        path: PathStack,
+        path: Path,
         out: Vec<FlatEntry>,
     }
     impl<B: AutodiffBackend> ModuleVisitor<B> for Lister<'_> {
         fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.path
-                .push((name.to_string(), container_type.to_string()));
+            self.path.enter(name, container_type);
         }
         fn exit_module(&mut self, _name: &str, _container_type: &str) {
-            self.path.pop();
+            self.path.exit();
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             if self.grads.get::<B::InnerBackend, D>(param.id).is_none() {
                 return;
             }
-            let path = joined(&self.path);
-            let spec = param_spec(&path, owner(&self.path));
+            let path = self.path.joined();
+            let spec = param_spec(&path, self.path.owner());
             self.out.push(FlatEntry {
                 id: param.id,
                 path,
@@ -241,7 +241,7 @@ pub(super) fn flat_layout<B: AutodiffBackend, M: AutodiffModule<B>>(
     }
     let mut l = Lister {
         grads,
-        path: Vec::new(),
+        path: Path::default(),
         out: Vec::new(),
     };
     module.visit(&mut l);

@@ -20,6 +20,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::model::keys::Path;
+
 mod adamp;
 mod adamw;
 mod flat;
@@ -286,7 +288,7 @@ impl<B: AutodiffBackend> QaOptimizer<B> {
             grads,
             coef,
             lr,
-            path: Vec::new(),
+            path: Path::default(),
         };
         module.map(&mut mapper)
     }
@@ -383,38 +385,21 @@ pub fn multi_tensor_fits<B: Backend>(
     crate::device::max_buffer_bytes(device).is_none_or(|max| model.num_params() as u64 * 4 <= max)
 }
 
-/// Tracks the dotted module path and the owning struct while Burn walks a module.
-type PathStack = Vec<(String, String)>;
-
-fn joined(path: &PathStack) -> String {
-    path.iter()
-        .map(|(n, _)| n.as_str())
-        .collect::<Vec<_>>()
-        .join(".")
-}
-
-/// The container type of the struct that owns the current field (Burn reports it with the
-/// field name on `enter_module`).
-fn owner(path: &PathStack) -> &str {
-    path.last().map(|(_, c)| c.as_str()).unwrap_or("")
-}
-
 struct StepMapper<'a, B: AutodiffBackend> {
     opt: &'a mut QaOptimizer<B>,
     grads: GradientsParams,
     coef: Option<Tensor<B::InnerBackend, 1>>,
     lr: f64,
-    path: PathStack,
+    path: Path,
 }
 
 impl<B: AutodiffBackend> ModuleMapper<B> for StepMapper<'_, B> {
     fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path
-            .push((name.to_string(), container_type.to_string()));
+        self.path.enter(name, container_type);
     }
 
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
+        self.path.exit();
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
@@ -429,8 +414,8 @@ impl<B: AutodiffBackend> ModuleMapper<B> for StepMapper<'_, B> {
         let require_grad = tensor.is_require_grad();
         let inner = tensor.inner();
         let dims = inner.dims();
-        let path = joined(&self.path);
-        let spec = param_spec(&path, owner(&self.path));
+        let path = self.path.joined();
+        let spec = param_spec(&path, self.path.owner());
 
         let slot = self.opt.states.remove(&id).or_else(|| {
             // A loaded entry applies only if it fits this parameter; otherwise it stays
@@ -476,7 +461,7 @@ impl<B: AutodiffBackend> ModuleMapper<B> for StepMapper<'_, B> {
 /// [`QaOptimizer::step`] uses (for logging and tests).
 pub fn param_specs<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, ParamSpec)> {
     let mut lister = SpecLister {
-        path: Vec::new(),
+        path: Path::default(),
         out: Vec::new(),
     };
     module.visit(&mut lister);
@@ -484,23 +469,22 @@ pub fn param_specs<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, ParamSp
 }
 
 struct SpecLister {
-    path: PathStack,
+    path: Path,
     out: Vec<(String, ParamSpec)>,
 }
 
 impl<B: Backend> ModuleVisitor<B> for SpecLister {
     fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path
-            .push((name.to_string(), container_type.to_string()));
+        self.path.enter(name, container_type);
     }
 
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
+        self.path.exit();
     }
 
     fn visit_float<const D: usize>(&mut self, _param: &Param<Tensor<B, D>>) {
-        let path = joined(&self.path);
-        let spec = param_spec(&path, owner(&self.path));
+        let path = self.path.joined();
+        let spec = param_spec(&path, self.path.owner());
         self.out.push((path, spec));
     }
 }
