@@ -22,7 +22,8 @@ pub struct Settings {
     pub split: SplitSettings,
     pub model: ModelSettings,
     pub train: TrainSettings,
-    pub decode: DecodeSettings,
+    /// `[decode]`: n-best span decoding, as HF `postprocess_qa_predictions`.
+    pub decode: crate::qa::decode::DecodeConfig,
     pub ensemble: EnsembleSettings,
     pub evaluate: EvaluateSettings,
     pub submit: SubmitSettings,
@@ -420,33 +421,6 @@ impl Default for SplitSettings {
             group_by: GroupBy::Auto,
             holdout_fraction: 0.0,
             length_bins: 5,
-        }
-    }
-}
-
-/// `[decode]`: n-best span decoding, as HF `postprocess_qa_predictions`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DecodeSettings {
-    pub n_best_size: usize,
-    pub max_answer_length: usize,
-}
-
-impl DecodeSettings {
-    /// The decoder's limits.
-    pub fn config(&self) -> crate::qa::decode::DecodeConfig {
-        crate::qa::decode::DecodeConfig {
-            n_best_size: self.n_best_size,
-            max_answer_length: self.max_answer_length,
-        }
-    }
-}
-
-impl Default for DecodeSettings {
-    fn default() -> Self {
-        Self {
-            n_best_size: 20,
-            max_answer_length: 30,
         }
     }
 }

@@ -20,8 +20,9 @@ use std::collections::BTreeMap;
 use crate::qa::examples::Example;
 use crate::qa::windows::Window;
 
-/// Limits of the span search.
+/// Limits of the span search (also the `[decode]` settings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct DecodeConfig {
     /// How many start and end positions to try per window, and how many
     /// candidates to return per example.

@@ -107,7 +107,7 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
     let (examples, _) = read_examples(&at.examples())?;
     let k = s.split.folds;
 
-    let cfg = ctx.settings.decode.config();
+    let cfg = ctx.settings.decode;
     let rows_of = |fi: &[i64]| -> (Vec<usize>, Vec<ContextOffsets>) {
         (
             fi.iter()

@@ -55,7 +55,7 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
     let test_golds = golds(&|f| f == TEST_FOLD);
     let mut test = serde_json::Value::Null;
     if !test_golds.is_empty() {
-        let cfg = ctx.settings.decode.config();
+        let cfg = ctx.settings.decode;
         let mut singles = Vec::new();
         for k in 0..s.split.folds {
             let (lg, _, fi) = read_logits(&at.test_logits(k))?;

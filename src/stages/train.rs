@@ -21,7 +21,7 @@ use crate::artifacts::{read_examples, read_folds, Features};
 use crate::model::config::EncoderConfig;
 use crate::model::export::save_pretrained;
 use crate::model::QaModel;
-use crate::qa::decode::{argmax, DecodeConfig};
+use crate::qa::decode::argmax;
 use crate::qa::decode::{decode_rows, Logits};
 use crate::qa::examples::Example;
 use crate::qa::metrics;
@@ -294,11 +294,7 @@ pub fn score_rows(
         .map(|&r| feats.example_index[r] as usize)
         .collect();
     let offsets: Vec<_> = rows.iter().map(|&r| feats.context_offsets(r)).collect();
-    let cfg = DecodeConfig {
-        n_best_size: s.decode.n_best_size,
-        max_answer_length: s.decode.max_answer_length,
-    };
-    let (preds, _) = decode_rows(examples, &row_example, &offsets, lg, &cfg);
+    let (preds, _) = decode_rows(examples, &row_example, &offsets, lg, &s.decode);
     let golds: Vec<(String, Vec<String>)> = preds
         .keys()
         .filter_map(|id| examples.iter().find(|e| &e.id == id))
