@@ -1,5 +1,5 @@
 //! File formats that stages hand to each other: examples (Parquet), token windows
-//! (safetensors), fold assignments (Parquet). Every writer goes through the atomic-write helper.
+//! (safetensors), fold assignments (Parquet), logits (safetensors), predictions (JSON). Every writer goes through the atomic-write helper.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -443,6 +443,12 @@ pub fn read_logits(path: &Path) -> Result<(Logits, Vec<i64>, Vec<i64>)> {
         Err(_) => Vec::new(),
     };
     Ok((Logits { seq, start, end }, ex, fi))
+}
+
+/// Reads a predictions file (`predictions.json`, `oof_predictions.json`): example id -> answer.
+pub fn read_predictions(path: &Path) -> Result<std::collections::BTreeMap<String, String>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
 }
 
 #[cfg(test)]

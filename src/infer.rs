@@ -105,7 +105,7 @@ fn run_on<B: Backend>(args: &InferArgs, device: &B::Device, ui: Ui) -> Result<()
     ui.cuda_summary();
     let cfg = EncoderConfig::load(&args.model.join(crate::model::CONFIG_FILE))?;
     let tok = QaTokenizer::load(&args.model)?;
-    check_compatible(&cfg, &tok, args.max_seq_length, &args.model)?;
+    cfg.check_fits_inputs(tok.vocab_size(), args.max_seq_length, &args.model)?;
     let (model, _, report) = QaModel::<B>::from_pretrained(&args.model, &head, device)
         .with_context(|| format!("loading {}", args.model.display()))?;
     if !report.head_loaded {
@@ -159,30 +159,5 @@ fn run_on<B: Backend>(args: &InferArgs, device: &B::Device, ui: Ui) -> Result<()
         windows.len(),
         args.out.join(crate::run::names::PREDICTIONS).display()
     ));
-    Ok(())
-}
-
-/// Tokenizer and model must agree on the vocabulary, and windows must fit the position table.
-pub fn check_compatible(
-    cfg: &EncoderConfig,
-    tok: &QaTokenizer,
-    max_seq_length: usize,
-    dir: &Path,
-) -> Result<()> {
-    let vocab = tok.vocab_size();
-    if vocab > cfg.vocab_size {
-        bail!(
-            "{}: the tokenizer has {vocab} tokens but the model's vocab_size is {}: they do not belong together",
-            dir.display(),
-            cfg.vocab_size
-        );
-    }
-    let max = cfg.max_seq_length()?;
-    if max_seq_length > max {
-        bail!(
-            "max_seq_length {max_seq_length} is longer than the model allows ({max}, from max_position_embeddings {})",
-            cfg.max_position_embeddings
-        );
-    }
     Ok(())
 }

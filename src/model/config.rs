@@ -16,6 +16,14 @@ pub enum Family {
 }
 
 impl Family {
+    /// The HF `model_type` of a from-scratch encoder of this family.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Family::Roberta => "roberta",
+            Family::Bert => "bert",
+        }
+    }
+
     /// The submodule prefix of a `*ForQuestionAnswering` checkpoint.
     pub fn prefix(self) -> &'static str {
         match self {
@@ -115,5 +123,25 @@ impl EncoderConfig {
                 .saturating_sub(self.pad_token_id + 1),
             Family::Bert => self.max_position_embeddings,
         })
+    }
+
+    /// A tokenizer of `vocab` tokens and windows of `max_seq_length` must fit this model (from
+    /// `dir`): every token id has an embedding and every position a position embedding.
+    pub fn check_fits_inputs(&self, vocab: usize, max_seq_length: usize, dir: &Path) -> Result<()> {
+        if vocab > self.vocab_size {
+            bail!(
+                "{}: the tokenizer has {vocab} tokens but the model's vocab_size is {}: they do not belong together",
+                dir.display(),
+                self.vocab_size
+            );
+        }
+        let max = self.max_seq_length()?;
+        if max_seq_length > max {
+            bail!(
+                "max_seq_length {max_seq_length} is longer than the model allows ({max}, from max_position_embeddings {})",
+                self.max_position_embeddings
+            );
+        }
+        Ok(())
     }
 }

@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 use serde_json::json;
 
-use super::{Ctx, Plan};
+use super::{hash_of, input, Ctx, Plan, Stage};
 use crate::artifacts::{read_examples, Features};
 use crate::artifacts::{read_logits, write_logits};
 use crate::qa::decode::{decode_rows, Logits, NbestEntry};
@@ -96,6 +96,20 @@ fn mean_test_logits(at: &crate::run::RunLayout, weights: &[f64]) -> Result<Optio
         }
     }
     Ok(acc)
+}
+
+/// Up to date while `[ensemble]`, `[decode]`, `train.keep_best_by` (the weights), the
+/// features and every fold's logits are.
+pub fn plan(ctx: &Ctx) -> Result<Plan> {
+    let s = &ctx.settings;
+    let at = ctx.layout();
+    let mut inputs = vec![input(at.features())];
+    for k in 0..s.split.folds {
+        inputs.push(input(at.test_logits(k)));
+        inputs.push(input(at.oof_logits(k)));
+    }
+    let hash = hash_of(&(&s.ensemble, &s.decode, &s.train.keep_best_by))?;
+    Ok(Plan::once(ctx, Stage::Ensemble, hash, inputs))
 }
 
 /// Runs the stage.

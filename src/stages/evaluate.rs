@@ -3,16 +3,31 @@
 //! Per-fold validation (best checkpoint), pooled out-of-fold EM/F1 over all training examples,
 //! and, when the test split has answers, test EM/F1 of every fold alone and of the ensemble.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use anyhow::Result;
 use serde_json::json;
 
-use super::{Ctx, Plan, Stage};
-use crate::artifacts::{read_examples, read_folds, read_logits, Features, TEST_FOLD};
+use super::{hash_of, input, Ctx, Plan, Stage};
+use crate::artifacts::{
+    read_examples, read_folds, read_logits, read_predictions, Features, TEST_FOLD,
+};
 use crate::qa::decode::decode_rows;
 use crate::qa::metrics::{score, Score};
 use crate::run::{fold_summaries, names, Manifest, StageWriter};
+
+/// Up to date while `[evaluate]`, `[decode]`, the ensembled predictions and the folds are.
+pub fn plan(ctx: &Ctx) -> Result<Plan> {
+    let s = &ctx.settings;
+    let at = ctx.layout();
+    let inputs = vec![
+        input(at.ensembled(names::PREDICTIONS)),
+        input(at.ensembled(names::OOF_PREDICTIONS)),
+        input(at.folds()),
+    ];
+    let hash = hash_of(&(&s.evaluate, &s.decode))?;
+    Ok(Plan::once(ctx, Stage::Evaluate, hash, inputs))
+}
 
 /// Runs the stage.
 pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
@@ -24,9 +39,7 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
     let folds = read_folds(&at.folds())?;
     let ens = ctx.stage_dir(Stage::Ensemble);
     let read_preds = |name: &str| -> Result<HashMap<String, String>> {
-        let bytes = std::fs::read(ens.join(name))?;
-        let m: BTreeMap<String, String> = serde_json::from_slice(&bytes)?;
-        Ok(m.into_iter().collect())
+        Ok(read_predictions(&ens.join(name))?.into_iter().collect())
     };
     let golds = |want: &dyn Fn(i32) -> bool| -> Vec<(String, Vec<String>)> {
         examples

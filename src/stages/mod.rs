@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::run::{self, names, Manifest, RunLayout, Status};
-use crate::settings::{EvalAttention, Settings};
+use crate::settings::Settings;
 use crate::ui::Ui;
 
 /// The stages, in pipeline order.
@@ -146,8 +146,49 @@ pub fn files_of(path: &Path) -> Vec<PathBuf> {
     }
 }
 
-fn hash_of<T: Serialize>(v: &T) -> Result<String> {
+/// A settings value's hash, for a plan.
+pub fn hash_of<T: Serialize>(v: &T) -> Result<String> {
     run::config_hash(v)
+}
+
+/// An input of a plan: a file, named by its path.
+pub fn input(p: PathBuf) -> (String, PathBuf) {
+    (p.display().to_string(), p)
+}
+
+impl Plan {
+    /// The plan of a stage that runs once.
+    pub fn once(
+        ctx: &Ctx,
+        stage: Stage,
+        config_hash: String,
+        inputs: Vec<(String, PathBuf)>,
+    ) -> Self {
+        Plan {
+            label: stage.name().to_string(),
+            fold: None,
+            dir: ctx.stage_dir(stage),
+            config_hash,
+            inputs,
+        }
+    }
+
+    /// The plan of fold `k` of a per-fold stage, whose output folder is `dir`.
+    pub fn fold(
+        stage: Stage,
+        k: usize,
+        dir: PathBuf,
+        config_hash: String,
+        inputs: Vec<(String, PathBuf)>,
+    ) -> Self {
+        Plan {
+            label: format!("{} fold {k}", stage.name()),
+            fold: Some(k),
+            dir,
+            config_hash,
+            inputs,
+        }
+    }
 }
 
 /// The folds a per-fold stage runs: `--fold K`, or all.
@@ -158,109 +199,22 @@ fn folds(ctx: &Ctx) -> Vec<usize> {
     }
 }
 
-/// The settings and inputs of each unit of a stage (one, or one per fold).
+/// The units of a stage (one, or one per fold), each planned by the stage's own module.
 pub fn plans(ctx: &Ctx, stage: Stage) -> Result<Vec<Plan>> {
-    let s = &ctx.settings;
-    let at = ctx.layout();
-    let split = at.folds();
-    let input = |p: PathBuf| (p.display().to_string(), p);
-    // How many folds train at once, and whether AdamW steps all tensors as one, do not change
-    // a fold's result.
-    let train_hashed = crate::settings::TrainSettings {
-        parallel_folds: 1,
-        multi_tensor_adamw: false,
-        ..s.train.clone()
-    };
-    let one = |config_hash: String, inputs: Vec<(String, PathBuf)>| {
-        Ok(vec![Plan {
-            label: stage.name().to_string(),
-            fold: None,
-            dir: ctx.stage_dir(stage),
-            config_hash,
-            inputs,
-        }])
-    };
     match stage {
-        Stage::Prepare => {
-            let (h, i) = prepare::plan(s)?;
-            one(h, i)
-        }
-        Stage::Split => one(hash_of(&s.split)?, vec![input(at.examples())]),
-        Stage::Train | Stage::Predict => folds(ctx)
+        Stage::Prepare => Ok(vec![prepare::plan(ctx)?]),
+        Stage::Split => Ok(vec![split::plan(ctx)?]),
+        Stage::Train => folds(ctx)
             .into_iter()
-            .map(|k| {
-                let (dir, config_hash, mut inputs) = if stage == Stage::Train {
-                    let mut inputs = vec![
-                        input(at.examples()),
-                        input(at.features()),
-                        input(at.tokenizer().join(crate::qa::windows::TOKENIZER_FILE)),
-                        input(split.clone()),
-                    ];
-                    if let Some(dir) = &s.model.pretrained {
-                        inputs.extend(files_of(dir).into_iter().map(input));
-                    }
-                    (
-                        at.fold(k),
-                        hash_of(&(&s.model, &train_hashed, &s.decode, &s.evaluate, k))?,
-                        inputs,
-                    )
-                } else {
-                    (
-                        at.predicted(k),
-                        // Precision and attention enter only when they differ from the
-                        // defaults, so that runs from before they existed keep their hash.
-                        match (s.train.precision, s.train.eval_attention) {
-                            (crate::device::Precision::F32, EvalAttention::Naive) => {
-                                hash_of(&(&s.train.device, s.train.eval_batch_size, k))?
-                            }
-                            (p, EvalAttention::Naive) => {
-                                hash_of(&(&s.train.device, s.train.eval_batch_size, k, p))?
-                            }
-                            (p, a) => {
-                                hash_of(&(&s.train.device, s.train.eval_batch_size, k, p, a))?
-                            }
-                        },
-                        vec![input(at.features()), input(split.clone())],
-                    )
-                };
-                if stage == Stage::Predict {
-                    inputs.push(input(at.best(k).join(crate::model::WEIGHTS_FILE)));
-                }
-                Ok(Plan {
-                    label: format!("{} fold {k}", stage.name()),
-                    fold: Some(k),
-                    dir,
-                    config_hash,
-                    inputs,
-                })
-            })
+            .map(|k| train::plan(ctx, k))
             .collect(),
-        Stage::Ensemble => {
-            let mut inputs = vec![input(at.features())];
-            for k in 0..s.split.folds {
-                inputs.push(input(at.test_logits(k)));
-                inputs.push(input(at.oof_logits(k)));
-            }
-            one(
-                hash_of(&(&s.ensemble, &s.decode, &s.train.keep_best_by))?,
-                inputs,
-            )
-        }
-        Stage::Evaluate => one(
-            hash_of(&(&s.evaluate, &s.decode))?,
-            vec![
-                input(at.ensembled(names::PREDICTIONS)),
-                input(at.ensembled(names::OOF_PREDICTIONS)),
-                input(split.clone()),
-            ],
-        ),
-        Stage::Submit => one(
-            hash_of(&s.submit)?,
-            vec![
-                input(at.ensembled(names::PREDICTIONS)),
-                input(at.ensembled(names::NBEST_PREDICTIONS)),
-            ],
-        ),
+        Stage::Predict => folds(ctx)
+            .into_iter()
+            .map(|k| predict::plan(ctx, k))
+            .collect(),
+        Stage::Ensemble => Ok(vec![ensemble::plan(ctx)?]),
+        Stage::Evaluate => Ok(vec![evaluate::plan(ctx)?]),
+        Stage::Submit => Ok(vec![submit::plan(ctx)?]),
     }
 }
 

@@ -10,12 +10,34 @@ use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
 use serde_json::json;
 
-use super::{Ctx, Plan};
+use super::{hash_of, input, Ctx, Plan, Stage};
 use crate::artifacts::write_logits;
 use crate::artifacts::{read_folds, Features, TEST_FOLD};
+use crate::device::Precision;
 use crate::model::QaModel;
 use crate::run::{names, Manifest, StageWriter};
+use crate::settings::EvalAttention;
 use crate::train::batch::{logits, Batching};
+
+/// Fold `k` is up to date while its best checkpoint, the features, the folds and the settings
+/// that change logits (device, batch size, precision, attention) are.
+pub fn plan(ctx: &Ctx, k: usize) -> Result<Plan> {
+    let t = &ctx.settings.train;
+    let at = ctx.layout();
+    // Precision and attention enter only when they differ from the defaults, so that runs
+    // from before they existed keep their hash.
+    let hash = match (t.precision, t.eval_attention) {
+        (Precision::F32, EvalAttention::Naive) => hash_of(&(&t.device, t.eval_batch_size, k))?,
+        (p, EvalAttention::Naive) => hash_of(&(&t.device, t.eval_batch_size, k, p))?,
+        (p, a) => hash_of(&(&t.device, t.eval_batch_size, k, p, a))?,
+    };
+    let inputs = vec![
+        input(at.features()),
+        input(at.folds()),
+        input(at.best(k).join(crate::model::WEIGHTS_FILE)),
+    ];
+    Ok(Plan::fold(Stage::Predict, k, at.predicted(k), hash, inputs))
+}
 
 /// Runs one fold.
 pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {

@@ -7,15 +7,17 @@
 use anyhow::{bail, Result};
 use serde_json::json;
 
-use super::{files_of, Ctx, Plan};
+use super::{files_of, Ctx, Plan, Stage};
 use crate::artifacts::{self, Features, SPLIT_TEST, SPLIT_TRAIN};
 use crate::qa::examples::{self, Example};
 use crate::qa::windows::{build_windows, QaTokenizer, Window};
 use crate::run::{self, names, Manifest, StageWriter};
-use crate::settings::{Overflow, Settings};
+use crate::settings::Overflow;
 
-/// Config hash (the `[data]` and `[prepare]` sections) and input files.
-pub fn plan(s: &Settings) -> Result<(String, Vec<(String, std::path::PathBuf)>)> {
+/// Up to date while the `[data]` and `[prepare]` sections, the data files and the tokenizer
+/// files are.
+pub fn plan(ctx: &Ctx) -> Result<Plan> {
+    let s = &ctx.settings;
     let tokenizer = s.tokenizer_source();
     let hash = run::config_hash(&(&s.data, &s.prepare, &tokenizer))?;
     let mut inputs = Vec::new();
@@ -42,7 +44,7 @@ pub fn plan(s: &Settings) -> Result<(String, Vec<(String, std::path::PathBuf)>)>
             add("tokenizer", tok);
         }
     }
-    Ok((hash, inputs))
+    Ok(Plan::once(ctx, Stage::Prepare, hash, inputs))
 }
 
 /// Runs the stage.
@@ -106,7 +108,7 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
     };
     if let Some(dir) = &s.model.pretrained {
         let cfg = crate::model::config::EncoderConfig::load(&dir.join(crate::model::CONFIG_FILE))?;
-        crate::infer::check_compatible(&cfg, &tok, p.max_seq_length, dir)?;
+        cfg.check_fits_inputs(tok.vocab_size(), p.max_seq_length, dir)?;
     }
     let tok_dir = w.dir.join(names::TOKENIZER);
     for path in tok.save(&tok_dir)? {

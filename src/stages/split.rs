@@ -15,10 +15,21 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
-use super::{Ctx, Plan};
+use super::{hash_of, input, Ctx, Plan, Stage};
 use crate::artifacts::{write_folds, SPLIT_TEST, TEST_FOLD};
 use crate::run::{names, Manifest, StageWriter};
 use crate::settings::{GroupBy, SplitSettings, SplitStrategy};
+
+/// Up to date while `[split]` and the examples are.
+pub fn plan(ctx: &Ctx) -> Result<Plan> {
+    let hash = hash_of(&ctx.settings.split)?;
+    Ok(Plan::once(
+        ctx,
+        Stage::Split,
+        hash,
+        vec![input(ctx.layout().examples())],
+    ))
+}
 
 /// Runs the stage.
 pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {

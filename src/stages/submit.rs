@@ -7,7 +7,7 @@
 use anyhow::Result;
 use serde_json::json;
 
-use super::{Ctx, Plan, Stage};
+use super::{hash_of, input, Ctx, Plan, Stage};
 use crate::run::{names, Manifest, StageWriter};
 
 /// Quotes a CSV field when it needs it (RFC 4180).
@@ -19,12 +19,26 @@ fn csv_field(s: &str) -> String {
     }
 }
 
+/// Up to date while `[submit]` and the ensembled predictions are.
+pub fn plan(ctx: &Ctx) -> Result<Plan> {
+    let at = ctx.layout();
+    let inputs = vec![
+        input(at.ensembled(names::PREDICTIONS)),
+        input(at.ensembled(names::NBEST_PREDICTIONS)),
+    ];
+    Ok(Plan::once(
+        ctx,
+        Stage::Submit,
+        hash_of(&ctx.settings.submit)?,
+        inputs,
+    ))
+}
+
 /// Runs the stage.
 pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
     let mut w = StageWriter::begin(plan.dir, names::SUBMIT, plan.config_hash, &plan.inputs)?;
     let ens = ctx.stage_dir(Stage::Ensemble);
-    let preds: std::collections::BTreeMap<String, String> =
-        serde_json::from_slice(&std::fs::read(ens.join(names::PREDICTIONS))?)?;
+    let preds = crate::artifacts::read_predictions(&ens.join(names::PREDICTIONS))?;
     w.write_json(names::PREDICTIONS, &preds)?;
     w.write(
         names::NBEST_PREDICTIONS,

@@ -1,7 +1,7 @@
 //! The training loop of one fold ([`Trainer`]): forward, loss, backward, gradient accumulation,
 //! clipping, loss scaling, the optimizer step and the schedule, with a plan of when to
 //! validate, keep the best weights, checkpoint and stop. What a validation measures and where
-//! weights go is the caller's ([`Hooks`]): `stages/train.rs` wires settings, data and files.
+//! weights go is the caller's ([`Hooks`]): `stages/train/` wires settings, data and files.
 
 use anyhow::{bail, Result};
 use burn::module::AutodiffModule;
@@ -126,6 +126,12 @@ pub trait Hooks<B: AutodiffBackend> {
     fn evaluated(&mut self, line: &EvalLine, improved: bool, history: &[EvalLine]) -> Result<()>;
     /// A message for the user.
     fn info(&mut self, message: &str);
+    /// Asked after each optimizer step: `Some(why)` stops training as a crash would, right
+    /// after a checkpoint of this step (so a resume continues from it exactly), with an error
+    /// saying why. By default never.
+    fn stop_requested(&mut self, _st: &TrainerState) -> Option<String> {
+        None
+    }
 }
 
 /// The plan of one fold's training: its steps and when things happen.
@@ -152,8 +158,6 @@ pub struct TrainerConfig {
     /// Validations without improvement before stopping; 0 = never.
     pub patience: usize,
     pub keep_best_by: KeepBestBy,
-    /// Stop as a crash would, right after a checkpoint at this step (for tests that resume).
-    pub interrupt_after: Option<usize>,
 }
 
 /// One fold's training loop over `feats`' rows `train_rows` (see the module docs).
@@ -305,8 +309,9 @@ impl Trainer<'_> {
 
                 let last_step = st.step == total_steps;
                 let eval_now = st.step.is_multiple_of(c.eval_every) || last_step;
-                let interrupt_now = c.interrupt_after.is_some_and(|n| st.step >= n);
-                if eval_now || st.step.is_multiple_of(c.checkpoint_every) || interrupt_now {
+                let interrupt_now = hooks.stop_requested(&st);
+                if eval_now || st.step.is_multiple_of(c.checkpoint_every) || interrupt_now.is_some()
+                {
                     unread.settle_all(&mut running, &report)?;
                 }
                 if eval_now {
@@ -364,10 +369,10 @@ impl Trainer<'_> {
                 if stop {
                     break 'epochs;
                 }
-                if interrupt_now {
+                if let Some(why) = interrupt_now {
                     hooks.save_checkpoint(&model, &optim, &st)?;
                     bail!(
-                        "train fold {fold}: interrupted after step {} (PIPELINE_INTERRUPT_AFTER_STEP)",
+                        "train fold {fold}: interrupted after step {} ({why})",
                         st.step
                     );
                 }
@@ -481,3 +486,7 @@ pub fn mix(seed: u64, fold: usize, n: usize, salt: u64) -> u64 {
     let b = h.finalize();
     u64::from_le_bytes(b.as_bytes()[..8].try_into().unwrap_or([0; 8]))
 }
+
+#[cfg(test)]
+#[path = "trainer_tests.rs"]
+mod tests;
