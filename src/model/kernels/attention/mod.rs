@@ -1,0 +1,421 @@
+//! Fused masked self-attention for training, forward and backward, in the manner of
+//! flash-attention 2: `ctx = dropout(softmax(q kᵀ·s + bias)) v` with `s = 1/√dh`, computed
+//! tile by tile with an online softmax, so no `[b, heads, L, L]` tensor is ever written to
+//! global memory.
+//!
+//! Layouts (contiguous f32): `q`, `k`, `v`, `ctx` `[b·heads, L, dh]`; `bias` `[b, L]`, added to
+//! every query's scores (HF's additive padding mask: 0 at real keys, −1e9 at pads; any padding
+//! side); the row log-sum-exp `lse` `[b·heads, L]` kept for the backward pass.
+//!
+//! Forward: a cube owns [`ROWS`] query rows of one (batch, head); each thread one row, with the
+//! scaled query and the output accumulator in registers; the cube walks the keys in tiles of
+//! [`KEYS`] rows of `k` and `v` loaded cooperatively into shared memory.
+//!
+//! Dropout on the probabilities (PyTorch's: zero with probability p, scale the rest by
+//! 1/(1−p)) draws each element's keep bit from Philox-4x32-10 ([`philox`]), a counter-based
+//! generator: word `j mod 4` of counter (key j / 4, query i, batch·head, 0), so one evaluation
+//! serves four neighbouring keys; key: the two 24-bit words of a seed tensor drawn from the
+//! backend's generator per call. The backward pass regenerates the same
+//! bits instead of storing a mask. The softmax's denominator counts every key (dropout comes
+//! after the softmax), as in PyTorch.
+//!
+//! Backward (FA2): `D_i = dO_i·O_i`; with `p_ij = exp(x_ij − lse_i)` recomputed,
+//! `dV_j = Σ_i z_ij p_ij dO_i`, `dp_ij = z_ij dO_i·v_j`, `ds_ij = p_ij (dp_ij − D_i)`,
+//! `dQ_i = s Σ_j ds_ij k_j`, `dK_j = s Σ_i ds_ij q_i` (z: the dropout scale or 0). One launch
+//! per query block writes `D` and `dQ`; one per key block writes `dK` and `dV`.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::Autodiff;
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Distribution, Tensor, TensorPrimitive};
+use burn_cubecl::cubecl::prelude::{CubeCount, CubeDim};
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+
+/// Query (or key) rows per cube: one thread each.
+pub const ROWS: u32 = 64;
+/// Rows of the other side per shared-memory tile (`2 · KEYS · dh` floats: 16 KiB at dh 128).
+pub const KEYS: usize = 16;
+/// The largest head dimension the kernels take (registers per thread grow with it).
+pub const MAX_HEAD_DIM: usize = 128;
+/// The most batch × heads the kernels take: one row of cubes each, at most 65,535 on wgpu.
+pub const MAX_BATCH_HEADS: usize = 65_535;
+
+/// The attention's constants: heads per batch row, the score scale, the dropout probability.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Params {
+    pub heads: usize,
+    pub scale: f32,
+    pub dropout: f32,
+}
+
+impl Params {
+    /// The keep threshold of a uniform 32-bit draw (`keep · 2³²`) and the scale of kept
+    /// probabilities; `None` without dropout.
+    pub fn keep(&self) -> Option<(u32, f32)> {
+        (self.dropout > 0.0).then(|| {
+            let keep = 1.0 - f64::from(self.dropout);
+            (
+                (keep * 4_294_967_296.0).round().min(u32::MAX as f64) as u32,
+                (1.0 / keep) as f32,
+            )
+        })
+    }
+}
+
+/// A backend with the fused attention (see the module documentation for layouts).
+pub trait AttentionKernels: Backend {
+    /// `(ctx, lse)`. `seed`: `[2]` uniform floats in [0, 1) (read only with dropout).
+    fn attention_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        seed: FloatTensor<Self>,
+        params: Params,
+    ) -> [FloatTensor<Self>; 2];
+
+    /// `(dq, dk, dv)` from the output's gradient `dout`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        seed: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        dout: FloatTensor<Self>,
+        params: Params,
+    ) -> [FloatTensor<Self>; 3];
+}
+
+mod cube;
+
+use cube::*;
+pub use cube::{kept_host, philox_host, seed_words};
+
+fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: Vec<usize>) -> CubeTensor<R> {
+    empty_device_contiguous_dtype(
+        like.client.clone(),
+        like.device.clone(),
+        shape.into(),
+        like.dtype,
+    )
+}
+
+/// `[bh, l, dh]` of `q`.
+fn dims3<R: CubeRuntime>(t: &CubeTensor<R>) -> (usize, usize, usize) {
+    let s = t.meta.shape();
+    (s[0], s[1], s[2])
+}
+
+/// Cubes: blocks of [`ROWS`] rows along x, batch·heads along y.
+fn grid(bh: usize, l: usize) -> (CubeCount, CubeDim) {
+    (
+        CubeCount::Static(l.div_ceil(ROWS as usize) as u32, bh as u32, 1),
+        CubeDim::new_1d(ROWS),
+    )
+}
+
+impl<R, F, I, BT> AttentionKernels for CubeBackend<R, F, I, BT>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    fn attention_forward(
+        q: CubeTensor<R>,
+        k: CubeTensor<R>,
+        v: CubeTensor<R>,
+        bias: CubeTensor<R>,
+        seed: CubeTensor<R>,
+        params: Params,
+    ) -> [CubeTensor<R>; 2] {
+        let (q, k, v) = (into_contiguous(q), into_contiguous(k), into_contiguous(v));
+        let (bias, seed) = (into_contiguous(bias), into_contiguous(seed));
+        let (bh, l, dh) = dims3(&q);
+        let out = empty(&q, vec![bh, l, dh]);
+        let lse = empty(&q, vec![bh, l]);
+        let (threshold, keep_scale) = params.keep().unwrap_or((u32::MAX, 1.0));
+        let (count, dim) = grid(bh, l);
+        let dtype = q.dtype;
+        attention_forward_kernel::launch::<R>(
+            &q.client.clone(),
+            count,
+            dim,
+            q.into_tensor_arg(),
+            k.into_tensor_arg(),
+            v.into_tensor_arg(),
+            bias.into_tensor_arg(),
+            seed.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            lse.clone().into_tensor_arg(),
+            l as u32,
+            params.heads as u32,
+            params.scale,
+            threshold,
+            keep_scale,
+            dh,
+            params.dropout > 0.0,
+            dtype.into(),
+        );
+        [out, lse]
+    }
+
+    fn attention_backward(
+        q: CubeTensor<R>,
+        k: CubeTensor<R>,
+        v: CubeTensor<R>,
+        bias: CubeTensor<R>,
+        seed: CubeTensor<R>,
+        out: CubeTensor<R>,
+        lse: CubeTensor<R>,
+        dout: CubeTensor<R>,
+        params: Params,
+    ) -> [CubeTensor<R>; 3] {
+        let (q, k, v) = (into_contiguous(q), into_contiguous(k), into_contiguous(v));
+        let (bias, seed) = (into_contiguous(bias), into_contiguous(seed));
+        let (out, lse, dout) = (
+            into_contiguous(out),
+            into_contiguous(lse),
+            into_contiguous(dout),
+        );
+        let (bh, l, dh) = dims3(&q);
+        let dq = empty(&q, vec![bh, l, dh]);
+        let dk = empty(&q, vec![bh, l, dh]);
+        let dv = empty(&q, vec![bh, l, dh]);
+        let delta = empty(&q, vec![bh, l]);
+        let (threshold, keep_scale) = params.keep().unwrap_or((u32::MAX, 1.0));
+        let client = q.client.clone();
+        let dtype = q.dtype;
+        let dropout = params.dropout > 0.0;
+        let (count, dim) = grid(bh, l);
+        attention_dq_kernel::launch::<R>(
+            &client,
+            count.clone(),
+            dim,
+            q.clone().into_tensor_arg(),
+            k.clone().into_tensor_arg(),
+            v.clone().into_tensor_arg(),
+            bias.clone().into_tensor_arg(),
+            seed.clone().into_tensor_arg(),
+            out.into_tensor_arg(),
+            lse.clone().into_tensor_arg(),
+            dout.clone().into_tensor_arg(),
+            delta.clone().into_tensor_arg(),
+            dq.clone().into_tensor_arg(),
+            l as u32,
+            params.heads as u32,
+            params.scale,
+            threshold,
+            keep_scale,
+            dh,
+            dropout,
+            dtype.into(),
+        );
+        attention_dkdv_kernel::launch::<R>(
+            &client,
+            count,
+            dim,
+            q.into_tensor_arg(),
+            k.into_tensor_arg(),
+            v.into_tensor_arg(),
+            bias.into_tensor_arg(),
+            seed.into_tensor_arg(),
+            lse.into_tensor_arg(),
+            dout.into_tensor_arg(),
+            delta.into_tensor_arg(),
+            dk.clone().into_tensor_arg(),
+            dv.clone().into_tensor_arg(),
+            l as u32,
+            params.heads as u32,
+            params.scale,
+            threshold,
+            keep_scale,
+            dh,
+            dropout,
+            dtype.into(),
+        );
+        [dq, dk, dv]
+    }
+}
+
+mod fusion;
+
+fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// `[b, heads, L, dh]` -> `[b·heads, L, dh]` primitive.
+fn flat<B: Backend>(t: Tensor<B, 4>) -> FloatTensor<B> {
+    let [b, h, l, dh] = t.dims();
+    t.reshape([b * h, l, dh]).into_primitive().tensor()
+}
+
+/// The attention without autodiff (prediction: no dropout). `q`, `k`, `v` `[b, heads, L, dh]`,
+/// `bias` `[b, L]` -> `[b, heads, L, dh]`.
+pub fn forward<B: AttentionKernels>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    bias: Tensor<B, 2>,
+    scale: f32,
+) -> Tensor<B, 4> {
+    let [b, heads, l, dh] = q.dims();
+    let seed = Tensor::<B, 1>::zeros([2], &q.device())
+        .into_primitive()
+        .tensor();
+    let params = Params {
+        heads,
+        scale,
+        dropout: 0.0,
+    };
+    let [out, _] = B::attention_forward(
+        flat(q),
+        flat(k),
+        flat(v),
+        bias.into_primitive().tensor(),
+        seed,
+        params,
+    );
+    float::<B, 3>(out).reshape([b, heads, l, dh])
+}
+
+/// The attention with its backward pass and, with `dropout` > 0, dropout on the
+/// probabilities from a fresh seed drawn from the backend's generator (so `B::seed` makes it
+/// reproducible, with no transfer to the host). Shapes as [`forward`]; gradients reach `q`, `k`
+/// and `v` (the mask takes none).
+pub fn forward_autodiff<B: AttentionKernels>(
+    q: Tensor<Autodiff<B>, 4>,
+    k: Tensor<Autodiff<B>, 4>,
+    v: Tensor<Autodiff<B>, 4>,
+    bias: Tensor<Autodiff<B>, 2>,
+    scale: f32,
+    dropout: f32,
+) -> Tensor<Autodiff<B>, 4> {
+    let device = bias.device();
+    let seed: Tensor<B, 1> = if dropout > 0.0 {
+        Tensor::random([2], Distribution::Default, &device)
+    } else {
+        Tensor::zeros([2], &device)
+    };
+    let params = Params {
+        heads: q.dims()[1],
+        scale,
+        dropout,
+    };
+    forward_with_seed(q, k, v, bias.inner(), seed, params)
+}
+
+/// [`forward_autodiff`] with the seed given (`[2]` uniform floats in [0, 1)).
+pub fn forward_with_seed<B: AttentionKernels>(
+    q: Tensor<Autodiff<B>, 4>,
+    k: Tensor<Autodiff<B>, 4>,
+    v: Tensor<Autodiff<B>, 4>,
+    bias: Tensor<B, 2>,
+    seed: Tensor<B, 1>,
+    params: Params,
+) -> Tensor<Autodiff<B>, 4> {
+    #[derive(Debug)]
+    struct AttentionBackward;
+
+    impl<B: AttentionKernels> Backward<B, 3> for AttentionBackward {
+        /// q, k, v (flattened), bias, seed, out, lse; the constants; `[b, heads, L, dh]`.
+        type State = ([FloatTensor<B>; 7], Params, [usize; 4]);
+
+        fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let ([q, k, v, bias, seed, out, lse], params, dims) = ops.state;
+            let dout = flat(float::<B, 4>(grads.consume::<B>(&ops.node)));
+            let qkv = B::attention_backward(q, k, v, bias, seed, out, lse, dout, params);
+            for (node, g) in ops.parents.into_iter().zip(qkv) {
+                if let Some(node) = node {
+                    let g = float::<B, 3>(g).reshape(dims).into_primitive().tensor();
+                    grads.register::<B>(node.id, g);
+                }
+            }
+        }
+    }
+
+    let dims = q.dims();
+    let (q, k, v) = (
+        q.into_primitive().tensor(),
+        k.into_primitive().tensor(),
+        v.into_primitive().tensor(),
+    );
+    let bias = bias.into_primitive().tensor();
+    let seed = seed.into_primitive().tensor();
+    let prep = AttentionBackward
+        .prepare::<NoCheckpointing>([q.node.clone(), k.node.clone(), v.node.clone()])
+        .compute_bound()
+        .stateful();
+    let flat_inner = |t: FloatTensor<B>| flat(float::<B, 4>(t));
+    let (q, k, v) = (
+        flat_inner(q.primitive),
+        flat_inner(k.primitive),
+        flat_inner(v.primitive),
+    );
+    let [out, lse] = B::attention_forward(
+        q.clone(),
+        k.clone(),
+        v.clone(),
+        bias.clone(),
+        seed.clone(),
+        params,
+    );
+    let out4 = float::<B, 3>(out.clone())
+        .reshape(dims)
+        .into_primitive()
+        .tensor();
+    let out = match prep {
+        OpsKind::Tracked(prep) => {
+            prep.finish(([q, k, v, bias, seed, out, lse], params, dims), out4)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(out4),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Random123's known-answer vectors for Philox-4x32-10.
+    #[test]
+    fn philox_host_matches_the_known_answers() {
+        assert_eq!(
+            philox_host([0; 4], [0; 2]),
+            [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]
+        );
+        assert_eq!(
+            philox_host([u32::MAX; 4], [u32::MAX; 2]),
+            [0x408f_276d, 0x41c8_3b0e, 0xa20b_c7c6, 0x6d54_51fd]
+        );
+        assert_eq!(
+            philox_host(
+                [0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344],
+                [0xa409_3822, 0x299f_31d0]
+            ),
+            [0xd16c_fe09, 0x94fd_cceb, 0x5001_e420, 0x2412_6ea1]
+        );
+    }
+
+    #[test]
+    fn keep_threshold_and_scale() {
+        let p = |dropout| Params {
+            heads: 1,
+            scale: 1.0,
+            dropout,
+        };
+        assert_eq!(p(0.0).keep(), None);
+        assert_eq!(p(0.25).keep(), Some((3 << 30, 1.0 / 0.75)));
+        assert_eq!(p(0.5).keep(), Some((1 << 31, 2.0)));
+    }
+}

@@ -1,0 +1,122 @@
+//! Locks: one writer per run folder and per fold, held by the OS so a killed process leaves none.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// Name of the lock file in a run folder and in each fold folder.
+pub const LOCK: &str = ".lock";
+
+/// Tells a fold worker that its parent holds the run's lock: the parent's pid.
+pub const WORKER_OF: &str = "PIPELINE_WORKER_OF";
+
+/// An exclusive OS lock (`flock`) on a lock file, held until this value is dropped or the
+/// process ends, however it ends: the kernel releases it, so a killed process never leaves a
+/// stale lock behind. The holder's pid is written into the file, for the message another
+/// process gets.
+#[derive(Debug)]
+pub struct Lock {
+    _file: fs::File,
+}
+
+impl Lock {
+    /// Takes the lock on `path` (created with its folder if absent), or fails at once with
+    /// one line naming `what`, the pid holding it and what to do.
+    pub fn acquire(path: &Path, what: &str) -> Result<Self> {
+        let mut file = open_lock_file(path)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let holder = fs::read_to_string(path).unwrap_or_default();
+                let holder = holder.trim();
+                let pid = if holder.is_empty() {
+                    "another process".to_string()
+                } else {
+                    format!("process {holder}")
+                };
+                anyhow::bail!(
+                    "{what} is being written by {pid} (lock {}): wait for it to finish or stop it, then run again; `pipeline status` is safe meanwhile",
+                    path.display()
+                );
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()))
+            }
+        }
+        file.set_len(0)?;
+        writeln!(file, "{}", std::process::id())?;
+        file.flush()?;
+        Ok(Self { _file: file })
+    }
+
+    /// Whether some process holds the lock on `path` now (without taking it for long).
+    pub fn is_held(path: &Path) -> bool {
+        let Ok(file) = fs::OpenOptions::new().read(true).write(true).open(path) else {
+            return false;
+        };
+        match file.try_lock() {
+            Ok(()) => {
+                let _ = file.unlock();
+                false
+            }
+            Err(_) => true,
+        }
+    }
+}
+
+fn open_lock_file(path: &Path) -> Result<fs::File> {
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("opening the lock file {}", path.display()))
+}
+
+/// The run's lock for a process that writes into `run_dir`. A fold worker started by
+/// `train.parallel_folds` (`worker_of`: its parent's pid, from [`WORKER_OF`], while that parent
+/// lives) gets `None`: its parent holds the run's lock, which the worker checks, and the worker
+/// locks its fold instead.
+pub fn lock_run(run_dir: &Path, worker_of: Option<u32>) -> Result<Option<Lock>> {
+    let path = run_dir.join(LOCK);
+    if let Some(parent) = worker_of.filter(|&pid| std::os::unix::process::parent_id() == pid) {
+        if !Lock::is_held(&path) {
+            anyhow::bail!(
+                "this fold worker's parent (pid {parent}) no longer holds {}: stopping",
+                path.display()
+            );
+        }
+        return Ok(None);
+    }
+    Lock::acquire(&path, &format!("run {}", run_dir.display())).map(Some)
+}
+
+/// Makes `cmd` a fold worker of this process: it is told so, and on Linux the kernel kills it
+/// (SIGKILL) the moment this process dies, however it dies, so no orphan goes on writing into
+/// the run. A worker whose parent died before the child was set up never starts.
+pub fn as_worker(cmd: &mut std::process::Command) {
+    let parent = std::process::id();
+    cmd.env(WORKER_OF, parent.to_string());
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl and getppid are async-signal-safe, as code between fork and exec must be.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() as u32 != parent {
+                    return Err(std::io::Error::other("the parent process has exited"));
+                }
+                Ok(())
+            });
+        }
+    }
+}
