@@ -156,9 +156,8 @@ pub struct Features {
 }
 
 impl Features {
-    /// `n` windows of length `l` for unit tests: ids 1, all tokens real, segment 0, no
-    /// context offsets, one example per window, labels `(0, 0)`, all training windows.
-    #[cfg(test)]
+    /// `n` windows of length `l` (for tests): ids 1, all tokens real, segment 0, no context
+    /// offsets, one example per window, labels `(0, 0)`, all training windows.
     pub fn blank(n: usize, l: usize) -> Self {
         Features {
             max_seq_length: l,

@@ -4,15 +4,20 @@ mod common;
 
 use common::*;
 
+/// Whether the sample run in workspace `d` has a manifest at `unit` (`split`, `train/fold-0`).
+fn has_manifest(d: &std::path::Path, unit: &str) -> bool {
+    d.join("outputs/sample")
+        .join(unit)
+        .join("manifest.json")
+        .exists()
+}
+
 #[test]
 fn split_needs_prepare_first() {
     let ws = workspace();
     let err = fails(ws.path(), &["run", "split"]);
     assert!(err.contains("needs `prepare`"), "{err}");
-    assert!(!ws
-        .path()
-        .join("outputs/sample/split/manifest.json")
-        .exists());
+    assert!(!has_manifest(ws.path(), "split"));
 }
 
 #[test]
@@ -101,9 +106,7 @@ fn later_stages_need_earlier_ones() {
     assert!(err.contains("stage `predict` needs `train`"), "{err}");
     let err = fails(d, &["run", "submit"]);
     assert!(err.contains("needs `evaluate`"), "{err}");
-    assert!(!d
-        .join("outputs/sample/predict/fold-0/manifest.json")
-        .exists());
+    assert!(!has_manifest(d, "predict/fold-0"));
 }
 
 #[test]
@@ -121,17 +124,11 @@ fn config_errors_are_one_line_and_name_the_key() {
 
 #[test]
 fn korquad_prepare_and_split_hold_out_titles() {
-    let Some(korquad) = korquad() else { return };
-    let ws = workspace();
+    let Some((ws, args)) = korquad_workspace() else {
+        return;
+    };
     let d = ws.path();
-    std::fs::create_dir_all(d.join("configs")).unwrap();
-    std::fs::copy(
-        root().join("configs/korquad-tiny.toml"),
-        d.join("configs/korquad-tiny.toml"),
-    )
-    .unwrap();
-    let train = format!("data.train={}", korquad.display());
-    let args = ["--config", "configs/korquad-tiny.toml", "--set", &train];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = ok(d, &[&["run", "prepare"][..], &args].concat());
     assert!(out.contains("5774 rows, 5774 kept"), "{out}");
     ok(d, &[&["run", "split"][..], &args].concat());
@@ -184,32 +181,14 @@ fn prepare_uses_a_pretrained_models_tokenizer_and_checks_its_length() {
             && err.contains("roberta_qa allows: 64 (max_position_embeddings 66)"),
         "{err}"
     );
-    assert!(!d.join("outputs/sample/prepare/manifest.json").exists());
-    ok(
-        d,
-        &[
-            "run",
-            "prepare",
-            "--set",
-            &set_model,
-            "--set",
-            "prepare.max_seq_length=64",
-            "--set",
-            "prepare.doc_stride=16",
-        ],
-    );
-    let status = ok(
-        d,
-        &[
-            "status",
-            "--set",
-            &set_model,
-            "--set",
-            "prepare.max_seq_length=64",
-            "--set",
-            "prepare.doc_stride=16",
-        ],
-    );
+    assert!(!has_manifest(d, "prepare"));
+    let windows = sets(&[
+        &set_model,
+        "prepare.max_seq_length=64",
+        "prepare.doc_stride=16",
+    ]);
+    ok_with(d, &["run", "prepare"], &windows);
+    let status = ok_with(d, &["status"], &windows);
     assert!(status.contains("tokenizer vocab 1500\n"), "{status}");
     let saved =
         std::fs::read_to_string(d.join("outputs/sample/prepare/tokenizer/tokenizer.json")).unwrap();

@@ -14,28 +14,37 @@ fn f32s(bytes: &[u8]) -> Vec<f32> {
         .collect()
 }
 
-fn check(model: &str, reference: &str, device: &str) {
-    let fx: Value = serde_json::from_slice(&std::fs::read(fixture(reference)).unwrap()).unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let o = pipeline(
-        &root(),
-        &[
-            "infer",
-            "-q",
-            "--model",
-            fixture(model).to_str().unwrap(),
-            "--data",
-            fixture("inputs/squad.json").to_str().unwrap(),
-            "--out",
-            out.path().to_str().unwrap(),
+/// `pipeline infer` of fixture `model` on the SQuAD fixture into `out`; with a device, on it
+/// with the fixtures' windows (64 tokens, stride 16), else with the defaults.
+fn infer(model: &str, out: &std::path::Path, device: Option<&str>) -> std::process::Output {
+    let (m, data) = (fixture(model), fixture("inputs/squad.json"));
+    let mut args = vec![
+        "infer",
+        "-q",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    if let Some(device) = device {
+        args.extend_from_slice(&[
             "--max-seq-length",
             "64",
             "--doc-stride",
             "16",
             "--device",
             device,
-        ],
-    );
+        ]);
+    }
+    pipeline(&root(), &args)
+}
+
+fn check(model: &str, reference: &str, device: &str) {
+    let fx: Value = serde_json::from_slice(&std::fs::read(fixture(reference)).unwrap()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let o = infer(model, out.path(), Some(device));
     if no_wgpu_adapter(&o) {
         return;
     }
@@ -99,18 +108,9 @@ fn infer_on_wgpu_matches_transformers_roberta_and_bert() {
 #[test]
 fn infer_rejects_windows_longer_than_the_position_table() {
     let out = tempfile::tempdir().unwrap();
-    let err = fails(
-        &root(),
-        &[
-            "infer",
-            "--model",
-            fixture("models/roberta_qa").to_str().unwrap(),
-            "--data",
-            fixture("inputs/squad.json").to_str().unwrap(),
-            "--out",
-            out.path().to_str().unwrap(),
-        ],
-    );
+    let o = infer("models/roberta_qa", out.path(), None);
+    assert!(!o.status.success());
+    let err = text(&o);
     assert!(
         err.contains("max_seq_length 384 is longer than the model allows (64"),
         "{err}"
@@ -120,25 +120,7 @@ fn infer_rejects_windows_longer_than_the_position_table() {
 #[test]
 fn cuda_without_a_gpu_fails_cleanly() {
     let out = tempfile::tempdir().unwrap();
-    let o = pipeline(
-        &root(),
-        &[
-            "infer",
-            "-q",
-            "--model",
-            fixture("models/roberta_qa").to_str().unwrap(),
-            "--data",
-            fixture("inputs/squad.json").to_str().unwrap(),
-            "--out",
-            out.path().to_str().unwrap(),
-            "--max-seq-length",
-            "64",
-            "--doc-stride",
-            "16",
-            "--device",
-            "cuda",
-        ],
-    );
+    let o = infer("models/roberta_qa", out.path(), Some("cuda"));
     if o.status.success() {
         eprintln!("a CUDA device works here: nothing to check");
         return;

@@ -16,14 +16,6 @@ fn read(rel: &str) -> Value {
     serde_json::from_slice(&std::fs::read(fixture(rel)).unwrap()).unwrap()
 }
 
-fn ints(v: &Value) -> Vec<i64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_i64().unwrap())
-        .collect()
-}
-
 fn int_tensor(rows: &[Vec<i64>]) -> Tensor<B, 2, Int> {
     let l = rows[0].len();
     let flat: Vec<i64> = rows.iter().flatten().copied().collect();
@@ -71,16 +63,20 @@ fn check_logits(model: &QaModel<B>, fx: &Value) -> f32 {
     max_abs_diff(&s, &want_s).max(max_abs_diff(&e, &want_e))
 }
 
+/// `model`'s logits on fixture `logits`' windows are transformers' within 1e-4.
+fn assert_logits(what: &str, model: &QaModel<B>, logits: &str) {
+    let d = check_logits(model, &read(logits));
+    eprintln!("{what}: max |Δ logits| = {d:e}");
+    assert!(d <= 1e-4, "{what}: max |Δ| {d}");
+}
+
 #[test]
 fn roberta_logits_match_transformers() {
     let (model, report) = load("models/roberta_qa");
     assert_eq!(report.prefix, "roberta.");
     assert!(report.head_loaded);
     assert!(report.unused.is_empty(), "{:?}", report.unused);
-    let fx = read("models/logits_roberta.json");
-    let d = check_logits(&model, &fx);
-    eprintln!("roberta_qa: max |Δ logits| = {d:e}");
-    assert!(d <= 1e-4, "max |Δ| {d}");
+    assert_logits("roberta_qa", &model, "models/logits_roberta.json");
 }
 
 /// Evaluation-time attention through Burn's fused op (what `infer` and `predict` use on the
@@ -89,15 +85,13 @@ fn roberta_logits_match_transformers() {
 fn fused_attention_matches_transformers_too() {
     use pipeline::model::amp::with_fused_attention;
     let (model, _) = load("models/roberta_qa");
-    let fx = read("models/logits_roberta.json");
-    let d = with_fused_attention(true, || check_logits(&model, &fx));
-    eprintln!("roberta_qa, fused attention: max |Δ logits| = {d:e}");
-    assert!(d <= 1e-4, "max |Δ| {d}");
-    let (bert, _) = load("models/bert_qa");
-    let d = with_fused_attention(true, || {
-        check_logits(&bert, &read("models/logits_bert.json"))
+    with_fused_attention(true, || {
+        assert_logits("roberta_qa, fused", &model, "models/logits_roberta.json")
     });
-    assert!(d <= 1e-4, "max |Δ| {d}");
+    let (bert, _) = load("models/bert_qa");
+    with_fused_attention(true, || {
+        assert_logits("bert_qa, fused", &bert, "models/logits_bert.json")
+    });
 }
 
 #[test]
@@ -105,18 +99,18 @@ fn bert_from_pytorch_bin_matches_transformers() {
     let (model, report) = load("models/bert_qa");
     assert_eq!(report.prefix, "bert.");
     assert!(report.source.ends_with("pytorch_model.bin"));
-    let fx = read("models/logits_bert.json");
-    let d = check_logits(&model, &fx);
-    eprintln!("bert_qa (pytorch_model.bin): max |Δ logits| = {d:e}");
-    assert!(d <= 1e-4, "max |Δ| {d}");
+    assert_logits(
+        "bert_qa (pytorch_model.bin)",
+        &model,
+        "models/logits_bert.json",
+    );
 }
 
 #[test]
 fn sharded_safetensors_load_the_same_model() {
     let (model, report) = load("models/roberta_sharded");
     assert!(report.source.ends_with("model.safetensors.index.json"));
-    let d = check_logits(&model, &read("models/logits_roberta.json"));
-    assert!(d <= 1e-4, "max |Δ| {d}");
+    assert_logits("roberta_sharded", &model, "models/logits_roberta.json");
 }
 
 #[test]
@@ -204,29 +198,14 @@ fn missing_or_misshapen_tensors_are_named() {
 fn bilstm_head_matches_torch_lstm_with_packing() {
     let fx = read("train/lstm.json");
     let mut map = std::collections::BTreeMap::new();
-    for (k, v) in fx["lstm"].as_object().unwrap() {
-        let shape: Vec<usize> = v["shape"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as usize)
-            .collect();
-        map.insert(
-            format!("lstm.{k}"),
-            TensorData::new(floats(&v["data"]), shape),
-        );
-    }
-    for (k, v) in fx["linear"].as_object().unwrap() {
-        let shape: Vec<usize> = v["shape"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as usize)
-            .collect();
-        map.insert(
-            format!("qa_outputs.{k}"),
-            TensorData::new(floats(&v["data"]), shape),
-        );
+    for (group, prefix) in [("lstm", "lstm"), ("linear", "qa_outputs")] {
+        for (k, v) in fx[group].as_object().unwrap() {
+            let shape: Vec<usize> = uints(&v["shape"]);
+            map.insert(
+                format!("{prefix}.{k}"),
+                TensorData::new(floats(&v["data"]), shape),
+            );
+        }
     }
     let mut w = Weights::from_map(map, "lstm.json");
     let dev = Default::default();
@@ -336,8 +315,7 @@ fn export_round_trips_with_hf_keys() {
         let (again, _, report) =
             QaModel::<B>::from_pretrained(&out, &HeadConfig::default(), &dev).unwrap();
         assert!(report.unused.is_empty() && report.head_loaded);
-        let d = check_logits(&again, &read(logits));
-        assert!(d <= 1e-4, "{name}: reloaded export differs by {d}");
+        assert_logits(&format!("{name}, exported and reloaded"), &again, logits);
     }
 }
 

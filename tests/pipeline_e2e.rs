@@ -246,46 +246,24 @@ fn cuda_training_without_a_gpu_fails_cleanly() {
 /// tiny sizes; skipped where ../shared is absent.
 #[test]
 fn korquad_subset_runs_end_to_end_and_learns() {
-    let Some(korquad) = korquad() else { return };
-    let ws = workspace();
+    let Some((ws, mut a)) = korquad_workspace() else {
+        return;
+    };
     let d = ws.path();
-    std::fs::create_dir_all(d.join("configs")).unwrap();
-    std::fs::copy(
-        root().join("configs/korquad-tiny.toml"),
-        d.join("configs/korquad-tiny.toml"),
-    )
-    .unwrap();
-    let train = format!("data.train={}", korquad.display());
-    let a = [
-        "--config",
-        "configs/korquad-tiny.toml",
-        "--set",
-        &train,
-        "--set",
+    a.extend(sets(&[
         "data.max_train_samples=400",
-        "--set",
         "split.folds=2",
-        "--set",
         "prepare.vocab_size=1500",
-        "--set",
         "prepare.max_seq_length=128",
-        "--set",
         "prepare.doc_stride=32",
-        "--set",
         "model.hidden_size=32",
-        "--set",
         "model.num_hidden_layers=1",
-        "--set",
         "model.intermediate_size=64",
-        "--set",
         "train.epochs=1",
-        "--set",
         "train.eval_every=6",
-        "--set",
         "train.learning_rate=1e-3",
-    ];
-    let run = |head: &[&str]| ok(d, &head.iter().chain(a.iter()).copied().collect::<Vec<_>>());
-    let out = run(&["run", "all"]);
+    ]));
+    let out = ok_with(d, &["run", "all"], &a);
     assert!(out.contains("done: submission"), "{out}");
     let r = d.join("outputs/korquad-tiny");
     let m = json(&r.join("evaluate/metrics.json"));
@@ -300,7 +278,7 @@ fn korquad_subset_runs_end_to_end_and_learns() {
         last.as_f64() < first.as_f64(),
         "validation loss did not fall: {first} -> {last}"
     );
-    assert!(run(&["status"]).contains("submit    done"));
+    assert!(ok_with(d, &["status"], &a).contains("submit    done"));
 }
 
 #[test]

@@ -10,7 +10,7 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor, TensorData};
-use common::{fixture, floats};
+use common::{fixture, floats, uints};
 use pipeline::train::clip::{clip_grad_norm, clip_grad_norm_on_device, clip_tensors};
 use pipeline::train::optim::{
     adamp_projection, param_specs, update, AdamState, OptimConfig, OptimKind, OptimState,
@@ -135,12 +135,7 @@ fn optimizers_match_torch_and_adamp() {
         let mut worst = [0.0f64; 3];
         for name in fx["param_names"].as_array().unwrap() {
             let name = name.as_str().unwrap();
-            let shape: Vec<usize> = fx["shapes"][name]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as usize)
-                .collect();
+            let shape: Vec<usize> = uints(&fx["shapes"][name]);
             let d = match shape[..] {
                 [a] => run_param(&fx, run, &cfg, name, [a]),
                 [a, b] => run_param(&fx, run, &cfg, name, [a, b]),

@@ -40,31 +40,16 @@ fn assert_same(fixture_name: &str, expected: &[Value], got: &[Window]) -> usize 
                 "{fixture_name} window {i}: input_ids"
             );
         } else {
-            let ids: Vec<u32> = e["input_ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as u32)
-                .collect();
+            let ids: Vec<u32> = uints(&e["input_ids"]);
             assert_eq!(ids, w.input_ids, "{fixture_name} window {i}: input_ids");
         }
-        let mask: Vec<u32> = e["attention_mask"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect();
+        let mask: Vec<u32> = uints(&e["attention_mask"]);
         assert_eq!(
             mask, w.attention_mask,
             "{fixture_name} window {i}: attention_mask"
         );
         if let Some(tt) = e.get("token_type_ids") {
-            let tt: Vec<u32> = tt
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as u32)
-                .collect();
+            let tt: Vec<u32> = uints(&tt);
             assert_eq!(tt, w.type_ids, "{fixture_name} window {i}: token_type_ids");
         }
         let offsets: Vec<(usize, usize)> = e["offsets"]
@@ -100,6 +85,25 @@ fn assert_same(fixture_name: &str, expected: &[Value], got: &[Window]) -> usize 
     quirks
 }
 
+/// Windows `examples` with fixture `fx`'s length and stride and the `tok` tokenizer, asserts
+/// they are HF's, and returns how many there are.
+fn windows_match(file: &str, fx: &Value, tok: &str, examples: &[Example]) -> usize {
+    let windows = build_windows(
+        &tokenizer(tok),
+        examples,
+        as_usize(&fx["max_seq_length"]),
+        as_usize(&fx["doc_stride"]),
+        &|_| {},
+    )
+    .unwrap();
+    let quirks = assert_same(file, fx["features"].as_array().unwrap(), &windows);
+    eprintln!(
+        "{file}: {} windows, {quirks} where HF labels a start outside the context",
+        windows.len()
+    );
+    windows.len()
+}
+
 fn check_sample_fixture(file: &str, tok: &str) {
     let fx: Value =
         serde_json::from_slice(&std::fs::read(fixture(&format!("windows/{file}"))).unwrap())
@@ -120,22 +124,10 @@ fn check_sample_fixture(file: &str, tok: &str) {
             }],
         })
         .collect();
-    let windows = build_windows(
-        &tokenizer(tok),
-        &examples,
-        as_usize(&fx["max_seq_length"]),
-        as_usize(&fx["doc_stride"]),
-        &|_| {},
-    )
-    .unwrap();
+    let windows = windows_match(file, &fx, tok, &examples);
     assert!(
-        windows.len() > examples.len(),
+        windows > examples.len(),
         "{file}: the fixture should exercise overflow windows"
-    );
-    let quirks = assert_same(file, fx["features"].as_array().unwrap(), &windows);
-    eprintln!(
-        "{file}: {} windows, {quirks} where HF labels a start outside the context",
-        windows.len()
     );
 }
 
@@ -186,19 +178,7 @@ fn check_korquad(file: &str, tok: &str) {
                 .clone()
         })
         .collect();
-    let windows = build_windows(
-        &tokenizer(tok),
-        &examples,
-        as_usize(&fx["max_seq_length"]),
-        as_usize(&fx["doc_stride"]),
-        &|_| {},
-    )
-    .unwrap();
-    let quirks = assert_same(file, fx["features"].as_array().unwrap(), &windows);
-    eprintln!(
-        "{file}: {} windows, {quirks} where HF labels a start outside the context",
-        windows.len()
-    );
+    windows_match(file, &fx, tok, &examples);
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! The training loop of one fold ([`Trainer`]): forward, loss, backward, gradient accumulation,
 //! clipping, loss scaling, the optimizer step and the schedule, with a plan of when to
 //! validate, keep the best weights, checkpoint and stop. What a validation measures and where
-//! weights go is the caller's ([`Hooks`]): `stages/train/` wires settings, data and files.
+//! weights go is the caller's ([`Hooks`]): `stages/train/` wires settings, data and files;
+//! `tests/trainer.rs` drives it directly.
 
 use anyhow::{bail, Result};
 use burn::module::AutodiffModule;
@@ -486,7 +487,3 @@ pub fn mix(seed: u64, fold: usize, n: usize, salt: u64) -> u64 {
     let b = h.finalize();
     u64::from_le_bytes(b.as_bytes()[..8].try_into().unwrap_or([0; 8]))
 }
-
-#[cfg(test)]
-#[path = "trainer_tests.rs"]
-mod tests;

@@ -87,6 +87,65 @@ pub fn workspace() -> tempfile::TempDir {
     dir
 }
 
+/// A [`workspace`] with `configs/korquad-tiny.toml` and the arguments that run it on the
+/// KorQuAD dev set; `None` where `../shared` is absent.
+pub fn korquad_workspace() -> Option<(tempfile::TempDir, Vec<String>)> {
+    let korquad = korquad()?;
+    let ws = workspace();
+    std::fs::create_dir_all(ws.path().join("configs")).unwrap();
+    std::fs::copy(
+        root().join("configs/korquad-tiny.toml"),
+        ws.path().join("configs/korquad-tiny.toml"),
+    )
+    .unwrap();
+    let args = [
+        "--config".to_string(),
+        "configs/korquad-tiny.toml".into(),
+        "--set".into(),
+        format!("data.train={}", korquad.display()),
+    ];
+    Some((ws, args.to_vec()))
+}
+
+/// [`ok`] with `head` (the command) followed by `more` (options).
+pub fn ok_with(dir: &Path, head: &[&str], more: &[String]) -> String {
+    let all: Vec<&str> = head
+        .iter()
+        .copied()
+        .chain(more.iter().map(String::as_str))
+        .collect();
+    ok(dir, &all)
+}
+
+/// `--set k=v` for each of `pairs`.
+pub fn sets(pairs: &[&str]) -> Vec<String> {
+    pairs
+        .iter()
+        .flat_map(|p| ["--set".to_string(), p.to_string()])
+        .collect()
+}
+
+/// A JSON array of integers.
+pub fn ints(v: &serde_json::Value) -> Vec<i64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect()
+}
+
+/// A JSON array of non-negative integers, as `T` (`u32`, `usize`).
+pub fn uints<T: TryFrom<u64>>(v: &serde_json::Value) -> Vec<T>
+where
+    T::Error: std::fmt::Debug,
+{
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| T::try_from(x.as_u64().unwrap()).unwrap())
+        .collect()
+}
+
 /// Every number of a (nested) JSON array, flattened, as f32.
 pub fn floats(v: &serde_json::Value) -> Vec<f32> {
     fn walk(v: &serde_json::Value, out: &mut Vec<f32>) {

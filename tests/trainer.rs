@@ -1,12 +1,23 @@
-//! The [`Trainer`] driven directly, with hooks that keep checkpoints in memory.
+//! The training loop ([`Trainer`]) driven directly, with hooks that keep checkpoints in memory.
+//! (A file of its own: its runs must be the only users of the backend's random generator in
+//! the process, or the dropout masks of two runs would differ.)
 
+use anyhow::Result;
 use burn::backend::{Autodiff, Flex};
+use burn::tensor::backend::Backend;
+use burn::tensor::ElementConversion;
 
-use super::*;
-use crate::model::config::EncoderConfig;
-use crate::model::keys::hf_tensors;
-use crate::model::{HeadConfig, HeadKind};
-use crate::train::optim::{OptimConfig, OptimState};
+use pipeline::artifacts::Features;
+use pipeline::model::config::EncoderConfig;
+use pipeline::model::keys::hf_tensors;
+use pipeline::model::{HeadConfig, HeadKind, QaModel};
+use pipeline::train::batch::batch;
+use pipeline::train::loss::{qa_loss, LossConfig};
+use pipeline::train::optim::{OptimConfig, OptimState, QaOptimizer};
+use pipeline::train::schedule::ScheduleKind;
+use pipeline::train::trainer::{
+    EvalLine, Hooks, KeepBestBy, Trainer, TrainerConfig, TrainerState, Validation,
+};
 
 type A = Autodiff<Flex>;
 type Checkpoint = (QaModel<A>, OptimState, TrainerState);
@@ -148,7 +159,7 @@ impl Hooks<A> for MemoryHooks<'_> {
     }
 }
 
-fn weights<B: burn::tensor::backend::Backend>(m: &QaModel<B>) -> Vec<Vec<f32>> {
+fn weights<B: Backend>(m: &QaModel<B>) -> Vec<Vec<f32>> {
     hf_tensors(m).into_iter().map(|(_, _, v)| v).collect()
 }
 
