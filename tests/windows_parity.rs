@@ -49,7 +49,7 @@ fn assert_same(fixture_name: &str, expected: &[Value], got: &[Window]) -> usize 
             "{fixture_name} window {i}: attention_mask"
         );
         if let Some(tt) = e.get("token_type_ids") {
-            let tt: Vec<u32> = uints(&tt);
+            let tt: Vec<u32> = uints(tt);
             assert_eq!(tt, w.type_ids, "{fixture_name} window {i}: token_type_ids");
         }
         let offsets: Vec<(usize, usize)> = e["offsets"]
