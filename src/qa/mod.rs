@@ -1,7 +1,8 @@
-//! Tensor-free question-answering logic: examples, windows, decoding, metrics.
+//! Tensor-free question-answering logic: examples, windows, decoding, voting, metrics.
 
 pub mod decode;
 pub mod examples;
 pub mod metrics;
+pub mod vote;
 pub mod windows;
 pub mod wordpiece;
