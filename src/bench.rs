@@ -30,8 +30,9 @@ pub struct BenchArgs {
     /// `tiny`, `roberta-base`, `roberta-large`, or a HF config.json.
     #[arg(long, default_value = "roberta-base")]
     pub model: String,
-    /// `linear` (HF's `qa_outputs`) or `bilstm` (2 bidirectional LSTM layers of the encoder's
-    /// width, then Linear(2 hidden, 2): the competition seed's head).
+    /// `linear` (HF's `qa_outputs`), `bilstm` (2 bidirectional LSTM layers of the encoder's
+    /// width, then Linear(2 hidden, 2): the competition seed's head) or `cnn` (Conv1d with
+    /// kernel sizes 1, 3, 5, hidden / 3 channels each, ReLU, then Linear).
     #[arg(long, default_value = "linear")]
     pub head: HeadKind,
     #[arg(long, default_value_t = 384)]

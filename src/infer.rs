@@ -94,10 +94,13 @@ pub fn run(args: &InferArgs, ui: Ui) -> Result<()> {
 }
 
 fn run_on<B: Backend>(args: &InferArgs, device: &B::Device, ui: Ui) -> Result<()> {
-    let head = HeadConfig {
-        kind: args.head,
-        ..Default::default()
-    };
+    // The head's shape (BiLSTM layers, CNN kernel sizes) as the checkpoint's config.json says.
+    let config_path = args.model.join(crate::model::CONFIG_FILE);
+    let config: serde_json::Value = std::fs::read(&config_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let head = HeadConfig::from_checkpoint(args.head, &config);
     let decode = DecodeConfig {
         n_best_size: args.n_best_size,
         max_answer_length: args.max_answer_length,

@@ -94,6 +94,15 @@ fn bench_with_the_bilstm_head_counts_its_parameters() {
         params(&linear) - (h * 2 + 2) + lstm + (2 * h * 2 + 2)
     );
     assert_eq!(params(&bilstm), 107_746);
+    // `--head cnn`: Conv1d(h, h/3, k) for k = 1, 3, 5, then Linear(3 (h/3), 2).
+    let cnn = run("cnn");
+    assert_eq!(cnn["head"], "cnn");
+    let c = h / 3;
+    let convs: usize = [1, 3, 5].iter().map(|k| c * h * k + c).sum();
+    assert_eq!(
+        params(&cnn),
+        params(&linear) - (h * 2 + 2) + convs + (3 * c * 2 + 2)
+    );
     let out = pipeline(&root(), &["bench", "--model", "tiny", "--head", "gru"]);
     assert!(!out.status.success() && text(&out).contains("--head"));
 }

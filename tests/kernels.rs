@@ -449,3 +449,64 @@ fn attention_dropout_gradients_match_the_same_mask_and_finite_differences() {
         }
     }
 }
+
+/// The CNN head (Burn's `conv1d`) on wgpu equals the CPU backend in its output and in the
+/// gradients of its input and weights, on a padded batch.
+#[test]
+fn cnn_head_on_wgpu_equals_the_cpu() {
+    use pipeline::model::heads::Cnn;
+    let Some((device, _one_at_a_time)) = gpu() else {
+        return;
+    };
+    let (b, l, h, c, sizes) = (3, 11, 12, 4, [1usize, 3, 5]);
+    let rand = |shape: Vec<usize>| {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+            .collect();
+        TensorData::new(v, shape)
+    };
+    let lengths = [11usize, 6, 1];
+    fn run<B: burn::tensor::backend::AutodiffBackend>(
+        device: &B::Device,
+        data: &[(TensorData, TensorData)],
+        x: TensorData,
+        mask: TensorData,
+        (h, c, sizes): (usize, usize, &[usize]),
+    ) -> Vec<Vec<f32>> {
+        let mut cnn = Cnn::<B>::init(h, c, sizes, device);
+        for (conv, (w, bias)) in cnn.convs.iter_mut().zip(data) {
+            conv.weight = Param::from_tensor(Tensor::from_data(w.clone(), device));
+            conv.bias = Some(Param::from_tensor(Tensor::from_data(bias.clone(), device)));
+        }
+        let x = Tensor::<B, 3>::from_data(x, device).require_grad();
+        let y = cnn.forward(x.clone(), Tensor::from_data(mask, device));
+        let g = (y.clone() * y.clone()).sum().backward();
+        let mut out = vec![values(y.inner()), values(x.grad(&g).unwrap())];
+        for conv in &cnn.convs {
+            out.push(values(conv.weight.val().grad(&g).unwrap()));
+        }
+        out
+    }
+    let data: Vec<(TensorData, TensorData)> = sizes
+        .iter()
+        .map(|&k| (rand(vec![c, h, k]), rand(vec![c])))
+        .collect();
+    let x = rand(vec![b, l, h]);
+    let mask: Vec<f32> = lengths
+        .iter()
+        .flat_map(|&n| (0..l).map(move |t| if t < n { 1.0 } else { 0.0 }))
+        .collect();
+    let mask = TensorData::new(mask, [b, l]);
+    let cpu = run::<Cpu>(
+        &Default::default(),
+        &data,
+        x.clone(),
+        mask.clone(),
+        (h, c, &sizes),
+    );
+    let gpu = run::<Gpu>(&device, &data, x, mask, (h, c, &sizes));
+    for (i, (a, e)) in gpu.iter().zip(&cpu).enumerate() {
+        assert_close(&format!("cnn output/gradient {i}"), a, e, 1e-5);
+    }
+}

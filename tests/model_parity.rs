@@ -245,6 +245,54 @@ fn bilstm_head_matches_torch_lstm_with_packing() {
     assert!(d_full <= 1e-5 && d_packed <= 1e-5 && d_logits <= 1e-5);
 }
 
+/// The CNN head, loaded through the model's key map from `torch.nn.Conv1d` / `nn.Linear`
+/// weights, gives PyTorch's logits on a padded batch; the padded window's logits at its real
+/// tokens equal those of the same window cut to its length (padding does not leak in).
+#[test]
+fn cnn_head_matches_torch_conv1d() {
+    let fx = read("train/cnn.json");
+    let mut map = std::collections::BTreeMap::new();
+    for (group, prefix) in [("cnn", "cnn"), ("linear", "qa_outputs")] {
+        for (k, v) in fx[group].as_object().unwrap() {
+            let shape: Vec<usize> = uints(&v["shape"]);
+            map.insert(
+                format!("{prefix}.{k}"),
+                TensorData::new(floats(&v["data"]), shape),
+            );
+        }
+    }
+    let mut w = Weights::from_map(map, "cnn.json");
+    let dev = Default::default();
+    use pipeline::model::keys::load_into;
+    let cnn = pipeline::model::heads::Cnn::<B>::init(9, 3, &[1, 3, 5], &dev);
+    let cnn = load_into(cnn, &mut w, "", "cnn", |_| true).unwrap();
+    let head = pipeline::model::encoder::hf_linear::<B>(9, 2, 0.02, &dev);
+    let head = load_into(head, &mut w, "", "qa_outputs", |_| true).unwrap();
+    assert!(w.unused().is_empty(), "not loaded: {:?}", w.unused());
+    let x: Tensor<B, 3> =
+        Tensor::from_data(TensorData::new(floats(&fx["x"]["data"]), [2, 7, 9]), &dev);
+    let mask: Vec<f32> = ints(&fx["lengths"])
+        .iter()
+        .flat_map(|&n| (0..7).map(move |t| if t < n { 1.0 } else { 0.0 }))
+        .collect();
+    let mask: Tensor<B, 2> = Tensor::from_data(TensorData::new(mask, [2, 7]), &dev);
+    let logits = head.forward(cnn.forward(x.clone(), mask.clone()));
+    let d = max_abs_diff(
+        &logits.clone().into_data().to_vec::<f32>().unwrap(),
+        &floats(&fx["logits"]["data"]),
+    );
+    eprintln!("cnn: max |Δ logits| {d:e}");
+    assert!(d <= 1e-5, "max |Δ| {d}");
+    let short = head.forward(cnn.forward(x.slice([1..2, 0..4, 0..9]), mask.slice([1..2, 0..4])));
+    let short = short.into_data().to_vec::<f32>().unwrap();
+    let padded = logits
+        .slice([1..2, 0..4, 0..2])
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    assert!(max_abs_diff(&short, &padded) <= 1e-6);
+}
+
 #[test]
 fn bilstm_head_on_the_encoder_runs_and_keeps_the_encoder() {
     let dev = Default::default();
@@ -252,6 +300,7 @@ fn bilstm_head_on_the_encoder_runs_and_keeps_the_encoder() {
         kind: HeadKind::Bilstm,
         num_rnn_layers: 2,
         rnn_dropout: 0.0,
+        ..HeadConfig::default()
     };
     let (model, _, report) =
         QaModel::<B>::from_pretrained(&fixture("models/roberta_qa"), &head, &dev).unwrap();
@@ -319,20 +368,40 @@ fn export_round_trips_with_hf_keys() {
     }
 }
 
+/// A BiLSTM or CNN head exports under PyTorch's names, says so in `config.json`, and reloads
+/// (with the head read back from that config) to the same logits.
 #[test]
-fn bilstm_export_reloads_identically() {
+fn bilstm_and_cnn_exports_reload_identically() {
+    for kind in [HeadKind::Bilstm, HeadKind::Cnn] {
+        head_export_reloads_identically(kind);
+    }
+}
+
+fn head_export_reloads_identically(kind: HeadKind) {
     use pipeline::model::export::save_pretrained;
     let dev = Default::default();
     let head = HeadConfig {
-        kind: HeadKind::Bilstm,
-        num_rnn_layers: 2,
+        kind,
+        num_rnn_layers: 3,
         rnn_dropout: 0.0,
+        cnn_kernel_sizes: vec![3, 7],
     };
     let dir = fixture("models/roberta_qa");
     let (model, cfg, _) = QaModel::<B>::from_pretrained(&dir, &head, &dev).unwrap();
     let out = tempfile::tempdir().unwrap();
     save_pretrained(&model, &cfg, None, &dir, out.path()).unwrap();
-    let (again, _, report) = QaModel::<B>::from_pretrained(out.path(), &head, &dev).unwrap();
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("config.json")).unwrap()).unwrap();
+    let head_back = HeadConfig::from_checkpoint(kind, &config);
+    assert_eq!(
+        (head_back.num_rnn_layers, head_back.cnn_kernel_sizes.clone()),
+        match kind {
+            HeadKind::Cnn => (2, vec![3, 7]),
+            _ => (3, vec![1, 3, 5]),
+        },
+        "{config}"
+    );
+    let (again, _, report) = QaModel::<B>::from_pretrained(out.path(), &head_back, &dev).unwrap();
     assert!(report.head_loaded && report.unused.is_empty(), "{report:?}");
     let ids = vec![vec![0i64, 100, 2, 2, 200, 300, 2, 1]];
     let mask = vec![vec![1i64, 1, 1, 1, 1, 1, 1, 0]];

@@ -132,6 +132,48 @@ fn split_workspace() -> tempfile::TempDir {
     ws
 }
 
+/// `model.head = "cnn"` trains a fold whose best checkpoint says `qa_head = "cnn"` and
+/// reloads in `infer --head cnn` with its trained head.
+#[test]
+fn the_cnn_head_trains_exports_and_infers() {
+    let ws = split_workspace();
+    let d = ws.path();
+    let mut a = args(&["run", "train", "-q", "--fold", "0"]);
+    a.extend([
+        "--set",
+        "model.head=cnn",
+        "--set",
+        "model.cnn_kernel_sizes=[3, 5]",
+    ]);
+    ok(d, &a);
+    let best = d.join("outputs/sample/train/fold-0/best");
+    let config = json(&best.join("config.json"));
+    assert_eq!(config["qa_head"], "cnn");
+    assert_eq!(config["cnn_kernel_sizes"], serde_json::json!([3, 5]));
+    let out = d.join("infer-out");
+    let o = pipeline(
+        d,
+        &[
+            "infer",
+            "--model",
+            best.to_str().unwrap(),
+            "--data",
+            "data/sample/test.json",
+            "--out",
+            out.to_str().unwrap(),
+            "--head",
+            "cnn",
+            "--max-seq-length",
+            "128",
+            "--doc-stride",
+            "32",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("initialised at random"), "{}", text(&o));
+    assert!(out.join("predictions.json").exists());
+}
+
 #[test]
 fn an_interrupted_fold_resumes_to_the_same_weights() {
     // Uninterrupted reference.

@@ -56,6 +56,7 @@ fn model() -> QaModel<A> {
         kind: HeadKind::Linear,
         num_rnn_layers: 1,
         rnn_dropout: 0.0,
+        ..HeadConfig::default()
     };
     A::seed(&Default::default(), 11);
     QaModel::init(&cfg, &head, &Default::default()).unwrap()

@@ -372,6 +372,48 @@ def make_lstm():
     print("lstm: keys", list(lstm.state_dict().keys()))
 
 
+class CnnHead(torch.nn.Module):
+    """The `cnn` head as a PyTorch module: pads zeroed, Conv1d per kernel size ("same" padding),
+    concatenated, ReLU, then qa_outputs. Its state_dict keys are the ones the Rust model uses."""
+
+    def __init__(self, hidden, kernel_sizes=(1, 3, 5)):
+        super().__init__()
+        c = max(hidden // 3, 1)
+        self.convs = torch.nn.ModuleList(
+            [torch.nn.Conv1d(hidden, c, k, padding=k // 2) for k in kernel_sizes])
+        self.qa_outputs = torch.nn.Linear(c * len(kernel_sizes), 2)
+
+    def forward(self, x, mask):
+        x = (x * mask[..., None]).transpose(1, 2)
+        y = torch.relu(torch.cat([conv(x) for conv in self.convs], dim=1)).transpose(1, 2)
+        return self.qa_outputs(y)
+
+
+def make_cnn():
+    torch.manual_seed(4100)
+    head = CnnHead(9, (1, 3, 5)).eval()
+    x = torch.randn(2, 7, 9)
+    lengths = [7, 4]
+    mask = torch.tensor([[1.0 if t < n else 0.0 for t in range(7)] for n in lengths])
+    with torch.no_grad():
+        logits = head(x, mask)
+        # The same windows cut to their own length give the same logits at real tokens.
+        short = head(x[1:, :4], mask[1:, :4])
+    assert torch.allclose(short[0], logits[1, :4], atol=1e-6)
+    state = head.state_dict()
+    fx = {
+        "config": {"hidden": 9, "kernel_sizes": [1, 3, 5], "channels": 3},
+        "cnn": {k: tensor_entry(v) for k, v in state.items() if k.startswith("convs.")},
+        "linear": {k.removeprefix("qa_outputs."): tensor_entry(v)
+                   for k, v in state.items() if k.startswith("qa_outputs.")},
+        "x": tensor_entry(x),
+        "lengths": lengths,
+        "logits": tensor_entry(logits),
+    }
+    write_json(os.path.join(TRAIN, "cnn.json"), fx, "CNN head: Conv1d 9->3 (k 1, 3, 5), ReLU, Linear(9, 2)")
+    print("cnn: keys", list(state.keys()))
+
+
 # =========================================================================
 # 5. losses
 # =========================================================================
@@ -582,6 +624,11 @@ def make_clip():
 
 
 def main():
+    if len(sys.argv) > 1:
+        # Only the named fixtures that need no checkpoint, e.g. `cnn lstm`.
+        for name in sys.argv[1:]:
+            globals()[f"make_{name}"]()
+        return
     toks = {n: AutoTokenizer.from_pretrained(os.path.join(TOKS, n)) for n in ("bbpe", "wordpiece")}
     examples = flatten(load_squad(SQUAD))
     models = make_checkpoints(toks)
@@ -589,6 +636,7 @@ def main():
     make_korquad_logits(models, toks)
     make_infer(models, toks, examples)
     make_lstm()
+    make_cnn()
     make_losses()
     make_optim()
     make_schedules()

@@ -74,9 +74,14 @@ pub fn save_pretrained<B: Backend>(
     };
     config["architectures"] = serde_json::json!([arch]);
     config["model_type"] = serde_json::json!(cfg.model_type);
-    if model.lstm.is_some() {
+    if let Some(lstm) = &model.lstm {
         config["qa_head"] = serde_json::json!("bilstm");
-        config["num_rnn_layers"] = serde_json::json!(model.lstm.as_ref().map(|l| l.layers.len()));
+        config["num_rnn_layers"] = serde_json::json!(lstm.layers.len());
+    }
+    if let Some(cnn) = &model.cnn {
+        let sizes: Vec<usize> = cnn.convs.iter().map(|c| c.kernel_size).collect();
+        config["qa_head"] = serde_json::json!("cnn");
+        config["cnn_kernel_sizes"] = serde_json::json!(sizes);
     }
     crate::run::write_json_atomic(&out.join(crate::model::CONFIG_FILE), &config)?;
     for name in [

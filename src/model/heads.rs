@@ -1,4 +1,5 @@
-//! Span heads: HF's linear `qa_outputs`, and the competition seed's stacked bidirectional LSTM.
+//! Span heads: HF's linear `qa_outputs`, the competition seed's stacked bidirectional LSTM, and
+//! a convolutional head ([`Cnn`]).
 //!
 //! The LSTM keeps PyTorch `nn.LSTM`'s parameter layout and names (`weight_ih_l{k}`,
 //! `weight_hh_l{k}`, `bias_ih_l{k}`, `bias_hh_l{k}`, `*_reverse`; gates stacked i, f, g, o) so
@@ -11,7 +12,8 @@
 //! on CUDA).
 
 use burn::module::{Module, Param};
-use burn::nn::{Dropout, DropoutConfig};
+use burn::nn::conv::{Conv1d, Conv1dConfig};
+use burn::nn::{Dropout, DropoutConfig, PaddingConfig1d};
 use burn::tensor::activation::{sigmoid, tanh};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor};
@@ -230,6 +232,55 @@ impl<B: Backend> BiLstm<B> {
             x = layer.forward(x, rows.clone(), !amp::host_backend()) * mask.clone();
         }
         x
+    }
+}
+
+/// The convolutional head: `nn.Conv1d` over the token axis for each kernel size (odd, "same"
+/// padding `k / 2`), each with `channels` outputs, concatenated along the channels and passed
+/// through ReLU; `qa_outputs` then projects to start/end. As a PyTorch module:
+///
+/// ```text
+/// x = x * mask[..., None]                     # pads zeroed
+/// y = cat([conv(x.transpose(1, 2)) for conv in self.convs], dim=1)
+/// y = relu(y).transpose(1, 2)                 # [b, l, len(convs) * channels]
+/// ```
+///
+/// with `self.convs = nn.ModuleList(...)` under `cnn`, so its keys are `cnn.convs.{i}.weight`
+/// `[channels, hidden, k]` and `cnn.convs.{i}.bias`. Pads are zeroed before the convolutions,
+/// which then see zeros past a window's last real token whatever padding follows it: a
+/// window's logits do not depend on how much padding its batch has.
+#[derive(Module, Debug)]
+pub struct Cnn<B: Backend> {
+    pub convs: Vec<Conv1d<B>>,
+}
+
+impl<B: Backend> Cnn<B> {
+    /// Convolutions from `d_in` channels with `channels` outputs each, one per kernel size
+    /// (PyTorch's default initialisation).
+    pub fn init(d_in: usize, channels: usize, kernel_sizes: &[usize], device: &B::Device) -> Self {
+        Self {
+            convs: kernel_sizes
+                .iter()
+                .map(|&k| {
+                    Conv1dConfig::new(d_in, channels, k)
+                        .with_padding(PaddingConfig1d::Explicit(k / 2, k / 2))
+                        .init(device)
+                })
+                .collect(),
+        }
+    }
+
+    /// Channels out: the convolutions' outputs together.
+    pub fn out_channels(&self) -> usize {
+        self.convs.iter().map(|c| c.weight.dims()[0]).sum()
+    }
+
+    /// `x` `[b, l, in]`, `mask` `[b, l]` (1 = real token) -> `[b, l, out_channels]`.
+    pub fn forward(&self, x: Tensor<B, 3>, mask: Tensor<B, 2>) -> Tensor<B, 3> {
+        let [b, l] = mask.dims();
+        let x = (x * mask.reshape([b, l, 1])).swap_dims(1, 2);
+        let ys: Vec<Tensor<B, 3>> = self.convs.iter().map(|c| c.forward(x.clone())).collect();
+        burn::tensor::activation::relu(Tensor::cat(ys, 1)).swap_dims(1, 2)
     }
 }
 

@@ -21,6 +21,7 @@ use super::load::Weights;
 pub enum Part {
     Encoder,
     Lstm,
+    Cnn,
     QaOutputs,
 }
 
@@ -71,6 +72,14 @@ pub fn hf_key(path: &str, linear: bool) -> Option<HfKey> {
         return Some(HfKey {
             part: Part::Lstm,
             key: format!("lstm.{name}_l{k}{suffix}"),
+            transposed: false,
+        });
+    }
+    if path.starts_with("cnn.convs.") {
+        // PyTorch's `nn.Conv1d` layout and names: `cnn.convs.{i}.weight` `[out, in, k]`, `.bias`.
+        return Some(HfKey {
+            part: Part::Cnn,
+            key: path.to_string(),
             transposed: false,
         });
     }

@@ -28,6 +28,17 @@ pub fn parameters(cfg: &EncoderConfig, head: &HeadConfig) -> u64 {
             let later = 2 * (4 * h * 2 * h + 4 * h * h + 8 * h);
             first + later * head.num_rnn_layers.saturating_sub(1) as u64 + 2 * 2 * h + 2
         }
+        // Per kernel size k: a [c, h, k] weight and c biases; then Linear(n c, 2).
+        HeadKind::Cnn => {
+            let c = HeadConfig::cnn_channels(cfg.hidden_size) as u64;
+            let n = head.cnn_kernel_sizes.len() as u64;
+            let convs: u64 = head
+                .cnn_kernel_sizes
+                .iter()
+                .map(|&k| c * h * k as u64 + c)
+                .sum();
+            convs + 2 * n * c + 2
+        }
     };
     embeddings + cfg.num_hidden_layers as u64 * layer + head_params
 }
@@ -56,6 +67,8 @@ pub fn training_step_bytes(
     let rnn = match head.kind {
         HeadKind::Linear => 0,
         HeadKind::Bilstm => head.num_rnn_layers as u64 * 2 * b * l * 6 * h * F32,
+        // The masked input, the convolutions' outputs and their ReLU.
+        HeadKind::Cnn => b * l * (h + 2 * h) * F32,
     };
     states
         .saturating_add(per_layer.saturating_mul(cfg.num_hidden_layers as u64))
@@ -92,8 +105,7 @@ mod tests {
         // Linear(2h, 2) 4h + 2, where the linear head's Linear(h, 2) has 2h + 2.
         let bilstm = HeadConfig {
             kind: HeadKind::Bilstm,
-            num_rnn_layers: 2,
-            rnn_dropout: 0.1,
+            ..HeadConfig::default()
         };
         let cfg = roberta(256, 4, 4, 1024);
         let h = 256u64;
@@ -101,6 +113,31 @@ mod tests {
             parameters(&cfg, &bilstm) - parameters(&cfg, &lin),
             40 * h * h + 32 * h + (4 * h + 2) - (2 * h + 2)
         );
+    }
+
+    /// The count the memory estimate uses is the model's own, for every head.
+    #[test]
+    fn parameter_counts_are_the_models() {
+        use burn::module::Module;
+        let mut cfg = roberta(48, 2, 4, 96);
+        cfg.vocab_size = 100;
+        for kind in [HeadKind::Linear, HeadKind::Bilstm, HeadKind::Cnn] {
+            let head = HeadConfig {
+                kind,
+                ..HeadConfig::default()
+            };
+            let model = crate::model::QaModel::<burn::backend::Flex>::init(
+                &cfg,
+                &head,
+                &Default::default(),
+            )
+            .unwrap();
+            assert_eq!(
+                parameters(&cfg, &head),
+                model.num_params() as u64,
+                "{kind:?}"
+            );
+        }
     }
 
     #[test]

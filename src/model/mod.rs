@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use config::{EncoderConfig, Family};
 use encoder::{hf_linear, EncoderModel};
-use heads::BiLstm;
+use heads::{BiLstm, Cnn};
 use load::Weights;
 
 /// Which head sits on the encoder.
@@ -42,16 +42,20 @@ pub enum HeadKind {
     Linear,
     /// The seed's: stacked bidirectional LSTM (hidden = encoder hidden), then Linear(2 hidden, 2).
     Bilstm,
+    /// Conv1d over the tokens with several kernel sizes (`hidden / 3` channels each), ReLU,
+    /// then Linear (see [`heads::Cnn`]).
+    Cnn,
 }
 
-/// `linear` or `bilstm`, as in settings (for command-line arguments).
+/// `linear`, `bilstm` or `cnn`, as in settings (for command-line arguments).
 impl std::str::FromStr for HeadKind {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s {
             "linear" => Ok(HeadKind::Linear),
             "bilstm" => Ok(HeadKind::Bilstm),
-            other => Err(format!("unknown head {other:?}: use linear or bilstm")),
+            "cnn" => Ok(HeadKind::Cnn),
+            other => Err(format!("unknown head {other:?}: use linear, bilstm or cnn")),
         }
     }
 }
@@ -62,7 +66,12 @@ pub struct HeadConfig {
     pub kind: HeadKind,
     pub num_rnn_layers: usize,
     pub rnn_dropout: f64,
+    /// The CNN head's kernel sizes (odd).
+    pub cnn_kernel_sizes: Vec<usize>,
 }
+
+/// The CNN head's default kernel sizes.
+pub const CNN_KERNEL_SIZES: [usize; 3] = [1, 3, 5];
 
 impl Default for HeadConfig {
     fn default() -> Self {
@@ -70,7 +79,34 @@ impl Default for HeadConfig {
             kind: HeadKind::Linear,
             num_rnn_layers: 2,
             rnn_dropout: 0.1,
+            cnn_kernel_sizes: CNN_KERNEL_SIZES.to_vec(),
         }
+    }
+}
+
+impl HeadConfig {
+    /// The head of kind `kind` as an exported checkpoint's `config.json` describes it
+    /// (`num_rnn_layers`, `cnn_kernel_sizes`), defaults for what it does not say.
+    pub fn from_checkpoint(kind: HeadKind, config: &serde_json::Value) -> Self {
+        let d = Self::default();
+        let sizes = config["cnn_kernel_sizes"].as_array().and_then(|a| {
+            a.iter()
+                .map(|k| k.as_u64().map(|k| k as usize))
+                .collect::<Option<Vec<_>>>()
+        });
+        Self {
+            kind,
+            num_rnn_layers: config["num_rnn_layers"]
+                .as_u64()
+                .map_or(d.num_rnn_layers, |n| n as usize),
+            cnn_kernel_sizes: sizes.unwrap_or(d.cnn_kernel_sizes),
+            ..d
+        }
+    }
+
+    /// The CNN head's channels per kernel size for an encoder of `hidden` units.
+    pub fn cnn_channels(hidden: usize) -> usize {
+        (hidden / 3).max(1)
     }
 }
 
@@ -79,6 +115,7 @@ impl Default for HeadConfig {
 pub struct QaModel<B: Backend> {
     pub encoder: EncoderModel<B>,
     pub lstm: Option<BiLstm<B>>,
+    pub cnn: Option<Cnn<B>>,
     pub qa_outputs: Linear<B>,
 }
 
@@ -96,22 +133,34 @@ impl<B: Backend> QaModel<B> {
     /// A randomly initialised model (from-scratch mode).
     pub fn init(cfg: &EncoderConfig, head: &HeadConfig, device: &B::Device) -> Result<Self> {
         let h = cfg.hidden_size;
-        let (lstm, out_in) = match head.kind {
-            HeadKind::Linear => (None, h),
-            HeadKind::Bilstm => (
-                Some(BiLstm::init(
-                    h,
-                    h,
-                    head.num_rnn_layers,
-                    head.rnn_dropout,
-                    device,
-                )),
-                2 * h,
-            ),
+        let (mut lstm, mut cnn) = (None, None);
+        let out_in = match head.kind {
+            HeadKind::Linear => h,
+            HeadKind::Bilstm => {
+                let layers = head.num_rnn_layers;
+                lstm = Some(BiLstm::init(h, h, layers, head.rnn_dropout, device));
+                2 * h
+            }
+            HeadKind::Cnn => {
+                if head.cnn_kernel_sizes.is_empty()
+                    || head.cnn_kernel_sizes.iter().any(|k| k % 2 == 0)
+                {
+                    bail!(
+                        "the CNN head's kernel sizes must be odd and at least one, got {:?}",
+                        head.cnn_kernel_sizes
+                    );
+                }
+                let c = HeadConfig::cnn_channels(h);
+                let head = Cnn::init(h, c, &head.cnn_kernel_sizes, device);
+                let out = head.out_channels();
+                cnn = Some(head);
+                out
+            }
         };
         Ok(Self {
             encoder: EncoderModel::init(cfg, device)?,
             lstm,
+            cnn,
             qa_outputs: hf_linear(out_in, 2, cfg.initializer_range, device),
         })
     }
@@ -143,12 +192,18 @@ impl<B: Backend> QaModel<B> {
         // alone for the linear head, the LSTM and `qa_outputs` for the BiLSTM head. Otherwise
         // it keeps HF's initialisation, as `from_pretrained` does for a missing head.
         let lstm_found = head.kind == HeadKind::Bilstm && w.has("lstm.weight_ih_l0");
-        let head_loaded =
-            w.has("qa_outputs.weight") && (head.kind == HeadKind::Linear || lstm_found);
+        let cnn_found = head.kind == HeadKind::Cnn && w.has("cnn.convs.0.weight");
+        let head_loaded = w.has("qa_outputs.weight")
+            && match head.kind {
+                HeadKind::Linear => true,
+                HeadKind::Bilstm => lstm_found,
+                HeadKind::Cnn => cnn_found,
+            };
         let model = Self::init(cfg, head, device)?;
         let model = keys::load_into(model, w, &prefix, "", |part| match part {
             keys::Part::Encoder => true,
             keys::Part::Lstm => lstm_found,
+            keys::Part::Cnn => cnn_found,
             keys::Part::QaOutputs => head_loaded,
         })?;
         let report = LoadReport {
@@ -172,7 +227,10 @@ impl<B: Backend> QaModel<B> {
             .encoder
             .forward(input_ids, attention_mask.clone(), token_type_ids);
         if let Some(lstm) = &self.lstm {
-            x = lstm.forward(x, attention_mask.float());
+            x = lstm.forward(x, attention_mask.clone().float());
+        }
+        if let Some(cnn) = &self.cnn {
+            x = cnn.forward(x, attention_mask.float());
         }
         let logits = amp::linear(&self.qa_outputs, x);
         let start = logits.clone().slice([0..b, 0..l, 0..1]).reshape([b, l]);

@@ -146,6 +146,14 @@ impl Settings {
                 m.num_attention_heads
             );
         }
+        if m.head == crate::model::HeadKind::Cnn
+            && (m.cnn_kernel_sizes.is_empty() || m.cnn_kernel_sizes.iter().any(|k| k % 2 == 0))
+        {
+            bail!(
+                "model.cnn_kernel_sizes must be odd sizes (\"same\" padding), at least one: got {:?}",
+                m.cnn_kernel_sizes
+            );
+        }
         let t = &self.train;
         let device = t.device;
         if device == crate::device::Device::Cpu && t.precision.is_pure_half() {
@@ -337,7 +345,7 @@ mod tests {
                 "model_type",
                 &["roberta", "bert"][..],
             ),
-            ("model.head=gru", "head", &["linear", "bilstm"][..]),
+            ("model.head=gru", "head", &["linear", "bilstm", "cnn"][..]),
             ("train.loss=hinge", "loss", &["ce", "focal"][..]),
         ] {
             let err = format!("{:#}", Settings::from_toml(MIN, &[set.into()]).unwrap_err());
@@ -346,6 +354,19 @@ mod tests {
                 assert!(err.contains(v), "{set}: {v} not listed in {err}");
             }
         }
+        let err = Settings::from_toml(
+            MIN,
+            &[
+                "model.head=cnn".into(),
+                "model.cnn_kernel_sizes=[3, 4]".into(),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("model.cnn_kernel_sizes") && err.contains("odd"),
+            "{err}"
+        );
         let s = Settings::from_toml(MIN, &["model.model_type=bert".into()]).unwrap();
         assert_eq!(s.model.scratch_config(100, 0, 64).model_type, "bert");
     }

@@ -132,12 +132,20 @@ pub struct ModelSettings {
     pub intermediate_size: usize,
     pub hidden_dropout_prob: f64,
     pub attention_probs_dropout_prob: f64,
-    /// `linear` (HF `qa_outputs`) or `bilstm` (the seed's head).
+    /// `linear` (HF `qa_outputs`), `bilstm` (the seed's head) or `cnn`.
     pub head: crate::model::HeadKind,
     /// BiLSTM layers (hidden size = encoder hidden size per direction).
     pub num_rnn_layers: usize,
     /// Dropout between BiLSTM layers.
     pub rnn_dropout: f64,
+    /// The CNN head's kernel sizes (odd; `hidden_size / 3` channels each). Hashed only when
+    /// not the default, so runs from before the CNN head keep their hash.
+    #[serde(skip_serializing_if = "is_default_kernels")]
+    pub cnn_kernel_sizes: Vec<usize>,
+}
+
+fn is_default_kernels(k: &[usize]) -> bool {
+    k == crate::model::CNN_KERNEL_SIZES
 }
 
 impl Default for ModelSettings {
@@ -154,6 +162,7 @@ impl Default for ModelSettings {
             head: crate::model::HeadKind::Linear,
             num_rnn_layers: 2,
             rnn_dropout: 0.1,
+            cnn_kernel_sizes: crate::model::CNN_KERNEL_SIZES.to_vec(),
         }
     }
 }
@@ -165,6 +174,7 @@ impl ModelSettings {
             kind: self.head,
             num_rnn_layers: self.num_rnn_layers,
             rnn_dropout: self.rnn_dropout,
+            cnn_kernel_sizes: self.cnn_kernel_sizes.clone(),
         }
     }
 
