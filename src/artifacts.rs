@@ -219,6 +219,13 @@ impl Features {
         f
     }
 
+    /// Tokens of window `i` up to its last real one (windows are right-padded).
+    pub fn length(&self, i: usize) -> usize {
+        let l = self.max_seq_length;
+        let mask = &self.attention_mask[i * l..(i + 1) * l];
+        mask.iter().rposition(|&m| m != 0).map_or(0, |j| j + 1)
+    }
+
     /// Context offsets of window `i` (`None` outside the context), for decoding.
     pub fn context_offsets(&self, i: usize) -> Vec<Option<(usize, usize)>> {
         let l = self.max_seq_length;

@@ -138,10 +138,7 @@ fn run_on<B: Backend>(args: &InferArgs, device: &B::Device, ui: Ui) -> Result<()
         &|_| {},
     )?;
     let bar = ui.bar(windows.len() as u64, "infer");
-    let batching = Batching {
-        batch_size: args.batch_size,
-        fixed_shape: args.device.wants_fixed_shapes(),
-    };
+    let batching = Batching::padded(args.batch_size, args.device.wants_fixed_shapes());
     let logits = window_logits(&model, &windows, batching, device, &|n| bar.inc(n));
     bar.finish_and_clear();
     let (preds, nbest) = decode_all(&examples, &windows, &logits, &decode);

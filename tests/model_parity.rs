@@ -494,10 +494,7 @@ fn korquad_question_logits_match_transformers() {
         let lg = pipeline::infer::window_logits(
             &model,
             &windows,
-            pipeline::train::batch::Batching {
-                batch_size: 64,
-                fixed_shape: true,
-            },
+            pipeline::train::batch::Batching::padded(64, true),
             &Default::default(),
             &|_| {},
         );

@@ -11,7 +11,7 @@ use pipeline::artifacts::Features;
 use pipeline::model::config::EncoderConfig;
 use pipeline::model::keys::hf_tensors;
 use pipeline::model::{HeadConfig, HeadKind, QaModel};
-use pipeline::train::batch::batch;
+use pipeline::train::batch::{batch, BatchStrategy};
 use pipeline::train::loss::{qa_loss, LossConfig};
 use pipeline::train::optim::{OptimConfig, OptimState, QaOptimizer};
 use pipeline::train::schedule::ScheduleKind;
@@ -30,16 +30,14 @@ fn features() -> Features {
         for t in 0..l {
             f.input_ids[r * l + t] = 3 + ((r * 7 + t * 5) % 40) as i32;
         }
-        // The last three tokens of odd windows are padding.
-        if r % 2 == 1 {
-            for t in l - 3..l {
-                f.input_ids[r * l + t] = 1;
-                f.attention_mask[r * l + t] = 0;
-            }
+        // Windows end after 16, 13, 10 or 7 tokens; the rest is padding.
+        for t in l - 3 * (r % 4)..l {
+            f.input_ids[r * l + t] = 1;
+            f.attention_mask[r * l + t] = 0;
         }
         if r % 5 != 0 {
-            f.start_positions[r] = 1 + (r % 9) as i32;
-            f.end_positions[r] = f.start_positions[r] + (r % 3) as i32;
+            f.start_positions[r] = 1 + (r % 5) as i32;
+            f.end_positions[r] = f.start_positions[r] + (r % 2) as i32;
         }
     }
     f
@@ -62,7 +60,7 @@ fn model() -> QaModel<A> {
     QaModel::init(&cfg, &head, &Default::default()).unwrap()
 }
 
-fn config() -> TrainerConfig {
+fn config(batching: BatchStrategy) -> TrainerConfig {
     TrainerConfig {
         fold: 0,
         seed: 7,
@@ -81,6 +79,8 @@ fn config() -> TrainerConfig {
         checkpoint_every: 4,
         patience: 0,
         keep_best_by: KeepBestBy::Loss,
+        batching,
+        pad_multiple: 4,
     }
 }
 
@@ -111,7 +111,7 @@ impl<'a> MemoryHooks<'a> {
 impl Hooks<A> for MemoryHooks<'_> {
     fn validate(&mut self, model: &QaModel<Flex>) -> Validation {
         let d = Default::default();
-        let b = batch::<Flex>(self.feats, &[20, 21, 22, 23], &d);
+        let b = batch::<Flex>(self.feats, &[20, 21, 22, 23], 16, &d);
         let (s, e) = model.forward(b.input_ids, b.attention_mask, b.token_type_ids);
         let loss = qa_loss(
             &LossConfig::default(),
@@ -168,12 +168,21 @@ fn weights<B: Backend>(m: &QaModel<B>) -> Vec<Vec<f32>> {
 /// resumed from the checkpoint the stop wrote, training ends on the uninterrupted run's
 /// weights, best weights and validations, bit for bit: data order, dropout, schedule, clipping
 /// and optimizer moments all continue where they were.
+///
+/// Also with bucketed batches of varied lengths: the batch plan is a function of the seed and
+/// the epoch.
 #[test]
 fn a_stopped_run_resumed_from_its_checkpoint_equals_the_uninterrupted_run() {
+    for batching in [BatchStrategy::Padded, BatchStrategy::Bucket] {
+        stopped_and_resumed(batching);
+    }
+}
+
+fn stopped_and_resumed(batching: BatchStrategy) {
     let feats = features();
     let rows: Vec<usize> = (0..20).collect();
     let trainer = Trainer {
-        config: config(),
+        config: config(batching),
         feats: &feats,
         train_rows: &rows,
     };

@@ -34,12 +34,6 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Whether evaluation batches keep one shape on the configured device (see
-    /// [`crate::device::Device::wants_fixed_shapes`]).
-    pub fn fixed_shape(&self) -> bool {
-        self.train.device.wants_fixed_shapes()
-    }
-
     /// Reads `path`, applies `overrides` (`section.key=value`, value in TOML syntax or a bare
     /// string) and validates the result.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {

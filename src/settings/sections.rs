@@ -273,6 +273,21 @@ pub struct TrainSettings {
     /// `PIPELINE_ATTENTION=fused|naive` sets it.
     #[serde(skip_serializing_if = "EvalAttention::is_naive")]
     pub eval_attention: EvalAttention,
+    /// `padded` (every batch `max_seq_length` long), `dynamic` (each batch cut to its longest
+    /// window, rounded up to `pad_multiple`) or `bucket` (`dynamic` with windows of similar
+    /// length batched together; HF's `group_by_length`); training, evaluation and prediction.
+    /// Hashed only when not `padded`, so older runs keep their hash.
+    #[serde(skip_serializing_if = "BatchStrategy::is_padded")]
+    pub batching: BatchStrategy,
+    /// Batch lengths of `dynamic` / `bucket` are multiples of this (few shapes for a GPU).
+    #[serde(skip_serializing_if = "is_64")]
+    pub pad_multiple: usize,
+}
+
+pub use crate::train::batch::BatchStrategy;
+
+fn is_64(n: &usize) -> bool {
+    *n == 64
 }
 
 /// How evaluation and prediction compute attention (`train.eval_attention`).
@@ -333,6 +348,8 @@ impl Default for TrainSettings {
             label_smoothing: 0.1,
             multi_tensor_adamw: false,
             eval_attention: EvalAttention::Naive,
+            batching: BatchStrategy::Padded,
+            pad_multiple: 64,
         }
     }
 }
@@ -349,6 +366,16 @@ impl TrainSettings {
             delta: self.adamp_delta,
             wd_ratio: self.adamp_wd_ratio,
             nesterov: self.adamp_nesterov,
+        }
+    }
+
+    /// How evaluation and prediction batch windows on this device.
+    pub fn eval_batching(&self) -> crate::train::batch::Batching {
+        crate::train::batch::Batching {
+            batch_size: self.eval_batch_size,
+            fixed_shape: self.device.wants_fixed_shapes(),
+            strategy: self.batching,
+            pad_multiple: self.pad_multiple,
         }
     }
 

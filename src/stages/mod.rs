@@ -487,6 +487,10 @@ mod tests {
             let naive = hashes(&["train.eval_attention=naive"], stage);
             let fused = hashes(&["train.eval_attention=fused"], stage);
             let multi = hashes(&["train.multi_tensor_adamw=true"], stage);
+            let padded = hashes(&["train.batching=padded"], stage);
+            let dynamic = hashes(&["train.batching=dynamic"], stage);
+            assert_eq!(base, padded, "{stage:?}");
+            assert_ne!(base, dynamic, "{stage:?}");
             assert_eq!(base, naive, "{stage:?}");
             assert_ne!(base, fused, "{stage:?}");
             assert_eq!(base, multi, "{stage:?}");

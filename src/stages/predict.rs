@@ -17,19 +17,23 @@ use crate::device::Precision;
 use crate::model::QaModel;
 use crate::run::{names, Manifest, StageWriter};
 use crate::settings::EvalAttention;
-use crate::train::batch::{logits, Batching};
+use crate::train::batch::logits;
 
 /// Fold `k` is up to date while its best checkpoint, the features, the folds and the settings
 /// that change logits (device, batch size, precision, attention) are.
 pub fn plan(ctx: &Ctx, k: usize) -> Result<Plan> {
     let t = &ctx.settings.train;
     let at = ctx.layout();
-    // Precision and attention enter only when they differ from the defaults, so that runs
-    // from before they existed keep their hash.
-    let hash = match (t.precision, t.eval_attention) {
-        (Precision::F32, EvalAttention::Naive) => hash_of(&(&t.device, t.eval_batch_size, k))?,
-        (p, EvalAttention::Naive) => hash_of(&(&t.device, t.eval_batch_size, k, p))?,
-        (p, a) => hash_of(&(&t.device, t.eval_batch_size, k, p, a))?,
+    // Precision, attention and batching enter only when they differ from the defaults, so
+    // that runs from before they existed keep their hash.
+    let batching = (!t.batching.is_padded()).then_some((t.batching, t.pad_multiple));
+    let hash = match (t.precision, t.eval_attention, batching) {
+        (Precision::F32, EvalAttention::Naive, None) => {
+            hash_of(&(&t.device, t.eval_batch_size, k))?
+        }
+        (p, EvalAttention::Naive, None) => hash_of(&(&t.device, t.eval_batch_size, k, p))?,
+        (p, a, None) => hash_of(&(&t.device, t.eval_batch_size, k, p, a))?,
+        (p, a, Some(b)) => hash_of(&(&t.device, t.eval_batch_size, k, p, a, b))?,
     };
     let inputs = vec![
         input(at.features()),
@@ -72,10 +76,7 @@ fn run_on<B: Backend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Result<Manif
     let test: Vec<usize> = (0..feats.len())
         .filter(|&r| fold_of(r) == TEST_FOLD)
         .collect();
-    let batching = Batching {
-        batch_size: ctx.settings.train.eval_batch_size,
-        fixed_shape: ctx.settings.fixed_shape(),
-    };
+    let batching = ctx.settings.train.eval_batching();
     let bar = ctx.ui.bar(
         (oof.len() + test.len()) as u64,
         &format!("predict fold {fold}"),

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::artifacts::Features;
 use crate::model::QaModel;
-use crate::train::batch::batch;
+use crate::train::batch::{batch, BatchStrategy};
 use crate::train::clip::{clip_coef_on_device, clip_grad_norm, grad_norm, scale_grads};
 use crate::train::loss::{qa_loss, LossConfig};
 use crate::train::optim::QaOptimizer;
@@ -89,6 +89,10 @@ pub struct TrainerState {
     pub history: Vec<EvalLine>,
     pub train_seconds: f64,
     pub windows_seen: usize,
+    /// Token positions the training batches held (windows × batch length): `max_seq_length`
+    /// per window when padded, fewer with `dynamic` / `bucket` batching.
+    #[serde(default)]
+    pub tokens_computed: usize,
     /// f16-mixed: the loss scaler, and the optimizer steps it skipped (non-finite gradients).
     #[serde(default)]
     pub loss_scaler: Option<LossScaler>,
@@ -159,6 +163,9 @@ pub struct TrainerConfig {
     /// Validations without improvement before stopping; 0 = never.
     pub patience: usize,
     pub keep_best_by: KeepBestBy,
+    /// How batches are shaped, and the multiple their lengths round up to.
+    pub batching: BatchStrategy,
+    pub pad_multiple: usize,
 }
 
 /// One fold's training loop over `feats`' rows `train_rows` (see the module docs).
@@ -222,12 +229,14 @@ impl Trainer<'_> {
         'epochs: for epoch in st.epoch..c.epochs {
             let mut order = self.train_rows.to_vec();
             order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(c.seed, fold, epoch, 2)));
+            let order = c.batching.training_order(self.feats, order, c.batch_size);
             let batches: Vec<&[usize]> =
                 order.chunks(c.batch_size).take(batches_per_epoch).collect();
             let first = if epoch == st.epoch { st.batch } else { 0 };
             for (bi, rows) in batches.iter().enumerate().skip(first) {
                 B::seed(device, mix(c.seed, fold, epoch * batches_per_epoch + bi, 3));
-                let b = batch::<B>(self.feats, rows, device);
+                let len = c.batching.length(self.feats, rows, c.pad_multiple);
+                let b = batch::<B>(self.feats, rows, len, device);
                 let (s_log, e_log) = model.forward(b.input_ids, b.attention_mask, b.token_type_ids);
                 let loss = qa_loss(loss_cfg, s_log, e_log, b.start_positions, b.end_positions);
                 let loss = loss / c.gradient_accumulation as f64;
@@ -242,6 +251,7 @@ impl Trainer<'_> {
                     unread.settle_current(&mut running, &report)?;
                 }
                 st.windows_seen += rows.len();
+                st.tokens_computed += rows.len() * len;
                 let scaled = match &scaler {
                     Some(s) => loss * s.scale,
                     None => loss,

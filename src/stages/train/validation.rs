@@ -9,7 +9,7 @@ use crate::qa::decode::{argmax, decode_rows, Logits};
 use crate::qa::examples::Example;
 use crate::qa::metrics;
 use crate::settings::Settings;
-use crate::train::batch::{forward_chunks, labels, Batching};
+use crate::train::batch::{forward_chunks, labels, PAD_LOGIT};
 use crate::train::loss::qa_loss;
 
 /// The data a fold trains and validates on.
@@ -32,27 +32,20 @@ pub(super) fn validate<B: Backend>(
     let loss_cfg = t.loss_config();
     let mut loss_sum = 0.0;
     // One forward pass gives both the loss and the logits to decode.
-    let seq = data.feats.max_seq_length;
-    let mut lg = Logits {
-        seq,
-        start: Vec::with_capacity(data.val_rows.len() * seq),
-        end: Vec::with_capacity(data.val_rows.len() * seq),
-    };
+    let rows = &data.val_rows;
+    let mut lg = Logits::filled(rows.len(), data.feats.max_seq_length, PAD_LOGIT);
     forward_chunks(
         model,
         &data.feats,
-        &data.val_rows,
-        Batching {
-            batch_size: t.eval_batch_size,
-            fixed_shape: s.fixed_shape(),
-        },
+        rows,
+        t.eval_batching(),
         device,
         |chunk, st, en| {
-            lg.start.extend(st.to_data().convert::<f32>().iter::<f32>());
-            lg.end.extend(en.to_data().convert::<f32>().iter::<f32>());
-            let (sp, ep) = labels::<B>(&data.feats, chunk, device);
-            let loss = qa_loss(&loss_cfg, st, en, sp, ep);
+            let chunk_rows: Vec<usize> = chunk.iter().map(|&p| rows[p]).collect();
+            let (sp, ep) = labels::<B>(&data.feats, &chunk_rows, device);
+            let loss = qa_loss(&loss_cfg, st.clone(), en.clone(), sp, ep);
             loss_sum += loss.into_scalar().elem::<f64>() * chunk.len() as f64;
+            lg.put(chunk, st, en);
         },
     );
     let (start_acc, end_acc) = span_accuracy(&data.feats, &data.val_rows, &lg);
