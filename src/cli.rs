@@ -39,6 +39,13 @@ fn parse_target(s: &str) -> std::result::Result<Target, String> {
         })
 }
 
+/// What `pipeline sweep` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SweepAction {
+    Run,
+    Status,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct ConfigArgs {
     /// The settings file.
@@ -76,6 +83,26 @@ pub enum Command {
         /// Rerun even when up to date.
         #[arg(long)]
         force: bool,
+    },
+    /// Run every variant of a sweep (`[sweep]`, `--sweep FILE`, `--grid`) as its own run,
+    /// sharing prepare and split where they are the same, and compare them
+    /// (`<output_dir>/<sweep>/comparison.csv`, `.md`); `pipeline sweep status` shows where
+    /// each variant stands.
+    Sweep {
+        /// `run` (the default) or `status`.
+        #[arg(value_enum, default_value = "run")]
+        action: SweepAction,
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// A TOML file with the `[sweep]` table (instead of the config's).
+        #[arg(long = "sweep", value_name = "FILE")]
+        sweep_file: Option<PathBuf>,
+        /// A grid axis, e.g. `--grid train.learning_rate=1e-3,5e-4` (repeatable).
+        #[arg(long, value_name = "SECTION.KEY=V1,V2")]
+        grid: Vec<String>,
+        /// Variants run at once (default `[sweep] parallel`, else 1).
+        #[arg(long)]
+        parallel: Option<usize>,
     },
     /// Show each stage as done / stale / missing, with why.
     Status {
@@ -171,6 +198,34 @@ pub fn main() -> Result<()> {
                 None => stages::run_all(&ctx),
             }
         }
+        Command::Sweep {
+            action,
+            config,
+            sweep_file,
+            grid,
+            parallel,
+        } => {
+            let mut sets = env_overrides()?;
+            sets.extend(config.set.iter().cloned());
+            let sweep = match &sweep_file {
+                Some(path) => read_sweep_file(path)?,
+                None => Settings::load(&config.config, &sets)?.sweep,
+            };
+            let args = crate::sweep::SweepArgs {
+                config: config.config.clone(),
+                sets,
+                sweep,
+                grid,
+                parallel,
+            };
+            match action {
+                SweepAction::Run => crate::sweep::run(&args, ui),
+                SweepAction::Status => {
+                    print!("{}", crate::sweep::status(&args, ui)?);
+                    Ok(())
+                }
+            }
+        }
         Command::Status { config } => {
             let settings = load_settings(&config)?;
             let ctx = Ctx::new(settings, false, None, ui)?;
@@ -205,6 +260,19 @@ pub fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// A `--sweep FILE`: its `[sweep]` table, or the file itself as that table.
+fn read_sweep_file(path: &Path) -> Result<crate::settings::SweepSettings> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut table: toml::Table = text
+        .parse()
+        .with_context(|| format!("{}: not TOML", path.display()))?;
+    let value = table.remove("sweep").unwrap_or(toml::Value::Table(table));
+    value
+        .try_into()
+        .with_context(|| format!("{}: not a [sweep] table", path.display()))
 }
 
 fn stage_of(t: Target) -> Option<Stage> {

@@ -13,5 +13,6 @@ pub mod qa;
 pub mod run;
 pub mod settings;
 pub mod stages;
+pub mod sweep;
 pub mod train;
 pub mod ui;

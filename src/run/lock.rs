@@ -101,11 +101,17 @@ pub fn lock_run(run_dir: &Path, worker_of: Option<u32>) -> Result<Option<Lock>> 
 /// (SIGKILL) the moment this process dies, however it dies, so no orphan goes on writing into
 /// the run. A worker whose parent died before the child was set up never starts.
 pub fn as_worker(cmd: &mut std::process::Command) {
-    let parent = std::process::id();
-    cmd.env(WORKER_OF, parent.to_string());
+    cmd.env(WORKER_OF, std::process::id().to_string());
+    dies_with_parent(cmd);
+}
+
+/// On Linux the kernel kills the process `cmd` starts (SIGKILL) the moment this process dies,
+/// however it dies; a child whose parent died before it was set up never starts.
+pub fn dies_with_parent(cmd: &mut std::process::Command) {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::process::CommandExt;
+        let parent = std::process::id();
         // SAFETY: prctl and getppid are async-signal-safe, as code between fork and exec must be.
         unsafe {
             cmd.pre_exec(move || {

@@ -31,6 +31,9 @@ pub struct Settings {
     pub ensemble: EnsembleSettings,
     pub evaluate: EvaluateSettings,
     pub submit: SubmitSettings,
+    /// `[sweep]`: read by `pipeline sweep` only.
+    #[serde(skip_serializing_if = "SweepSettings::is_empty")]
+    pub sweep: SweepSettings,
 }
 
 impl Settings {

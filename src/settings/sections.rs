@@ -28,6 +28,26 @@ impl Default for SubmitSettings {
     }
 }
 
+/// `[sweep]`: the variants `pipeline sweep` runs (not read by any stage).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SweepSettings {
+    /// The sweep's folder under `run.output_dir`; variants are runs inside it.
+    pub name: Option<String>,
+    /// Variants run at once (each a `pipeline run all` process).
+    pub parallel: Option<usize>,
+    /// `"section.key" = [v1, v2, ...]`: every combination is a variant (Cartesian product).
+    pub grid: std::collections::BTreeMap<String, Vec<toml::Value>>,
+    /// Explicit variants, each `{ "section.key" = value, ... }`, after the grid's.
+    pub variants: Vec<std::collections::BTreeMap<String, toml::Value>>,
+}
+
+impl SweepSettings {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// `[run]`: where outputs go.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

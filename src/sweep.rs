@@ -1,0 +1,602 @@
+//! `pipeline sweep`: many runs that differ in a few settings, compared side by side.
+//!
+//! The variants come from `[sweep]` (a grid of `"section.key" = [values]`, whose every
+//! combination is a variant, and an explicit `variants` list) and from `--grid
+//! section.key=v1,v2`. Each variant is a full run in `<output_dir>/<sweep>/<variant>/`: the
+//! base settings plus its overrides, with its own manifests and resume.
+//!
+//! Upstream stages are shared: before any variant trains, `prepare` and then `split` run
+//! once per distinct content key (the stage's settings hash and the content of its inputs,
+//! with paths inside the run folder taken relative to it) and are linked into every other
+//! variant with that key (hard links, the manifest's input paths rebased), where the stage
+//! runner then finds them done. The rest runs as one `pipeline run all` process per variant,
+//! `--parallel N` at a time; a killed sweep, rerun, skips what is done in every variant.
+//! `comparison.csv` / `comparison.md` hold one row per variant, sorted by the metric
+//! `train.keep_best_by` names.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::run::{self, names, FileRecord, Manifest, Status};
+use crate::settings::{KeepBestBy, Settings, SweepSettings};
+use crate::stages::{self, Ctx, Stage};
+use crate::ui::Ui;
+
+/// One run of the sweep.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Variant {
+    /// Its folder's name, from its values (`learning_rate=0.001,head=cnn`).
+    pub name: String,
+    /// `section.key=value` overrides, as `--set` takes them.
+    pub sets: Vec<String>,
+    /// The overridden keys and values, for the comparison table.
+    pub values: Vec<(String, String)>,
+}
+
+/// A value as `--set` takes it: a string as it is, anything else in TOML syntax.
+fn as_set_value(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `section.key=v1,v2,...` (commas inside `[...]` do not split).
+pub fn parse_grid(item: &str) -> Result<(String, Vec<toml::Value>)> {
+    let (key, raw) = item
+        .split_once('=')
+        .with_context(|| format!("--grid {item:?}: expected section.key=v1,v2,..."))?;
+    let (mut values, mut depth, mut cur) = (Vec::new(), 0i32, String::new());
+    for c in raw.chars() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            ',' if depth == 0 => {
+                values.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    values.push(cur);
+    let values: Vec<toml::Value> = values
+        .iter()
+        .map(|v| {
+            let v = v.trim();
+            format!("v = {v}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(v.to_string()))
+        })
+        .collect();
+    if key.trim().is_empty() || values.iter().any(|v| v.as_str() == Some("")) {
+        bail!("--grid {item:?}: expected section.key=v1,v2,...");
+    }
+    Ok((key.trim().to_string(), values))
+}
+
+/// The variants of `sweep` with the `--grid` entries added (they replace a grid key of the
+/// same name): the grid's combinations in key order, then the explicit variants.
+pub fn variants(sweep: &SweepSettings, grid: &[String]) -> Result<Vec<Variant>> {
+    let mut axes = sweep.grid.clone();
+    for item in grid {
+        let (k, v) = parse_grid(item)?;
+        axes.insert(k, v);
+    }
+    let mut combos: Vec<Vec<(String, toml::Value)>> = Vec::new();
+    if !axes.is_empty() {
+        combos.push(Vec::new());
+        for (key, values) in &axes {
+            if values.is_empty() {
+                bail!("sweep grid {key:?} has no values");
+            }
+            combos = combos
+                .into_iter()
+                .flat_map(|c| {
+                    values.iter().map(move |v| {
+                        let mut c = c.clone();
+                        c.push((key.clone(), v.clone()));
+                        c
+                    })
+                })
+                .collect();
+        }
+    }
+    combos.extend(
+        sweep
+            .variants
+            .iter()
+            .map(|v| v.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+    );
+    if combos.is_empty() {
+        bail!("the sweep has no variants: give [sweep.grid], [[sweep.variants]] or --grid section.key=v1,v2");
+    }
+    let mut out: Vec<Variant> = Vec::new();
+    for combo in combos {
+        let values: Vec<(String, String)> = combo
+            .iter()
+            .map(|(k, v)| (k.clone(), as_set_value(v)))
+            .collect();
+        let short = |k: &str| -> String {
+            let last = k.rsplit('.').next().unwrap_or(k);
+            let clash = combo
+                .iter()
+                .filter(|(o, _)| o.rsplit('.').next() == Some(last))
+                .count()
+                > 1;
+            if clash {
+                k.to_string()
+            } else {
+                last.to_string()
+            }
+        };
+        let mut name: String = values
+            .iter()
+            .map(|(k, v)| format!("{}={v}", short(k)))
+            .collect::<Vec<_>>()
+            .join(",")
+            .chars()
+            .map(|c| {
+                if c.is_alphanumeric() || "._=,+-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        if name.is_empty() {
+            name = "base".into();
+        }
+        if out.iter().any(|v| v.name == name) {
+            name = format!("{name}-{}", out.len());
+        }
+        out.push(Variant {
+            name,
+            sets: values.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            values,
+        });
+    }
+    Ok(out)
+}
+
+/// What a sweep is run with: the base config and its overrides, and the sweep.
+pub struct SweepArgs {
+    pub config: PathBuf,
+    /// The base `--set` overrides (the environment's first).
+    pub sets: Vec<String>,
+    pub sweep: SweepSettings,
+    pub grid: Vec<String>,
+    pub parallel: Option<usize>,
+}
+
+impl SweepArgs {
+    fn name(&self) -> String {
+        self.sweep.name.clone().unwrap_or_else(|| "sweep".into())
+    }
+
+    /// The sweep's folder.
+    pub fn dir(&self, base: &Settings) -> PathBuf {
+        base.run.output_dir.join(self.name())
+    }
+
+    /// A variant's overrides after the base ones: its values, then its run folder.
+    fn variant_sets(&self, base: &Settings, v: &Variant) -> Vec<String> {
+        let mut sets = self.sets.clone();
+        sets.extend(v.sets.iter().cloned());
+        sets.push(format!("run.output_dir={}", self.dir(base).display()));
+        sets.push(format!("run.name={}", v.name));
+        sets
+    }
+
+    fn settings(&self, base: &Settings, v: &Variant) -> Result<Settings> {
+        Settings::load(&self.config, &self.variant_sets(base, v))
+            .with_context(|| format!("sweep variant {}", v.name))
+    }
+}
+
+/// A stage's content key: its settings hash and its inputs' contents, named relative to the
+/// run folder where they lie in it.
+fn content_key(run_dir: &Path, stage: Stage, plan: &stages::Plan) -> Result<String> {
+    let inputs: Vec<(String, FileRecord)> = plan
+        .inputs
+        .iter()
+        .map(|(_, p)| {
+            let name = p.strip_prefix(run_dir).unwrap_or(p).display().to_string();
+            Ok((name, FileRecord::of(p)?))
+        })
+        .collect::<Result<_>>()?;
+    run::config_hash(&(stage.name(), &plan.config_hash, inputs))
+}
+
+/// Links stage `stage`'s folder of run `from` into run `to` (hard links, a copy where the
+/// file system refuses), the manifest last with its input paths rebased onto `to`.
+fn share(from: &Path, to: &Path, stage: Stage) -> Result<()> {
+    let (src, dst) = (from.join(stage.name()), to.join(stage.name()));
+    if dst.exists() {
+        std::fs::remove_dir_all(&dst).with_context(|| format!("removing {}", dst.display()))?;
+    }
+    fn link_tree(src: &Path, dst: &Path) -> Result<()> {
+        std::fs::create_dir_all(dst).with_context(|| format!("creating {}", dst.display()))?;
+        for e in std::fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
+            let p = e?.path();
+            let name = p.file_name().unwrap_or_default();
+            let target = dst.join(name);
+            if p.is_dir() {
+                link_tree(&p, &target)?;
+            } else if name != run::MANIFEST
+                && name != run::LOCK
+                && std::fs::hard_link(&p, &target).is_err()
+            {
+                std::fs::copy(&p, &target).with_context(|| format!("copying {}", p.display()))?;
+            }
+        }
+        Ok(())
+    }
+    link_tree(&src, &dst)?;
+    let mut m = Manifest::read(&src)?.with_context(|| format!("{}: no manifest", src.display()))?;
+    let (old, new) = (from.display().to_string(), to.display().to_string());
+    m.inputs = m
+        .inputs
+        .into_iter()
+        .map(|(k, r)| match k.strip_prefix(&old) {
+            Some(rest) => (format!("{new}{rest}"), r),
+            None => (k, r),
+        })
+        .collect();
+    run::write_json_atomic(&dst.join(run::MANIFEST), &m)
+}
+
+/// Runs prepare and split once per content key, shared into every variant; returns the stage
+/// runs done and saved.
+fn share_upstream(
+    args: &SweepArgs,
+    base: &Settings,
+    vs: &[Variant],
+    ui: Ui,
+) -> Result<(usize, usize)> {
+    let mut donors: HashMap<String, PathBuf> = HashMap::new();
+    let (mut ran, mut saved) = (0, 0);
+    for v in vs {
+        let ctx = Ctx::new(args.settings(base, v)?, false, None, ui)?;
+        let _lock = run::lock_run(&ctx.run_dir, None)?;
+        for stage in [Stage::Prepare, Stage::Split] {
+            let plan = stages::plans(&ctx, stage)?.remove(0);
+            let done = stages::status(&ctx, stage)?.0 == Status::Done;
+            let key = content_key(&ctx.run_dir, stage, &plan)?;
+            if !done {
+                match donors.get(&key) {
+                    Some(from) => {
+                        share(from, &ctx.run_dir, stage)?;
+                        if stages::status(&ctx, stage)?.0 != Status::Done {
+                            bail!(
+                                "sweep: the shared `{}` of {} is not done in {}",
+                                stage.name(),
+                                from.display(),
+                                ctx.run_dir.display()
+                            );
+                        }
+                        saved += 1;
+                        ui.info(&format!(
+                            "sweep {}: `{}` shared from {}",
+                            v.name,
+                            stage.name(),
+                            from.display()
+                        ));
+                    }
+                    None => {
+                        stages::run_stage(&ctx, stage)?;
+                        ran += 1;
+                    }
+                }
+            }
+            donors.entry(key).or_insert_with(|| ctx.run_dir.clone());
+        }
+    }
+    Ok((ran, saved))
+}
+
+/// `pipeline sweep`: shares the upstream stages, runs every variant to the end (`--parallel`
+/// at a time), then writes and prints the comparison.
+pub fn run(args: &SweepArgs, ui: Ui) -> Result<()> {
+    let base = Settings::load(&args.config, &args.sets)?;
+    let vs = variants(&args.sweep, &args.grid)?;
+    let dir = args.dir(&base);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let _lock = run::Lock::acquire(&dir.join(run::LOCK), &format!("sweep {}", dir.display()))?;
+    ui.info(&format!(
+        "sweep \"{}\": {} variants -> {}",
+        args.name(),
+        vs.len(),
+        dir.display()
+    ));
+    let (ran, saved) = share_upstream(args, &base, &vs, ui)?;
+    ui.info(&format!(
+        "sweep: prepare and split ran {ran} time(s) for {} variants; {saved} stage runs saved by sharing",
+        vs.len()
+    ));
+    let width = args.parallel.or(args.sweep.parallel).unwrap_or(1).max(1);
+    let exe = std::env::current_exe().context("locating the pipeline executable")?;
+    let mut queue: std::collections::VecDeque<&Variant> = vs.iter().collect();
+    let mut running: Vec<(&Variant, std::process::Child)> = Vec::new();
+    let mut failed = Vec::new();
+    loop {
+        while running.len() < width {
+            let Some(v) = queue.pop_front() else { break };
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.args(["run", "all", "--config"]).arg(&args.config);
+            for s in args.variant_sets(&base, v) {
+                cmd.arg("--set").arg(s);
+            }
+            if ui.quiet {
+                cmd.arg("-q");
+            }
+            if width > 1 {
+                cmd.env(crate::ui::PLAIN_PROGRESS, "1");
+            }
+            run::dies_with_parent(&mut cmd);
+            ui.info(&format!("sweep: running {}", v.name));
+            let child = cmd
+                .spawn()
+                .with_context(|| format!("starting variant {}", v.name))?;
+            running.push((v, child));
+        }
+        if running.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let mut i = 0;
+        while i < running.len() {
+            match running[i].1.try_wait()? {
+                Some(status) => {
+                    let (v, _) = running.swap_remove(i);
+                    if !status.success() {
+                        failed.push(v.name.clone());
+                    }
+                }
+                None => i += 1,
+            }
+        }
+    }
+    let table = comparison(args, &base, &vs)?;
+    run::write_atomic(&dir.join(COMPARISON_CSV), table.csv.as_bytes())?;
+    run::write_atomic(&dir.join(COMPARISON_MD), table.markdown.as_bytes())?;
+    if !ui.quiet {
+        print!("{}", table.markdown);
+    }
+    if !failed.is_empty() {
+        bail!("sweep: variant(s) {failed:?} failed (their errors are above); `pipeline sweep` again resumes them");
+    }
+    Ok(())
+}
+
+pub const COMPARISON_CSV: &str = "comparison.csv";
+pub const COMPARISON_MD: &str = "comparison.md";
+
+/// The comparison in two formats.
+pub struct Table {
+    pub csv: String,
+    pub markdown: String,
+    /// The best variant with results.
+    pub best: Option<String>,
+}
+
+/// One variant's numbers (`None` until it has them).
+struct Row<'a> {
+    variant: &'a Variant,
+    metrics: Option<Value>,
+    folds: Vec<Value>,
+}
+
+fn num(v: &Value) -> Option<f64> {
+    v.as_f64()
+}
+
+fn mean_std(xs: &[f64]) -> Option<(f64, f64)> {
+    if xs.is_empty() {
+        return None;
+    }
+    let n = xs.len() as f64;
+    let m = xs.iter().sum::<f64>() / n;
+    Some((
+        m,
+        (xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n).sqrt(),
+    ))
+}
+
+impl Row<'_> {
+    fn fold_best(&self, key: &str) -> Vec<f64> {
+        self.folds
+            .iter()
+            .filter_map(|f| num(&f["best"][key]))
+            .collect()
+    }
+
+    /// The value `keep_best_by` ranks by, larger is better.
+    fn rank(&self, by: KeepBestBy) -> Option<f64> {
+        let m = self.metrics.as_ref()?;
+        match by {
+            KeepBestBy::F1 => num(&m["oof"]["f1"]),
+            KeepBestBy::Em => num(&m["oof"]["exact_match"]),
+            KeepBestBy::Loss => mean_std(&self.fold_best("loss")).map(|(m, _)| -m),
+            KeepBestBy::StartAcc => mean_std(&self.fold_best("start_acc")).map(|(m, _)| m),
+            KeepBestBy::EndAcc => mean_std(&self.fold_best("end_acc")).map(|(m, _)| m),
+        }
+    }
+
+    /// The table's cells after the variant's values.
+    fn cells(&self) -> Vec<String> {
+        let f = |x: Option<f64>| x.map_or(String::new(), |x| format!("{x:.2}"));
+        let Some(m) = &self.metrics else {
+            return vec![String::new(); 12];
+        };
+        let f1 = self.fold_best("f1");
+        let (mean, std) = mean_std(&f1).unzip();
+        let best = f1
+            .iter()
+            .copied()
+            .fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))));
+        let secs: f64 = self
+            .folds
+            .iter()
+            .filter_map(|f| num(&f["train_seconds"]))
+            .sum();
+        let wps = mean_std(
+            &self
+                .folds
+                .iter()
+                .filter_map(|f| num(&f["windows_per_second"]))
+                .collect::<Vec<_>>(),
+        )
+        .map(|(m, _)| m);
+        vec![
+            f(num(&m["oof"]["exact_match"])),
+            f(num(&m["oof"]["f1"])),
+            f(mean_std(&self.fold_best("start_acc")).map(|x| x.0)),
+            f(mean_std(&self.fold_best("end_acc")).map(|x| x.0)),
+            f(num(&m["test"]["ensemble"]["exact_match"])),
+            f(num(&m["test"]["ensemble"]["f1"])),
+            f(mean),
+            f(std),
+            f(best),
+            mean_std(&self.fold_best("loss")).map_or(String::new(), |x| format!("{:.4}", x.0)),
+            format!("{secs:.1}"),
+            f(wps),
+        ]
+    }
+}
+
+/// The comparison of the variants' finished runs, best first by `train.keep_best_by`.
+pub fn comparison(args: &SweepArgs, base: &Settings, vs: &[Variant]) -> Result<Table> {
+    let mut keys: Vec<String> = Vec::new();
+    for v in vs {
+        for (k, _) in &v.values {
+            if !keys.contains(k) {
+                keys.push(k.clone());
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for v in vs {
+        let s = args.settings(base, v)?;
+        let at = run::RunLayout::new(&s.run_dir());
+        let metrics = Manifest::read(&at.stage(names::EVALUATE))?.map(|m| m.summary);
+        let folds = run::fold_summaries(&s.run_dir(), s.split.folds)?;
+        rows.push((
+            Row {
+                variant: v,
+                metrics,
+                folds,
+            },
+            s.train.keep_best_by,
+        ));
+    }
+    let by = rows.first().map_or(KeepBestBy::F1, |r| r.1);
+    rows.sort_by(|a, b| {
+        let (x, y) = (a.0.rank(by), b.0.rank(by));
+        y.unwrap_or(f64::NEG_INFINITY)
+            .total_cmp(&x.unwrap_or(f64::NEG_INFINITY))
+    });
+    let header: Vec<String> = ["variant".to_string()]
+        .into_iter()
+        .chain(keys.iter().cloned())
+        .chain(
+            [
+                "oof_em",
+                "oof_f1",
+                "val_start_acc",
+                "val_end_acc",
+                "test_em",
+                "test_f1",
+                "fold_f1_mean",
+                "fold_f1_std",
+                "fold_f1_best",
+                "val_loss",
+                "train_seconds",
+                "windows_per_second",
+                "best",
+            ]
+            .map(String::from),
+        )
+        .collect();
+    let mut csv = header.join(",") + "\n";
+    let mut md = format!(
+        "# sweep \"{}\", ranked by {:?} (out-of-fold where it applies)\n\n| {} |\n|{}\n",
+        args.name(),
+        by,
+        header.join(" | "),
+        " --- |".repeat(header.len())
+    );
+    for (i, (row, _)) in rows.iter().enumerate() {
+        let values: BTreeMap<&str, &str> = row
+            .variant
+            .values
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let best = i == 0 && row.metrics.is_some();
+        let cells: Vec<String> = [row.variant.name.clone()]
+            .into_iter()
+            .chain(
+                keys.iter()
+                    .map(|k| values.get(k.as_str()).unwrap_or(&"").to_string()),
+            )
+            .chain(row.cells())
+            .chain([if best { "*".to_string() } else { String::new() }])
+            .collect();
+        let quoted: Vec<String> = cells
+            .iter()
+            .map(|c| {
+                if c.contains([',', '"']) {
+                    format!("\"{}\"", c.replace('"', "\"\""))
+                } else {
+                    c.clone()
+                }
+            })
+            .collect();
+        csv.push_str(&(quoted.join(",") + "\n"));
+        md.push_str(&format!("| {} |\n", cells.join(" | ")));
+    }
+    let best = rows
+        .first()
+        .filter(|(r, _)| r.metrics.is_some())
+        .map(|(r, _)| r.variant.name.clone());
+    Ok(Table {
+        csv,
+        markdown: md,
+        best,
+    })
+}
+
+/// `pipeline sweep status`: each variant's state (its first stage not done) and best so far.
+pub fn status(args: &SweepArgs, ui: Ui) -> Result<String> {
+    let base = Settings::load(&args.config, &args.sets)?;
+    let vs = variants(&args.sweep, &args.grid)?;
+    let mut out = format!(
+        "sweep \"{}\": {} variants in {}\n",
+        args.name(),
+        vs.len(),
+        args.dir(&base).display()
+    );
+    let table = comparison(args, &base, &vs)?;
+    for v in &vs {
+        let ctx = Ctx::new(args.settings(&base, v)?, false, None, ui)?;
+        let mut state = "done".to_string();
+        for stage in Stage::ALL {
+            let (st, _) = stages::status(&ctx, stage)?;
+            if st != Status::Done {
+                state = format!("{}: {}", stage.name(), st.label());
+                break;
+            }
+        }
+        out.push_str(&format!("  {:<40} {state}\n", v.name));
+    }
+    if let Some(best) = &table.best {
+        out.push_str(&format!("best so far: {best}\n"));
+    }
+    Ok(out)
+}
