@@ -104,6 +104,20 @@ pub enum Command {
         #[arg(long)]
         parallel: Option<usize>,
     },
+    /// Ensemble several finished runs of the same prepared windows (e.g. a sweep's
+    /// variants): writes predictions.json, nbest_predictions.json, oof_predictions.json and
+    /// scores.json (out-of-fold and, where labelled, test EM/F1) into --out.
+    Ensemble {
+        /// Run folders, comma-separated or repeated.
+        #[arg(long, required = true, value_delimiter = ',')]
+        runs: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "mean")]
+        method: crate::settings::EnsembleMethod,
+        #[arg(long, default_value = "outputs/ensemble")]
+        out: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
     /// Show each stage as done / stale / missing, with why.
     Status {
         #[command(flatten)]
@@ -225,6 +239,18 @@ pub fn main() -> Result<()> {
                     Ok(())
                 }
             }
+        }
+        Command::Ensemble {
+            runs,
+            method,
+            out,
+            config,
+        } => {
+            let s = load_settings(&config)?;
+            let c = crate::combine::combine(&runs, method, &s.decode, s.evaluate.metric)?;
+            crate::combine::write(&c, &out)?;
+            println!("{}", serde_json::to_string(&c)?);
+            Ok(())
         }
         Command::Status { config } => {
             let settings = load_settings(&config)?;

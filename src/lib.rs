@@ -6,6 +6,7 @@
 pub mod artifacts;
 pub mod bench;
 pub mod cli;
+pub mod combine;
 pub mod device;
 pub mod infer;
 pub mod model;

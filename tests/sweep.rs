@@ -98,12 +98,65 @@ fn a_sweep_shares_upstream_stages_ranks_its_variants_and_resumes() {
         "{csv}"
     );
     let md = std::fs::read_to_string(dir.join("comparison.md")).unwrap();
-    // The header, its rule and four rows.
-    assert_eq!(md.matches("\n| ").count(), 6, "{md}");
+    // Four variant rows.
+    assert_eq!(md.matches("\n| head=").count(), 4, "{md}");
     // Every variant has the shared features: one file on disk, linked four times.
-    let features = dir.join("head=cnn,learning_rate=0.001/prepare/features.safetensors");
+    let features = dir.join("head=cnn+learning_rate=0.001/prepare/features.safetensors");
     use std::os::unix::fs::MetadataExt;
     assert_eq!(std::fs::metadata(&features).unwrap().nlink(), 4);
+    // Top-k ensembles: k = 1 is the best variant alone, so its out-of-fold F1 is the best row's.
+    let top1 = md
+        .lines()
+        .find(|l| l.starts_with("| 1 |"))
+        .expect("a top-k table");
+    let best_f1 = cells(lines[1])[at].clone();
+    assert_eq!(top1.split(" | ").nth(2), Some(best_f1.as_str()), "{md}");
+    assert!(md.contains("| 4 |"), "{md}");
+
+    // A cross-run ensemble of two variants, by every method.
+    let runs = format!(
+        "{},{}",
+        dir.join("head=cnn+learning_rate=0.001").display(),
+        dir.join("head=linear+learning_rate=0.001").display()
+    );
+    for method in ["mean", "weighted", "hard_vote"] {
+        let out = d.join(format!("ens-{method}"));
+        let o = ok(
+            d,
+            &[
+                "ensemble",
+                "--runs",
+                &runs,
+                "--method",
+                method,
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        );
+        let scores: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("scores.json")).unwrap()).unwrap();
+        assert!(scores["oof"]["total"].as_u64().unwrap() > 300, "{o}");
+        assert!(scores["test"]["f1"].as_f64().is_some(), "{o}");
+        let preds: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("predictions.json")).unwrap()).unwrap();
+        assert_eq!(preds.as_object().unwrap().len(), 76);
+    }
+    // A run prepared with other windows is refused, in one line.
+    ok(
+        d,
+        &[
+            &["run", "prepare", "-q", "--set", "run.name=other"][..],
+            &TINY_SETS(),
+            &["--set", "prepare.max_seq_length=64"],
+        ]
+        .concat(),
+    );
+    let err = fails(d, &["ensemble", "--runs", &format!("{runs},outputs/other")]);
+    assert!(
+        err.contains("were prepared differently") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+
     let status = ok(
         d,
         &[

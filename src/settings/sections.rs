@@ -67,8 +67,9 @@ impl Default for RunSettings {
 }
 
 /// How fold logits combine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum EnsembleMethod {
     /// Plain mean of start/end logits.
     #[default]

@@ -1,0 +1,252 @@
+//! The sweep's comparison: one row per variant, ranked, and the top-k cross-run ensembles.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde_json::Value;
+
+use super::{SweepArgs, Variant};
+use crate::run::{self, names, Manifest};
+use crate::settings::{KeepBestBy, Settings};
+
+pub const COMPARISON_CSV: &str = "comparison.csv";
+pub const COMPARISON_MD: &str = "comparison.md";
+
+/// The comparison in two formats.
+pub struct Table {
+    pub csv: String,
+    pub markdown: String,
+    /// The best variant with results.
+    pub best: Option<String>,
+}
+
+/// One variant's numbers (`None` until it has them).
+struct Row<'a> {
+    variant: &'a Variant,
+    metrics: Option<Value>,
+    folds: Vec<Value>,
+}
+
+fn num(v: &Value) -> Option<f64> {
+    v.as_f64()
+}
+
+fn mean_std(xs: &[f64]) -> Option<(f64, f64)> {
+    if xs.is_empty() {
+        return None;
+    }
+    let n = xs.len() as f64;
+    let m = xs.iter().sum::<f64>() / n;
+    Some((
+        m,
+        (xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n).sqrt(),
+    ))
+}
+
+impl Row<'_> {
+    fn fold_best(&self, key: &str) -> Vec<f64> {
+        self.folds
+            .iter()
+            .filter_map(|f| num(&f["best"][key]))
+            .collect()
+    }
+
+    /// The value `keep_best_by` ranks by, larger is better.
+    fn rank(&self, by: KeepBestBy) -> Option<f64> {
+        let m = self.metrics.as_ref()?;
+        match by {
+            KeepBestBy::F1 => num(&m["oof"]["f1"]),
+            KeepBestBy::Em => num(&m["oof"]["exact_match"]),
+            KeepBestBy::Loss => mean_std(&self.fold_best("loss")).map(|(m, _)| -m),
+            KeepBestBy::StartAcc => mean_std(&self.fold_best("start_acc")).map(|(m, _)| m),
+            KeepBestBy::EndAcc => mean_std(&self.fold_best("end_acc")).map(|(m, _)| m),
+        }
+    }
+
+    /// The table's cells after the variant's values.
+    fn cells(&self) -> Vec<String> {
+        let f = |x: Option<f64>| x.map_or(String::new(), |x| format!("{x:.2}"));
+        let Some(m) = &self.metrics else {
+            return vec![String::new(); 12];
+        };
+        let f1 = self.fold_best("f1");
+        let (mean, std) = mean_std(&f1).unzip();
+        let best = f1
+            .iter()
+            .copied()
+            .fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))));
+        let secs: f64 = self
+            .folds
+            .iter()
+            .filter_map(|f| num(&f["train_seconds"]))
+            .sum();
+        let wps = mean_std(
+            &self
+                .folds
+                .iter()
+                .filter_map(|f| num(&f["windows_per_second"]))
+                .collect::<Vec<_>>(),
+        )
+        .map(|(m, _)| m);
+        vec![
+            f(num(&m["oof"]["exact_match"])),
+            f(num(&m["oof"]["f1"])),
+            f(mean_std(&self.fold_best("start_acc")).map(|x| x.0)),
+            f(mean_std(&self.fold_best("end_acc")).map(|x| x.0)),
+            f(num(&m["test"]["ensemble"]["exact_match"])),
+            f(num(&m["test"]["ensemble"]["f1"])),
+            f(mean),
+            f(std),
+            f(best),
+            mean_std(&self.fold_best("loss")).map_or(String::new(), |x| format!("{:.4}", x.0)),
+            format!("{secs:.1}"),
+            f(wps),
+        ]
+    }
+}
+
+/// The comparison of the variants' finished runs, best first by `train.keep_best_by`.
+pub fn comparison(args: &SweepArgs, base: &Settings, vs: &[Variant]) -> Result<Table> {
+    let mut keys: Vec<String> = Vec::new();
+    for v in vs {
+        for (k, _) in &v.values {
+            if !keys.contains(k) {
+                keys.push(k.clone());
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for v in vs {
+        let s = args.settings(base, v)?;
+        let at = run::RunLayout::new(&s.run_dir());
+        let metrics = Manifest::read(&at.stage(names::EVALUATE))?.map(|m| m.summary);
+        let folds = run::fold_summaries(&s.run_dir(), s.split.folds)?;
+        rows.push((
+            Row {
+                variant: v,
+                metrics,
+                folds,
+            },
+            s.train.keep_best_by,
+        ));
+    }
+    let by = rows.first().map_or(KeepBestBy::F1, |r| r.1);
+    rows.sort_by(|a, b| {
+        let (x, y) = (a.0.rank(by), b.0.rank(by));
+        y.unwrap_or(f64::NEG_INFINITY)
+            .total_cmp(&x.unwrap_or(f64::NEG_INFINITY))
+    });
+    let header: Vec<String> = ["variant".to_string()]
+        .into_iter()
+        .chain(keys.iter().cloned())
+        .chain(
+            [
+                "oof_em",
+                "oof_f1",
+                "val_start_acc",
+                "val_end_acc",
+                "test_em",
+                "test_f1",
+                "fold_f1_mean",
+                "fold_f1_std",
+                "fold_f1_best",
+                "val_loss",
+                "train_seconds",
+                "windows_per_second",
+                "best",
+            ]
+            .map(String::from),
+        )
+        .collect();
+    let mut csv = header.join(",") + "\n";
+    let mut md = format!(
+        "# sweep \"{}\", ranked by {:?} (out-of-fold where it applies)\n\n| {} |\n|{}\n",
+        args.name(),
+        by,
+        header.join(" | "),
+        " --- |".repeat(header.len())
+    );
+    for (i, (row, _)) in rows.iter().enumerate() {
+        let values: BTreeMap<&str, &str> = row
+            .variant
+            .values
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let best = i == 0 && row.metrics.is_some();
+        let cells: Vec<String> = [row.variant.name.clone()]
+            .into_iter()
+            .chain(
+                keys.iter()
+                    .map(|k| values.get(k.as_str()).unwrap_or(&"").to_string()),
+            )
+            .chain(row.cells())
+            .chain([if best { "*".to_string() } else { String::new() }])
+            .collect();
+        let quoted: Vec<String> = cells
+            .iter()
+            .map(|c| {
+                if c.contains([',', '"']) {
+                    format!("\"{}\"", c.replace('"', "\"\""))
+                } else {
+                    c.clone()
+                }
+            })
+            .collect();
+        csv.push_str(&(quoted.join(",") + "\n"));
+        md.push_str(&format!("| {} |\n", cells.join(" | ")));
+    }
+    md.push_str(&top_k_ensembles(
+        base,
+        &rows
+            .iter()
+            .filter(|(r, _)| r.metrics.is_some())
+            .map(|(r, _)| args.settings(base, r.variant).map(|s| s.run_dir()))
+            .collect::<Result<Vec<_>>>()?,
+    ));
+    let best = rows
+        .first()
+        .filter(|(r, _)| r.metrics.is_some())
+        .map(|(r, _)| r.variant.name.clone());
+    Ok(Table {
+        csv,
+        markdown: md,
+        best,
+    })
+}
+
+/// "Top-k variants ensembled" for k = 1..min(5, variants): the best k runs (in ranking order)
+/// combined by mean ([`crate::combine`]), as Markdown.
+fn top_k_ensembles(base: &Settings, ranked: &[PathBuf]) -> String {
+    let mut md = String::from(
+        "\n## Top-k variants ensembled (mean of their fold logits)\n\n| k | oof_em | oof_f1 | test_em | test_f1 |\n| --- | --- | --- | --- | --- |\n",
+    );
+    for k in 1..=ranked.len().min(5) {
+        let c = crate::combine::combine(
+            &ranked[..k],
+            crate::settings::EnsembleMethod::Mean,
+            &base.decode,
+            base.evaluate.metric,
+        );
+        match c {
+            Ok(c) => {
+                let (tem, tf1) = c.test.as_ref().map_or((String::new(), String::new()), |t| {
+                    (format!("{:.2}", t.exact_match), format!("{:.2}", t.f1))
+                });
+                md.push_str(&format!(
+                    "| {k} | {:.2} | {:.2} | {tem} | {tf1} |\n",
+                    c.oof.exact_match, c.oof.f1
+                ));
+            }
+            Err(e) => {
+                md.push_str(&format!(
+                    "\n(no cross-run ensemble: {})\n",
+                    run::one_line(&e)
+                ));
+                break;
+            }
+        }
+    }
+    md
+}
