@@ -451,10 +451,27 @@ pub fn read_logits(path: &Path) -> Result<(Logits, Vec<i64>, Vec<i64>)> {
     Ok((Logits { seq, start, end }, ex, fi))
 }
 
-/// Reads a predictions file (`predictions.json`, `oof_predictions.json`): example id -> answer.
+/// Reads a predictions file (`{"id": "answer", ...}`: ours, or a user's for `pipeline score`),
+/// naming the file and the id whose prediction is not a string.
 pub fn read_predictions(path: &Path) -> Result<std::collections::BTreeMap<String, String>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+    let value: serde_json::Value = serde_json::from_slice(crate::qa::examples::strip_bom(&bytes))
+        .with_context(|| format!("{}: not JSON", path.display()))?;
+    let Some(obj) = value.as_object() else {
+        bail!(
+            "{}: expected a JSON object {{\"id\": \"answer\", ...}}",
+            path.display()
+        );
+    };
+    obj.iter()
+        .map(|(id, v)| match v.as_str() {
+            Some(s) => Ok((id.clone(), s.to_string())),
+            None => bail!(
+                "{}: id {id:?}: the prediction must be a string, got {v}",
+                path.display()
+            ),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -305,28 +305,6 @@ fn stage_of(t: Target) -> Option<Stage> {
     t.0
 }
 
-/// Reads a `{"id": "answer"}` predictions file.
-pub fn read_predictions(path: &Path) -> Result<HashMap<String, String>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let value: serde_json::Value = serde_json::from_slice(examples::strip_bom(&bytes))
-        .with_context(|| format!("{}: not JSON", path.display()))?;
-    let Some(obj) = value.as_object() else {
-        bail!(
-            "{}: expected a JSON object {{\"id\": \"answer\", ...}}",
-            path.display()
-        );
-    };
-    obj.iter()
-        .map(|(id, v)| match v.as_str() {
-            Some(s) => Ok((id.clone(), s.to_string())),
-            None => bail!(
-                "{}: id {id:?}: the prediction must be a string, got {v}",
-                path.display()
-            ),
-        })
-        .collect()
-}
-
 /// Scores predictions against every question of a data file (any supported format).
 pub fn score_files(
     data: &Path,
@@ -334,7 +312,9 @@ pub fn score_files(
     metric: Metric,
 ) -> Result<(Score, Vec<String>)> {
     let golds = examples::load_golds(data, DataFormat::Auto)?;
-    let preds = read_predictions(predictions)?;
+    let preds: HashMap<String, String> = crate::artifacts::read_predictions(predictions)?
+        .into_iter()
+        .collect();
     Ok(metrics::score(
         metric,
         golds
