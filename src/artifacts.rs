@@ -13,6 +13,9 @@ use crate::qa::examples::{Answer, Example};
 use crate::qa::windows::Window;
 use crate::run::write_atomic_with;
 
+/// Character offsets of one window's tokens (`None` outside the context).
+pub type ContextOffsets = Vec<Option<(usize, usize)>>;
+
 /// Which source an example came from.
 pub const SPLIT_TRAIN: &str = "train";
 pub const SPLIT_TEST: &str = "test";
@@ -224,6 +227,19 @@ impl Features {
         let l = self.max_seq_length;
         let mask = &self.attention_mask[i * l..(i + 1) * l];
         mask.iter().rposition(|&m| m != 0).map_or(0, |j| j + 1)
+    }
+
+    /// What decoding needs of the feature rows `rows`: each one's example, and its tokens'
+    /// context offsets.
+    pub fn decode_meta(&self, rows: &[i64]) -> (Vec<usize>, Vec<ContextOffsets>) {
+        (
+            rows.iter()
+                .map(|&r| self.example_index[r as usize] as usize)
+                .collect(),
+            rows.iter()
+                .map(|&r| self.context_offsets(r as usize))
+                .collect(),
+        )
     }
 
     /// Context offsets of window `i` (`None` outside the context), for decoding.

@@ -221,16 +221,20 @@ pub fn main() -> Result<()> {
         } => {
             let mut sets = env_overrides()?;
             sets.extend(config.set.iter().cloned());
-            let sweep = match &sweep_file {
+            let mut sweep = match &sweep_file {
                 Some(path) => read_sweep_file(path)?,
                 None => Settings::load(&config.config, &sets)?.sweep,
             };
+            // `--grid` replaces a grid key of the same name; `--parallel` the file's.
+            for item in &grid {
+                let (key, values) = crate::sweep::parse_grid(item)?;
+                sweep.grid.insert(key, values);
+            }
+            sweep.parallel = parallel.or(sweep.parallel);
             let args = crate::sweep::SweepArgs {
                 config: config.config.clone(),
                 sets,
                 sweep,
-                grid,
-                parallel,
             };
             match action {
                 SweepAction::Run => crate::sweep::run(&args, ui),

@@ -44,8 +44,6 @@ pub struct Combined {
 type RowsLogits = (Logits, Vec<i64>);
 /// Out-of-fold start and end logits by feature row.
 type OofLogits = HashMap<i64, (Vec<f32>, Vec<f32>)>;
-/// Each row's example and its tokens' context offsets, for decoding.
-type RowsMeta = (Vec<usize>, Vec<Vec<Option<(usize, usize)>>>);
 
 /// The folds of a run: its `predict/fold-K` folders.
 fn folds(at: &RunLayout) -> usize {
@@ -184,18 +182,8 @@ pub fn combine(
         }
         _ => vec![1.0 / runs.len() as f64; runs.len()],
     };
-    let rows_of = |fi: &[i64]| -> RowsMeta {
-        (
-            fi.iter()
-                .map(|&r| feats.example_index[r as usize] as usize)
-                .collect(),
-            fi.iter()
-                .map(|&r| feats.context_offsets(r as usize))
-                .collect(),
-        )
-    };
     let test_rows = all[0].0 .1.clone();
-    let (re, ro) = rows_of(&test_rows);
+    let (re, ro) = feats.decode_meta(&test_rows);
     let (predictions, nbest) = if method == EnsembleMethod::HardVote {
         let mut answers: BTreeMap<String, Vec<(String, f32)>> = BTreeMap::new();
         for ((lg, _), _) in &all {
@@ -254,7 +242,7 @@ pub fn combine(
             }
         }
     }
-    let (re, ro) = rows_of(&oof_rows);
+    let (re, ro) = feats.decode_meta(&oof_rows);
     let (oof_predictions, _) = decode_rows(&examples, &re, &ro, &oof, decode);
     let score_of = |preds: &BTreeMap<String, String>| -> Option<Score> {
         let golds: Vec<&Example> = examples

@@ -194,12 +194,12 @@ fn missing_or_misshapen_tensors_are_named() {
     );
 }
 
-#[test]
-fn bilstm_head_matches_torch_lstm_with_packing() {
-    let fx = read("train/lstm.json");
+/// A head fixture's tensors (`group` under its own name, `linear` as `qa_outputs`) as
+/// checkpoint weights.
+fn head_weights(fx: &Value, group: &str, source: &str) -> Weights {
     let mut map = std::collections::BTreeMap::new();
-    for (group, prefix) in [("lstm", "lstm"), ("linear", "qa_outputs")] {
-        for (k, v) in fx[group].as_object().unwrap() {
+    for (g, prefix) in [(group, group), ("linear", "qa_outputs")] {
+        for (k, v) in fx[g].as_object().unwrap() {
             let shape: Vec<usize> = uints(&v["shape"]);
             map.insert(
                 format!("{prefix}.{k}"),
@@ -207,7 +207,13 @@ fn bilstm_head_matches_torch_lstm_with_packing() {
             );
         }
     }
-    let mut w = Weights::from_map(map, "lstm.json");
+    Weights::from_map(map, source)
+}
+
+#[test]
+fn bilstm_head_matches_torch_lstm_with_packing() {
+    let fx = read("train/lstm.json");
+    let mut w = head_weights(&fx, "lstm", "lstm.json");
     let dev = Default::default();
     // Loaded through the model's key map, as `from_pretrained` loads a BiLSTM head.
     use pipeline::model::keys::load_into;
@@ -251,17 +257,7 @@ fn bilstm_head_matches_torch_lstm_with_packing() {
 #[test]
 fn cnn_head_matches_torch_conv1d() {
     let fx = read("train/cnn.json");
-    let mut map = std::collections::BTreeMap::new();
-    for (group, prefix) in [("cnn", "cnn"), ("linear", "qa_outputs")] {
-        for (k, v) in fx[group].as_object().unwrap() {
-            let shape: Vec<usize> = uints(&v["shape"]);
-            map.insert(
-                format!("{prefix}.{k}"),
-                TensorData::new(floats(&v["data"]), shape),
-            );
-        }
-    }
-    let mut w = Weights::from_map(map, "cnn.json");
+    let mut w = head_weights(&fx, "cnn", "cnn.json");
     let dev = Default::default();
     use pipeline::model::keys::load_into;
     let cnn = pipeline::model::heads::Cnn::<B>::init(9, 3, &[1, 3, 5], &dev);

@@ -50,13 +50,7 @@ def korquad_em(prediction, ground_truth):
 def korquad_f1(prediction, ground_truth):
     pred_chars = [c for tok in korquad_normalize(prediction).split() for c in tok]
     gold_chars = [c for tok in korquad_normalize(ground_truth).split() for c in tok]
-    common = Counter(pred_chars) & Counter(gold_chars)
-    num_same = sum(common.values())
-    if num_same == 0:
-        return 0
-    precision = 1.0 * num_same / len(pred_chars)
-    recall = 1.0 * num_same / len(gold_chars)
-    return (2 * precision * recall) / (precision + recall)
+    return _overlap_f1(pred_chars, gold_chars)
 
 
 # ------------------------------------------------------------------ SQuAD v1.1
@@ -69,18 +63,22 @@ def squad_em(prediction, ground_truth):
 
 
 def squad_f1(prediction, ground_truth):
-    pred_toks = squad_normalize(prediction).split()
-    gold_toks = squad_normalize(ground_truth).split()
-    common = Counter(pred_toks) & Counter(gold_toks)
-    num_same = sum(common.values())
-    if num_same == 0:
-        return 0
-    precision = 1.0 * num_same / len(pred_toks)
-    recall = 1.0 * num_same / len(gold_toks)
-    return (2 * precision * recall) / (precision + recall)
+    return _overlap_f1(squad_normalize(prediction).split(), squad_normalize(ground_truth).split())
 
 
 # --------------------------------------------------------------------- shared
+def _overlap_f1(pred, gold):
+    """F1 of the multiset overlap of two unit lists (characters for KorQuAD, tokens for
+    SQuAD), as both official scripts compute it."""
+    common = Counter(pred) & Counter(gold)
+    num_same = sum(common.values())
+    if num_same == 0:
+        return 0
+    precision = 1.0 * num_same / len(pred)
+    recall = 1.0 * num_same / len(gold)
+    return (2 * precision * recall) / (precision + recall)
+
+
 def metric_max_over_ground_truths(metric_fn, prediction, ground_truths):
     return max(metric_fn(prediction, gt) for gt in ground_truths)
 

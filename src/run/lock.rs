@@ -126,3 +126,38 @@ pub fn dies_with_parent(cmd: &mut std::process::Command) {
         }
     }
 }
+
+/// Runs one child process per item of `items`, `width` at a time: `start` makes each one's
+/// command (started as it is). Returns the items whose process failed, in order of failure.
+pub fn run_processes<T>(
+    items: Vec<T>,
+    width: usize,
+    mut start: impl FnMut(&T) -> Result<std::process::Command>,
+) -> Result<Vec<T>> {
+    let mut queue: std::collections::VecDeque<T> = items.into();
+    let mut running: Vec<(T, std::process::Child)> = Vec::new();
+    let mut failed = Vec::new();
+    loop {
+        while running.len() < width.max(1) {
+            let Some(item) = queue.pop_front() else { break };
+            let child = start(&item)?.spawn().context("starting a worker process")?;
+            running.push((item, child));
+        }
+        if running.is_empty() {
+            return Ok(failed);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let mut i = 0;
+        while i < running.len() {
+            match running[i].1.try_wait()? {
+                Some(status) => {
+                    let (item, _) = running.swap_remove(i);
+                    if !status.success() {
+                        failed.push(item);
+                    }
+                }
+                None => i += 1,
+            }
+        }
+    }
+}

@@ -18,9 +18,6 @@ use crate::qa::vote::{hard_vote, Vote};
 use crate::run::{fold_summaries, names, Manifest, StageWriter};
 use crate::settings::EnsembleMethod;
 
-/// Character offsets of one window's tokens (`None` outside the context).
-type ContextOffsets = Vec<Option<(usize, usize)>>;
-
 /// Logits with the example and feature index of each row, as `read_logits` returns them.
 type RowLogits = (Logits, Vec<i64>, Vec<i64>);
 
@@ -80,16 +77,6 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
     let k = s.split.folds;
 
     let cfg = ctx.settings.decode;
-    let rows_of = |fi: &[i64]| -> (Vec<usize>, Vec<ContextOffsets>) {
-        (
-            fi.iter()
-                .map(|&r| feats.example_index[r as usize] as usize)
-                .collect(),
-            fi.iter()
-                .map(|&r| feats.context_offsets(r as usize))
-                .collect(),
-        )
-    };
     let weights: Vec<f64> = match s.ensemble.method {
         EnsembleMethod::Mean | EnsembleMethod::HardVote => vec![1.0 / k as f64; k],
         EnsembleMethod::Weighted => {
@@ -122,7 +109,7 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
             Default::default();
         for fold in 0..k {
             let (lg, _, fi) = read_logits(&at.test_logits(fold))?;
-            let (re, ro) = rows_of(&fi);
+            let (re, ro) = feats.decode_meta(&fi);
             let (_, nbest) = decode_rows(&examples, &re, &ro, &lg, &cfg);
             for (id, list) in nbest {
                 let (text, score) = list
@@ -182,7 +169,7 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
             Some(&test_fi),
         )?;
         w.record(names::TEST_LOGITS)?;
-        let (re, ro) = rows_of(&test_fi);
+        let (re, ro) = feats.decode_meta(&test_fi);
         let (preds, nbest) = decode_rows(&examples, &re, &ro, &test_lg, &cfg);
         w.write_json(names::PREDICTIONS, &preds)?;
         w.write_json(names::NBEST_PREDICTIONS, &nbest)?;
@@ -202,7 +189,7 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
         oof.end.extend(lg.end);
         oof_fi.extend(fi);
     }
-    let (re, ro) = rows_of(&oof_fi);
+    let (re, ro) = feats.decode_meta(&oof_fi);
     let (oof_preds, _) = decode_rows(&examples, &re, &ro, &oof, &cfg);
     w.write_json(names::OOF_PREDICTIONS, &oof_preds)?;
     ctx.ui.info(&format!(

@@ -72,14 +72,7 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
         let mut singles = Vec::new();
         for k in 0..s.split.folds {
             let (lg, _, fi) = read_logits(&at.test_logits(k))?;
-            let re: Vec<usize> = fi
-                .iter()
-                .map(|&r| feats.example_index[r as usize] as usize)
-                .collect();
-            let ro: Vec<_> = fi
-                .iter()
-                .map(|&r| feats.context_offsets(r as usize))
-                .collect();
+            let (re, ro) = feats.decode_meta(&fi);
             let (p, _) = decode_rows(&examples, &re, &ro, &lg, &cfg);
             singles.push(score_of(&test_golds, &p.into_iter().collect()));
         }

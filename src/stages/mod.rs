@@ -293,12 +293,12 @@ fn run_one(ctx: &Ctx, stage: Stage) -> Result<()> {
 /// (`pipeline run train --fold K` with this run's config), so a CPU run uses every core; each
 /// fold keeps its own seeded random streams, so results equal one-by-one training.
 fn train_in_processes(ctx: &Ctx) -> Result<()> {
-    let mut queue = std::collections::VecDeque::new();
+    let mut queue = Vec::new();
     for p in plans(ctx, Stage::Train)? {
         if !ctx.force && unit_status(ctx, Stage::Train, &p)?.0 == Status::Done {
             ctx.ui.info(&format!("{}: up to date, skipped", p.label));
         } else if let Some(k) = p.fold {
-            queue.push_back(k);
+            queue.push(k);
         }
     }
     let width = ctx.settings.train.parallel_folds;
@@ -307,44 +307,20 @@ fn train_in_processes(ctx: &Ctx) -> Result<()> {
         queue
     ));
     let exe = std::env::current_exe().context("locating the pipeline executable")?;
-    let mut running: Vec<(usize, std::process::Child)> = Vec::new();
-    let mut failed = Vec::new();
-    loop {
-        while running.len() < width {
-            let Some(k) = queue.pop_front() else { break };
-            let mut cmd = std::process::Command::new(&exe);
-            cmd.args(["run", "train", "--fold", &k.to_string()])
-                .args(&ctx.config_args)
-                .env(crate::ui::PLAIN_PROGRESS, "1");
-            crate::run::as_worker(&mut cmd);
-            if ctx.force {
-                cmd.arg("--force");
-            }
-            if ctx.ui.quiet {
-                cmd.arg("-q");
-            }
-            let child = cmd
-                .spawn()
-                .with_context(|| format!("starting the process for train fold {k}"))?;
-            running.push((k, child));
+    let mut failed = run::run_processes(queue, width, |&k| {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["run", "train", "--fold", &k.to_string()])
+            .args(&ctx.config_args)
+            .env(crate::ui::PLAIN_PROGRESS, "1");
+        run::as_worker(&mut cmd);
+        if ctx.force {
+            cmd.arg("--force");
         }
-        if running.is_empty() {
-            break;
+        if ctx.ui.quiet {
+            cmd.arg("-q");
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        let mut i = 0;
-        while i < running.len() {
-            match running[i].1.try_wait()? {
-                Some(status) => {
-                    let (k, _) = running.swap_remove(i);
-                    if !status.success() {
-                        failed.push(k);
-                    }
-                }
-                None => i += 1,
-            }
-        }
-    }
+        Ok(cmd)
+    })?;
     if !failed.is_empty() {
         failed.sort_unstable();
         bail!(

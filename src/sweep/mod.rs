@@ -83,18 +83,13 @@ pub fn parse_grid(item: &str) -> Result<(String, Vec<toml::Value>)> {
     Ok((key.trim().to_string(), values))
 }
 
-/// The variants of `sweep` with the `--grid` entries added (they replace a grid key of the
-/// same name): the grid's combinations in key order, then the explicit variants.
-pub fn variants(sweep: &SweepSettings, grid: &[String]) -> Result<Vec<Variant>> {
-    let mut axes = sweep.grid.clone();
-    for item in grid {
-        let (k, v) = parse_grid(item)?;
-        axes.insert(k, v);
-    }
+/// The variants of `sweep`: the grid's combinations in key order, then the explicit variants.
+pub fn variants(sweep: &SweepSettings) -> Result<Vec<Variant>> {
+    let axes = &sweep.grid;
     let mut combos: Vec<Vec<(String, toml::Value)>> = Vec::new();
     if !axes.is_empty() {
         combos.push(Vec::new());
-        for (key, values) in &axes {
+        for (key, values) in axes {
             if values.is_empty() {
                 bail!("sweep grid {key:?} has no values");
             }
@@ -167,14 +162,12 @@ pub fn variants(sweep: &SweepSettings, grid: &[String]) -> Result<Vec<Variant>> 
     Ok(out)
 }
 
-/// What a sweep is run with: the base config and its overrides, and the sweep.
+/// What a sweep is run with: the base config file, its `--set` overrides (the environment's
+/// first), and the sweep with the command line's `--grid` and `--parallel` merged in.
 pub struct SweepArgs {
     pub config: PathBuf,
-    /// The base `--set` overrides (the environment's first).
     pub sets: Vec<String>,
     pub sweep: SweepSettings,
-    pub grid: Vec<String>,
-    pub parallel: Option<usize>,
 }
 
 impl SweepArgs {
@@ -307,7 +300,7 @@ fn share_upstream(
 /// at a time), then writes and prints the comparison.
 pub fn run(args: &SweepArgs, ui: Ui) -> Result<()> {
     let base = Settings::load(&args.config, &args.sets)?;
-    let vs = variants(&args.sweep, &args.grid)?;
+    let vs = variants(&args.sweep)?;
     let dir = args.dir(&base);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let _lock = run::Lock::acquire(&dir.join(run::LOCK), &format!("sweep {}", dir.display()))?;
@@ -322,49 +315,27 @@ pub fn run(args: &SweepArgs, ui: Ui) -> Result<()> {
         "sweep: prepare and split ran {ran} time(s) for {} variants; {saved} stage runs saved by sharing",
         vs.len()
     ));
-    let width = args.parallel.or(args.sweep.parallel).unwrap_or(1).max(1);
+    let width = args.sweep.parallel.unwrap_or(1).max(1);
     let exe = std::env::current_exe().context("locating the pipeline executable")?;
-    let mut queue: std::collections::VecDeque<&Variant> = vs.iter().collect();
-    let mut running: Vec<(&Variant, std::process::Child)> = Vec::new();
-    let mut failed = Vec::new();
-    loop {
-        while running.len() < width {
-            let Some(v) = queue.pop_front() else { break };
-            let mut cmd = std::process::Command::new(&exe);
-            cmd.args(["run", "all", "--config"]).arg(&args.config);
-            for s in args.variant_sets(&base, v) {
-                cmd.arg("--set").arg(s);
-            }
-            if ui.quiet {
-                cmd.arg("-q");
-            }
-            if width > 1 {
-                cmd.env(crate::ui::PLAIN_PROGRESS, "1");
-            }
-            run::dies_with_parent(&mut cmd);
-            ui.info(&format!("sweep: running {}", v.name));
-            let child = cmd
-                .spawn()
-                .with_context(|| format!("starting variant {}", v.name))?;
-            running.push((v, child));
+    let failed: Vec<&str> = run::run_processes(vs.iter().collect(), width, |v| {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["run", "all", "--config"]).arg(&args.config);
+        for s in args.variant_sets(&base, v) {
+            cmd.arg("--set").arg(s);
         }
-        if running.is_empty() {
-            break;
+        if ui.quiet {
+            cmd.arg("-q");
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        let mut i = 0;
-        while i < running.len() {
-            match running[i].1.try_wait()? {
-                Some(status) => {
-                    let (v, _) = running.swap_remove(i);
-                    if !status.success() {
-                        failed.push(v.name.clone());
-                    }
-                }
-                None => i += 1,
-            }
+        if width > 1 {
+            cmd.env(crate::ui::PLAIN_PROGRESS, "1");
         }
-    }
+        run::dies_with_parent(&mut cmd);
+        ui.info(&format!("sweep: running {}", v.name));
+        Ok(cmd)
+    })?
+    .into_iter()
+    .map(|v| v.name.as_str())
+    .collect();
     let table = comparison(args, &base, &vs)?;
     run::write_atomic(&dir.join(COMPARISON_CSV), table.csv.as_bytes())?;
     run::write_atomic(&dir.join(COMPARISON_MD), table.markdown.as_bytes())?;
@@ -380,7 +351,7 @@ pub fn run(args: &SweepArgs, ui: Ui) -> Result<()> {
 /// `pipeline sweep status`: each variant's state (its first stage not done) and best so far.
 pub fn status(args: &SweepArgs, ui: Ui) -> Result<String> {
     let base = Settings::load(&args.config, &args.sets)?;
-    let vs = variants(&args.sweep, &args.grid)?;
+    let vs = variants(&args.sweep)?;
     let mut out = format!(
         "sweep \"{}\": {} variants in {}\n",
         args.name(),

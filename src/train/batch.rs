@@ -240,9 +240,9 @@ mod tests {
     use crate::model::HeadConfig;
     use burn::backend::Flex;
 
-    /// 7 windows of length 8 with varied ids and padding.
-    fn features() -> Features {
-        let (n, l) = (7, 8);
+    /// `n` windows of length `l`, window `r` with `len(r)` real tokens of varied ids, then
+    /// padding; labels (1, 2).
+    fn varied(n: usize, l: usize, len: impl Fn(usize) -> usize) -> Features {
         let mut f = Features {
             attention_mask: vec![0; n * l],
             start_positions: vec![1; n],
@@ -250,12 +250,17 @@ mod tests {
             ..Features::blank(n, l)
         };
         for r in 0..n {
-            for j in 0..(3 + r % 5) {
+            for j in 0..len(r) {
                 f.input_ids[r * l + j] = (3 + r * 7 + j * 11) as i32 % 90 + 3;
                 f.attention_mask[r * l + j] = 1;
             }
         }
         f
+    }
+
+    /// 7 windows of length 8 with varied ids and padding.
+    fn features() -> Features {
+        varied(7, 8, |r| 3 + r % 5)
     }
 
     #[test]
@@ -317,17 +322,8 @@ mod tests {
     #[test]
     fn dynamic_and_bucketed_batches_give_the_padded_logits() {
         use crate::model::HeadKind;
-        let (n, l) = (7, 16);
-        let mut f = Features {
-            attention_mask: vec![0; n * l],
-            ..Features::blank(n, l)
-        };
-        for r in 0..n {
-            for j in 0..(3 + r % 5) {
-                f.input_ids[r * l + j] = (3 + r * 7 + j * 11) as i32 % 90 + 3;
-                f.attention_mask[r * l + j] = 1;
-            }
-        }
+        let l = 16;
+        let f = varied(7, l, |r| 3 + r % 5);
         let cfg = crate::bench::model_config("tiny").unwrap();
         let rows = [6, 0, 3, 5, 1, 2];
         for kind in [HeadKind::Linear, HeadKind::Bilstm, HeadKind::Cnn] {
@@ -376,16 +372,8 @@ mod tests {
     /// the shuffled order among equal lengths; the other strategies keep the order.
     #[test]
     fn bucketing_sorts_within_mega_batches() {
-        let (n, l) = (120, 8);
-        let mut f = Features {
-            attention_mask: vec![0; n * l],
-            ..Features::blank(n, l)
-        };
-        for r in 0..n {
-            for j in 0..=(r * 7 % 8) {
-                f.attention_mask[r * l + j] = 1;
-            }
-        }
+        let n = 120;
+        let f = varied(n, 8, |r| 1 + r * 7 % 8);
         let order: Vec<usize> = (0..n).rev().collect();
         assert_eq!(
             BatchStrategy::Dynamic.training_order(&f, order.clone(), 1),
