@@ -18,7 +18,7 @@ use crate::artifacts::{read_examples, read_logits, Features};
 use crate::qa::decode::{decode_rows, DecodeConfig, Logits, NbestEntry};
 use crate::qa::examples::Example;
 use crate::qa::metrics::{self, Metric, Score};
-use crate::qa::vote::hard_vote;
+use crate::qa::vote::{add_ballot, hard_vote};
 use crate::run::{names, Manifest, RunLayout};
 use crate::settings::EnsembleMethod;
 
@@ -188,13 +188,7 @@ pub fn combine(
         let mut answers: BTreeMap<String, Vec<(String, f32)>> = BTreeMap::new();
         for ((lg, _), _) in &all {
             let (_, nb) = decode_rows(&examples, &re, &ro, lg, decode);
-            for (id, list) in nb {
-                let top = list
-                    .first()
-                    .map(|e| (e.text.clone(), e.start_logit + e.end_logit))
-                    .unwrap_or_default();
-                answers.entry(id).or_default().push(top);
-            }
+            add_ballot(&mut answers, nb);
         }
         let preds = answers
             .into_iter()

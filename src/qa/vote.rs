@@ -1,6 +1,25 @@
 //! Hard voting: the folds' answer texts tallied, for `ensemble.method = "hard_vote"`.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
+
+use super::decode::NbestEntry;
+
+/// One ballot: adds each question's top n-best answer (its text and start + end logit) to
+/// `answers` (a question with an empty list votes `("", 0)`).
+pub fn add_ballot(
+    answers: &mut BTreeMap<String, Vec<(String, f32)>>,
+    nbest: BTreeMap<String, Vec<NbestEntry>>,
+) {
+    for (id, list) in nbest {
+        let top = list
+            .first()
+            .map(|e| (e.text.clone(), e.start_logit + e.end_logit))
+            .unwrap_or_default();
+        answers.entry(id).or_default().push(top);
+    }
+}
 
 /// One answer text's votes across folds.
 #[derive(Debug, Clone, PartialEq, Serialize)]

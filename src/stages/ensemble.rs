@@ -14,7 +14,7 @@ use super::{hash_of, input, Ctx, Plan, Stage};
 use crate::artifacts::{read_examples, Features};
 use crate::artifacts::{read_logits, write_logits};
 use crate::qa::decode::{decode_rows, Logits, NbestEntry};
-use crate::qa::vote::{hard_vote, Vote};
+use crate::qa::vote::{add_ballot, hard_vote, Vote};
 use crate::run::{fold_summaries, names, Manifest, StageWriter};
 use crate::settings::EnsembleMethod;
 
@@ -111,13 +111,7 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
             let (lg, _, fi) = read_logits(&at.test_logits(fold))?;
             let (re, ro) = feats.decode_meta(&fi);
             let (_, nbest) = decode_rows(&examples, &re, &ro, &lg, &cfg);
-            for (id, list) in nbest {
-                let (text, score) = list
-                    .first()
-                    .map(|e| (e.text.clone(), e.start_logit + e.end_logit))
-                    .unwrap_or_default();
-                answers.entry(id).or_default().push((text, score));
-            }
+            add_ballot(&mut answers, nbest);
         }
         let tallies: std::collections::BTreeMap<String, Vec<Vote>> = answers
             .into_iter()

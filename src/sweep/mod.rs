@@ -26,7 +26,7 @@ use crate::ui::Ui;
 
 mod report;
 
-pub use report::{comparison, Table, COMPARISON_CSV, COMPARISON_MD};
+pub use report::{comparison, top_k_ensembles, Table, COMPARISON_CSV, COMPARISON_MD};
 
 /// One run of the sweep.
 #[derive(Debug, Clone, PartialEq)]
@@ -336,7 +336,11 @@ pub fn run(args: &SweepArgs, ui: Ui) -> Result<()> {
     .into_iter()
     .map(|v| v.name.as_str())
     .collect();
-    let table = comparison(args, &base, &vs)?;
+    let mut table = comparison(args, &base, &vs)?;
+    // Only here, not in `sweep status`: the ensembles decode every run's logits.
+    table
+        .markdown
+        .push_str(&top_k_ensembles(&base, &table.ranked_runs));
     run::write_atomic(&dir.join(COMPARISON_CSV), table.csv.as_bytes())?;
     run::write_atomic(&dir.join(COMPARISON_MD), table.markdown.as_bytes())?;
     if !ui.quiet {

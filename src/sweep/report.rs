@@ -19,6 +19,8 @@ pub struct Table {
     pub markdown: String,
     /// The best variant with results.
     pub best: Option<String>,
+    /// The run folders of the variants with results, best first.
+    pub ranked_runs: Vec<PathBuf>,
 }
 
 /// One variant's numbers (`None` until it has them).
@@ -197,14 +199,11 @@ pub fn comparison(args: &SweepArgs, base: &Settings, vs: &[Variant]) -> Result<T
         csv.push_str(&(quoted.join(",") + "\n"));
         md.push_str(&format!("| {} |\n", cells.join(" | ")));
     }
-    md.push_str(&top_k_ensembles(
-        base,
-        &rows
-            .iter()
-            .filter(|(r, _)| r.metrics.is_some())
-            .map(|(r, _)| args.settings(base, r.variant).map(|s| s.run_dir()))
-            .collect::<Result<Vec<_>>>()?,
-    ));
+    let ranked_runs = rows
+        .iter()
+        .filter(|(r, _)| r.metrics.is_some())
+        .map(|(r, _)| args.settings(base, r.variant).map(|s| s.run_dir()))
+        .collect::<Result<Vec<_>>>()?;
     let best = rows
         .first()
         .filter(|(r, _)| r.metrics.is_some())
@@ -213,12 +212,13 @@ pub fn comparison(args: &SweepArgs, base: &Settings, vs: &[Variant]) -> Result<T
         csv,
         markdown: md,
         best,
+        ranked_runs,
     })
 }
 
 /// "Top-k variants ensembled" for k = 1..min(5, variants): the best k runs (in ranking order)
 /// combined by mean ([`crate::combine`]), as Markdown.
-fn top_k_ensembles(base: &Settings, ranked: &[PathBuf]) -> String {
+pub fn top_k_ensembles(base: &Settings, ranked: &[PathBuf]) -> String {
     let mut md = String::from(
         "\n## Top-k variants ensembled (mean of their fold logits)\n\n| k | oof_em | oof_f1 | test_em | test_f1 |\n| --- | --- | --- | --- | --- |\n",
     );
