@@ -15,5 +15,6 @@ pub mod run;
 pub mod settings;
 pub mod stages;
 pub mod sweep;
+pub mod tensorboard;
 pub mod train;
 pub mod ui;

@@ -120,6 +120,21 @@ fn run_all_produces_scores_and_a_submission() {
     assert_eq!(m["test"]["ensemble"]["total"], 76);
 }
 
+/// A fold's TensorBoard scalars as (step, tag, value), sorted.
+fn tb_scalars(dir: &Path) -> Vec<(i64, String, f32)> {
+    let mut v: Vec<_> = pipeline::tensorboard::read_scalars(dir)
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.step, s.tag, s.value))
+        .collect();
+    v.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    assert!(v.iter().any(|s| s.1 == "train/loss"), "{v:?}");
+    assert!(v.iter().any(|s| s.1 == "eval/f1"), "{v:?}");
+    // One value per (step, tag).
+    assert!(v.windows(2).all(|w| (w[0].0, &w[0].1) != (w[1].0, &w[1].1)));
+    v
+}
+
 fn weights(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap()
 }
@@ -219,6 +234,12 @@ fn an_interrupted_fold_resumes_to_the_same_weights() {
     assert_eq!(
         reference_best,
         weights(&fold0b.join("best/model.safetensors"))
+    );
+    // The TensorBoard logs hold each (tag, step) once, with the uninterrupted run's values.
+    assert_eq!(
+        tb_scalars(&d.join("outputs/sample/tb/fold-0")),
+        tb_scalars(&d2.join("outputs/sample/tb/fold-0")),
+        "resumed TensorBoard scalars differ from the uninterrupted run's"
     );
     // Fold 1 was never trained: train as a whole is not done.
     let status = ok(d2, &args(&["status"]));

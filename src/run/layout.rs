@@ -44,6 +44,10 @@ pub mod names {
     /// `evaluate/`: scores and the report.
     pub const METRICS: &str = "metrics.json";
     pub const REPORT: &str = "report.md";
+    /// `tb/fold-K/`: TensorBoard event files of each fold's training (logs, read by no stage).
+    pub const TENSORBOARD: &str = "tb";
+    /// The run's report with plots, beside its stage folders (a copy of `evaluate/`'s).
+    pub const REPORT_HTML: &str = "report.html";
     /// `submit/`: the competition's file.
     pub const SUBMISSION: &str = "submission.csv";
 }
@@ -91,6 +95,12 @@ impl RunLayout {
     /// The folder of training fold `k`.
     pub fn fold(&self, k: usize) -> PathBuf {
         self.stage(names::TRAIN).join(format!("fold-{k}"))
+    }
+
+    /// Fold `k`'s TensorBoard folder (`tensorboard --logdir outputs/<run>/tb` shows the folds
+    /// as runs).
+    pub fn tensorboard(&self, k: usize) -> PathBuf {
+        self.root.join(names::TENSORBOARD).join(format!("fold-{k}"))
     }
 
     /// Fold `k`'s kept (best) checkpoint.

@@ -110,6 +110,19 @@ pub struct Validation {
     pub f1: f64,
 }
 
+/// One optimizer step's numbers, known a step late (see `UnreadValues`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepLine {
+    /// Optimizer steps taken, this one included (as [`EvalLine::step`]).
+    pub step: usize,
+    /// The mean training loss of the step's micro-batches.
+    pub loss: f64,
+    /// The learning rate the step used.
+    pub lr: f64,
+    /// The gradient norm before clipping, where one was computed (clipping or loss scaling on).
+    pub grad_norm: Option<f64>,
+}
+
 /// What the loop leaves to its caller: measuring a validation, writing weights, reporting.
 pub trait Hooks<B: AutodiffBackend> {
     /// Validates `model` (dropout off).
@@ -127,6 +140,11 @@ pub trait Hooks<B: AutodiffBackend> {
     fn checkpoint_dir(&self) -> String;
     /// After each optimizer step; `running` is the mean training loss read so far, if any.
     fn stepped(&mut self, st: &TrainerState, running: Option<f64>);
+    /// Each step's numbers, in step order, a step late; every step up to a validation or a
+    /// checkpoint is logged before it. By default nothing is done.
+    fn logged(&mut self, _line: &StepLine) -> Result<()> {
+        Ok(())
+    }
     /// After each validation; `history` includes `line`.
     fn evaluated(&mut self, line: &EvalLine, improved: bool, history: &[EvalLine]) -> Result<()>;
     /// A message for the user.
@@ -270,6 +288,7 @@ impl Trainer<'_> {
                 }
                 // The clipping coefficient, when it stays on the device: the optimizer applies it.
                 let mut clip_coef = None;
+                let mut host_norm = None;
                 let step_ok = match scaler.as_mut() {
                     Some(s) => {
                         let norm = if c.max_grad_norm > 0.0 {
@@ -279,6 +298,7 @@ impl Trainer<'_> {
                         } else {
                             grad_norm(&model, &grads)
                         };
+                        host_norm = Some(norm);
                         s.update(norm.is_finite())
                     }
                     None => {
@@ -312,7 +332,10 @@ impl Trainer<'_> {
                 }
                 // The previous step's loss and norm: by now the device has computed them, and this
                 // step's work is queued behind them.
-                unread.next_step(&mut running, &report)?;
+                unread.take_step(st.step + 1, lr, host_norm);
+                if let Some(l) = unread.next_step(&mut running, &report)? {
+                    hooks.logged(&l)?;
+                }
                 st.step += 1;
                 st.epoch = epoch;
                 st.batch = bi + 1;
@@ -323,7 +346,9 @@ impl Trainer<'_> {
                 let interrupt_now = hooks.stop_requested(&st);
                 if eval_now || st.step.is_multiple_of(c.checkpoint_every) || interrupt_now.is_some()
                 {
-                    unread.settle_all(&mut running, &report)?;
+                    for l in unread.settle_all(&mut running, &report)? {
+                        hooks.logged(&l)?;
+                    }
                 }
                 if eval_now {
                     let valid = model.valid();
@@ -391,8 +416,9 @@ impl Trainer<'_> {
             st.batch = 0;
             st.epoch = epoch + 1;
         }
-        unread.settle_all(&mut running, &report)?;
-        unread.settle_all(&mut running, &report)?;
+        for l in unread.settle_all(&mut running, &report)? {
+            hooks.logged(&l)?;
+        }
         st.train_seconds = time_before + started.elapsed().as_secs_f64();
         hooks.save_checkpoint(&model, &optim, &st)?;
         Ok((model, optim, st))
@@ -424,19 +450,45 @@ enum Check {
 /// logged and saved is unchanged; a non-finite value stops training one step later than it
 /// would have (the last good checkpoint is on disk either way).
 struct UnreadValues<B: Backend> {
-    /// Values of the step being queued.
+    /// Values of the step being queued, and its line so far.
     current: Vec<Unread<B>>,
-    /// Values of the step before.
+    current_line: PartialLine,
+    /// Values of the step before, and its line.
     previous: Vec<Unread<B>>,
+    previous_line: PartialLine,
     /// Gradient accumulation steps (each micro-batch's loss is divided by it).
     accumulation: usize,
+}
+
+/// A [`StepLine`] while its values are read.
+#[derive(Default)]
+struct PartialLine {
+    /// The step and learning rate, once the step is taken.
+    taken: Option<(usize, f64)>,
+    loss_sum: f64,
+    losses: usize,
+    grad_norm: Option<f64>,
+}
+
+impl PartialLine {
+    fn line(&self) -> Option<StepLine> {
+        let (step, lr) = self.taken?;
+        Some(StepLine {
+            step,
+            loss: self.loss_sum / self.losses.max(1) as f64,
+            lr,
+            grad_norm: self.grad_norm,
+        })
+    }
 }
 
 impl<B: Backend> UnreadValues<B> {
     fn new(accumulation: usize) -> Self {
         Self {
             current: Vec::new(),
+            current_line: PartialLine::default(),
             previous: Vec::new(),
+            previous_line: PartialLine::default(),
             accumulation,
         }
     }
@@ -444,27 +496,53 @@ impl<B: Backend> UnreadValues<B> {
     /// Reads the current step's values now.
     fn settle_current(&mut self, running: &mut (f64, usize), report: &Report<B>) -> Result<()> {
         let list = std::mem::take(&mut self.current);
-        self.settle(list, running, report)
+        let mut line = std::mem::take(&mut self.current_line);
+        let done = self.settle(list, &mut line, running, report);
+        self.current_line = line;
+        done
     }
 
-    /// Reads the previous step's values; the current step's become the previous.
-    fn next_step(&mut self, running: &mut (f64, usize), report: &Report<B>) -> Result<()> {
+    /// The current step is taken as optimizer step `step` (counted from 1) with `lr`; `norm`
+    /// is its gradient norm where it was read on the host already.
+    fn take_step(&mut self, step: usize, lr: f64, norm: Option<f64>) {
+        self.current_line.taken = Some((step, lr));
+        if norm.is_some() {
+            self.current_line.grad_norm = norm;
+        }
+    }
+
+    /// Reads the previous step's values and returns its line; the current step's become the
+    /// previous.
+    fn next_step(
+        &mut self,
+        running: &mut (f64, usize),
+        report: &Report<B>,
+    ) -> Result<Option<StepLine>> {
         let list = std::mem::take(&mut self.previous);
-        self.settle(list, running, report)?;
+        let mut line = std::mem::take(&mut self.previous_line);
+        self.settle(list, &mut line, running, report)?;
         self.previous = std::mem::take(&mut self.current);
-        Ok(())
+        self.previous_line = std::mem::take(&mut self.current_line);
+        Ok(line.line())
     }
 
-    /// Reads everything, in step order.
-    fn settle_all(&mut self, running: &mut (f64, usize), report: &Report<B>) -> Result<()> {
-        self.next_step(running, report)?;
-        self.next_step(running, report)
+    /// Reads everything, in step order, and returns the lines of the steps taken.
+    fn settle_all(
+        &mut self,
+        running: &mut (f64, usize),
+        report: &Report<B>,
+    ) -> Result<Vec<StepLine>> {
+        let a = self.next_step(running, report)?;
+        let b = self.next_step(running, report)?;
+        Ok(a.into_iter().chain(b).collect())
     }
 
-    /// Adds the losses of `list` to `running` in order, checking every value with `report`.
+    /// Adds the losses of `list` to `running` and to `line` in order, checking every value with
+    /// `report`.
     fn settle(
         &self,
         list: Vec<Unread<B>>,
+        line: &mut PartialLine,
         running: &mut (f64, usize),
         report: &Report<B>,
     ) -> Result<()> {
@@ -476,8 +554,13 @@ impl<B: Backend> UnreadValues<B> {
                     report(&u, v)?;
                     running.0 += v;
                     running.1 += 1;
+                    line.loss_sum += v;
+                    line.losses += 1;
                 }
-                Check::GradNorm => report(&u, v)?,
+                Check::GradNorm => {
+                    report(&u, v)?;
+                    line.grad_norm = Some(v);
+                }
             }
         }
         Ok(())

@@ -31,10 +31,11 @@ use crate::model::QaModel;
 use crate::qa::windows::QaTokenizer;
 use crate::run::{names, Manifest, RunLayout, StageWriter};
 use crate::settings::Settings;
+use crate::tensorboard::EventWriter;
 use crate::train::optim::QaOptimizer;
 use crate::train::schedule::warmup_steps;
 use crate::train::trainer::{
-    mix, EvalLine, Hooks, Trainer, TrainerConfig, TrainerState, Validation,
+    mix, EvalLine, Hooks, StepLine, Trainer, TrainerConfig, TrainerState, Validation,
 };
 
 /// Fold `k` is up to date while the model, training, decoding and evaluation settings, the
@@ -156,6 +157,8 @@ struct FoldHooks<'a, B: Backend> {
     started: Instant,
     last_log: Instant,
     windows_at_start: usize,
+    /// The fold's TensorBoard event file.
+    tb: EventWriter,
 }
 
 impl<B: AutodiffBackend> Hooks<B> for FoldHooks<'_, B::InnerBackend> {
@@ -182,6 +185,9 @@ impl<B: AutodiffBackend> Hooks<B> for FoldHooks<'_, B::InnerBackend> {
         optim: &QaOptimizer<B>,
         st: &TrainerState,
     ) -> Result<()> {
+        // Every step up to this checkpoint is logged: on disk before the checkpoint is, so a
+        // resume from it finds them.
+        self.tb.sync()?;
         let os = serde_json::to_vec(&optim.state())?;
         let ts = serde_json::to_vec_pretty(st)?;
         let e = &self.export;
@@ -221,7 +227,25 @@ impl<B: AutodiffBackend> Hooks<B> for FoldHooks<'_, B::InnerBackend> {
         }
     }
 
+    fn logged(&mut self, l: &StepLine) -> Result<()> {
+        let mut values = vec![("train/loss", l.loss), ("train/learning_rate", l.lr)];
+        if let Some(n) = l.grad_norm {
+            values.push(("train/grad_norm", n));
+        }
+        self.tb.scalars(l.step, &values)
+    }
+
     fn evaluated(&mut self, line: &EvalLine, improved: bool, history: &[EvalLine]) -> Result<()> {
+        self.tb.scalars(
+            line.step,
+            &[
+                ("eval/loss", line.loss),
+                ("eval/exact_match", line.exact_match),
+                ("eval/f1", line.f1),
+                ("eval/start_acc", line.start_acc),
+                ("eval/end_acc", line.end_acc),
+            ],
+        )?;
         self.ctx.ui.note(
             &self.bar,
             &format!(
@@ -419,6 +443,7 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
         started: Instant::now(),
         last_log: Instant::now(),
         windows_at_start: st.windows_seen,
+        tb: EventWriter::resume(&ctx.layout().tensorboard(fold), st.step as i64)?,
     };
     let (_, _, st) = trainer.run(model, optim, st, device, &mut hooks)?;
     hooks.bar.finish_and_clear();
