@@ -108,11 +108,12 @@ pub enum Command {
     /// variants): writes predictions.json, nbest_predictions.json, oof_predictions.json and
     /// scores.json (out-of-fold and, where labelled, test EM/F1) into --out.
     Ensemble {
-        /// Run folders, comma-separated or repeated.
-        #[arg(long, required = true, value_delimiter = ',')]
+        /// Run folders, comma-separated or repeated (default: `[ensemble] runs`).
+        #[arg(long, value_delimiter = ',')]
         runs: Vec<PathBuf>,
-        #[arg(long, value_enum, default_value = "mean")]
-        method: crate::settings::EnsembleMethod,
+        /// How the runs combine (default: `[ensemble] method`).
+        #[arg(long, value_enum)]
+        method: Option<crate::settings::EnsembleMethod>,
         #[arg(long, default_value = "outputs/ensemble")]
         out: PathBuf,
         #[command(flatten)]
@@ -251,6 +252,17 @@ pub fn main() -> Result<()> {
             config,
         } => {
             let s = load_settings(&config)?;
+            let runs = if runs.is_empty() {
+                s.ensemble.runs.clone()
+            } else {
+                runs
+            };
+            if runs.is_empty() {
+                anyhow::bail!(
+                    "ensemble: no runs to combine: pass --runs A,B or set `runs = [...]` in [ensemble]"
+                );
+            }
+            let method = method.unwrap_or(s.ensemble.method);
             let c = crate::combine::combine(&runs, method, &s.decode, s.evaluate.metric)?;
             crate::combine::write(&c, &out)?;
             println!("{}", serde_json::to_string(&c)?);

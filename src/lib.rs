@@ -11,6 +11,7 @@ pub mod device;
 pub mod infer;
 pub mod model;
 pub mod qa;
+pub mod report;
 pub mod run;
 pub mod settings;
 pub mod stages;

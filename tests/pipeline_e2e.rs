@@ -92,6 +92,7 @@ fn run_all_produces_scores_and_a_submission() {
     assert_eq!(m["oof"]["total"], 318);
     assert_eq!(m["test"]["ensemble"]["total"], 76);
     assert_eq!(m["folds"].as_array().unwrap().len(), 2);
+    report_has_curves_and_scores(&run, &m);
     // A finished run is up to date, and the ensemble averaged exactly the folds' test logits.
     let again = ok(d, &args(&["run", "all"]));
     assert!(again.contains("train: up to date, skipped"), "{again}");
@@ -133,6 +134,49 @@ fn tb_scalars(dir: &Path) -> Vec<(i64, String, f32)> {
     // One value per (step, tag).
     assert!(v.windows(2).all(|w| (w[0].0, &w[0].1) != (w[1].0, &w[1].1)));
     v
+}
+
+/// `report.html` (beside the stages, and the same in `evaluate/`) parses; each fold has a
+/// loss chart (training loss per step, validation loss per validation, the best checkpoint)
+/// and a score chart (F1, EM, the best checkpoint); the table has the folds', the pooled
+/// out-of-fold and the test rows with `metrics.json`'s numbers.
+fn report_has_curves_and_scores(run: &Path, m: &Value) {
+    let page = run.join("report.html");
+    assert_eq!(
+        std::fs::read(&page).unwrap(),
+        std::fs::read(run.join("evaluate/report.html")).unwrap()
+    );
+    let (plots, tables) = read_report(&page);
+    assert_eq!(plots.len(), 4, "{:?}", plots.keys());
+    for k in 0..2 {
+        let fold = run.join(format!("train/fold-{k}"));
+        let evals = metrics_column(&fold, "step");
+        let last_step = *evals.last().unwrap() as usize;
+        let loss = &plots[&format!("fold-{k}-loss")];
+        assert_eq!(loss.lines, vec![last_step, evals.len()], "fold {k} loss");
+        assert_eq!(loss.dots, 1, "fold {k}: the best checkpoint");
+        assert!(
+            loss.texts.iter().any(|t| t == "train loss"),
+            "{:?}",
+            loss.texts
+        );
+        let score = &plots[&format!("fold-{k}-score")];
+        assert_eq!(
+            score.lines,
+            vec![evals.len(), evals.len()],
+            "fold {k} score"
+        );
+        assert_eq!(score.dots, 1);
+    }
+    let rows = &tables[0];
+    assert_eq!(rows.len(), 1 + 2 + 1 + 2, "{rows:?}");
+    let f1 = |i: usize| rows[i][3].parse::<f64>().unwrap();
+    assert!((f1(3) - m["oof"]["f1"].as_f64().unwrap()).abs() < 0.006);
+    assert!((f1(4) - m["test"]["ensemble"]["f1"].as_f64().unwrap()).abs() < 0.006);
+    assert!(
+        (f1(1) - m["folds"][0]["best"]["f1"].as_f64().unwrap()).abs() < 0.006,
+        "{rows:?}"
+    );
 }
 
 fn weights(p: &Path) -> Vec<u8> {

@@ -112,6 +112,18 @@ fn a_sweep_shares_upstream_stages_ranks_its_variants_and_resumes() {
     let best_f1 = cells(lines[1])[at].clone();
     assert_eq!(top1.split(" | ").nth(2), Some(best_f1.as_str()), "{md}");
     assert!(md.contains("| 4 |"), "{md}");
+    // report.html: the comparison table (header + 4 variants, the best marked), the top-k
+    // table, and the chart: per variant a fold-spread dot (with its bar), an out-of-fold dot
+    // and a test-ensemble dot; one tick label per variant.
+    let (plots, tables) = read_report(&dir.join("report.html"));
+    assert_eq!(tables[0].len(), 5, "{:?}", tables[0]);
+    assert_eq!(tables[0][1].last().map(String::as_str), Some("*"));
+    assert_eq!(tables[1].len(), 5, "{:?}", tables[1]);
+    let chart = &plots["sweep-f1"];
+    assert_eq!(chart.dots, 3 * 4, "{chart:?}");
+    for row in &tables[0][1..] {
+        assert!(chart.texts.contains(&row[0]), "{} not on the axis", row[0]);
+    }
 
     // A cross-run ensemble of two variants, by every method.
     let runs = format!(
@@ -141,6 +153,35 @@ fn a_sweep_shares_upstream_stages_ranks_its_variants_and_resumes() {
             serde_json::from_slice(&std::fs::read(out.join("predictions.json")).unwrap()).unwrap();
         assert_eq!(preds.as_object().unwrap().len(), 76);
     }
+    // The same ensemble from `[ensemble] runs` and `method` in the config file.
+    let listed: Vec<String> = runs.split(',').map(|r| format!("{r:?}")).collect();
+    let config = std::fs::read_to_string(d.join("pipeline.toml")).unwrap();
+    let config = config.replace(
+        "[ensemble]\nmethod = \"mean\"",
+        &format!(
+            "[ensemble]\nmethod = \"weighted\"\nruns = [{}]",
+            listed.join(", ")
+        ),
+    );
+    assert!(config.contains("\"weighted\""));
+    std::fs::write(d.join("ensemble.toml"), config).unwrap();
+    let out = d.join("ens-config");
+    ok(
+        d,
+        &[
+            "ensemble",
+            "--config",
+            "ensemble.toml",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read(out.join("predictions.json")).unwrap(),
+        std::fs::read(d.join("ens-weighted/predictions.json")).unwrap()
+    );
+    let err = fails(d, &["ensemble"]);
+    assert!(err.contains("no runs to combine"), "{err}");
     // A run prepared with other windows is refused, in one line.
     ok(
         d,

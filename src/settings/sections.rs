@@ -12,6 +12,10 @@ use crate::qa::metrics::Metric;
 #[serde(deny_unknown_fields, default)]
 pub struct EnsembleSettings {
     pub method: EnsembleMethod,
+    /// Finished run folders for `pipeline ensemble` (a cross-run ensemble) when `--runs` is
+    /// not given. Not part of a run's own ensemble stage.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<PathBuf>,
 }
 
 /// `[submit]`: which files the submission gets.

@@ -63,7 +63,12 @@ pub fn plan(ctx: &Ctx) -> Result<Plan> {
         inputs.push(input(at.test_logits(k)));
         inputs.push(input(at.oof_logits(k)));
     }
-    let hash = hash_of(&(&s.ensemble, &s.decode, &s.train.keep_best_by))?;
+    // `[ensemble] runs` is for `pipeline ensemble`, not this stage.
+    let own = crate::settings::EnsembleSettings {
+        runs: Vec::new(),
+        ..s.ensemble.clone()
+    };
+    let hash = hash_of(&(&own, &s.decode, &s.train.keep_best_by))?;
     Ok(Plan::once(ctx, Stage::Ensemble, hash, inputs))
 }
 

@@ -1,4 +1,5 @@
-//! `evaluate`: the scores of the run, in `evaluate/metrics.json` and a short `report.md`.
+//! `evaluate`: the scores of the run, in `evaluate/metrics.json`, a short `report.md` and
+//! `report.html` (tables and learning curves; also copied to `outputs/<run>/report.html`).
 //!
 //! Per-fold validation (best checkpoint), pooled out-of-fold EM/F1 over all training examples,
 //! and, when the test split has answers, test EM/F1 of every fold alone and of the ensemble.
@@ -15,6 +16,7 @@ use crate::artifacts::{
 use crate::qa::decode::decode_rows;
 use crate::qa::metrics::{score, Score};
 use crate::run::{fold_summaries, names, Manifest, StageWriter};
+use crate::train::trainer::EvalLine;
 
 /// Up to date while `[evaluate]`, `[decode]`, the ensembled predictions and the folds are.
 pub fn plan(ctx: &Ctx) -> Result<Plan> {
@@ -128,6 +130,11 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
         ));
     }
     w.write(names::REPORT, md.as_bytes())?;
+    let html = html_report(ctx, &per_fold, &oof, &test)?;
+    w.write(names::REPORT_HTML, html.as_bytes())?;
+    // The page also beside the stage folders, where a user looks first (a view: no stage reads
+    // it).
+    crate::run::write_atomic(&ctx.run_dir.join(names::REPORT_HTML), html.as_bytes())?;
     ctx.ui.info(&format!(
         "evaluate: out-of-fold EM {:.2} F1 {:.2}{} -> {}",
         oof.exact_match,
@@ -145,4 +152,150 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
         w.path(names::REPORT).display()
     ));
     w.finish(metrics)
+}
+
+/// `report.html`: the scores table and each fold's learning curves.
+fn html_report(
+    ctx: &Ctx,
+    per_fold: &[serde_json::Value],
+    oof: &Score,
+    test: &serde_json::Value,
+) -> Result<String> {
+    let s = &ctx.settings;
+    let at = ctx.layout();
+    let f2 = |v: &serde_json::Value| v.as_f64().map_or(String::new(), |x| format!("{x:.2}"));
+    let header: Vec<String> = [
+        "",
+        "best step",
+        "EM",
+        "F1",
+        "val loss",
+        "train s",
+        "windows/s",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut rows = Vec::new();
+    for (k, f) in per_fold.iter().enumerate() {
+        let b = &f["best"];
+        rows.push(vec![
+            format!("fold {k} (validation)"),
+            b["step"].to_string(),
+            f2(&b["exact_match"]),
+            f2(&b["f1"]),
+            b["loss"]
+                .as_f64()
+                .map_or(String::new(), |x| format!("{x:.4}")),
+            f["train_seconds"]
+                .as_f64()
+                .map_or(String::new(), |x| format!("{x:.0}")),
+            f["windows_per_second"]
+                .as_f64()
+                .map_or(String::new(), |x| format!("{x:.1}")),
+        ]);
+    }
+    let mut marked = vec![rows.len()];
+    let pad = |mut r: Vec<String>| {
+        r.resize(header.len(), String::new());
+        r
+    };
+    rows.push(pad(vec![
+        format!("out-of-fold, pooled ({} questions)", oof.total),
+        String::new(),
+        format!("{:.2}", oof.exact_match),
+        format!("{:.2}", oof.f1),
+    ]));
+    if !test.is_null() {
+        marked.push(rows.len());
+        rows.push(pad(vec![
+            format!(
+                "test: ensemble of {} folds ({} questions)",
+                s.split.folds, test["ensemble"]["total"]
+            ),
+            String::new(),
+            f2(&test["ensemble"]["exact_match"]),
+            f2(&test["ensemble"]["f1"]),
+        ]));
+        rows.push(pad(vec![
+            "test: mean single fold".into(),
+            String::new(),
+            f2(&test["mean_fold"]["exact_match"]),
+            f2(&test["mean_fold"]["f1"]),
+        ]));
+    }
+    let mut curves = Vec::new();
+    for k in 0..s.split.folds {
+        curves.push(fold_curves(&at.fold(k), &at.tensorboard(k), k)?);
+    }
+    crate::report::run_page(
+        &format!("{}: {} folds", s.run.name, s.split.folds),
+        &format!(
+            "Model {} with the {} head, {} loss, {} epochs at learning rate {}; metric {}.",
+            s.model
+                .pretrained
+                .as_ref()
+                .map_or("from scratch".to_string(), |p| p.display().to_string()),
+            name_of(&s.model.head),
+            name_of(&s.train.loss),
+            s.train.epochs,
+            s.train.learning_rate,
+            s.evaluate.metric
+        ),
+        &header,
+        &rows,
+        &marked,
+        &curves,
+    )
+}
+
+/// A setting's name as the config spells it.
+fn name_of<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => String::new(),
+    }
+}
+
+/// A fold's curves from its `metrics.jsonl` and, for the training loss per step, its
+/// TensorBoard log (the validations' running means where the log is absent or unreadable).
+fn fold_curves(
+    fold_dir: &std::path::Path,
+    tb_dir: &std::path::Path,
+    k: usize,
+) -> Result<crate::report::FoldCurves> {
+    let text = std::fs::read_to_string(fold_dir.join(names::METRICS_LOG)).unwrap_or_default();
+    let mut c = crate::report::FoldCurves {
+        fold: k,
+        ..Default::default()
+    };
+    let mut best: Option<&EvalLine> = None;
+    let lines: Vec<EvalLine> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    for l in &lines {
+        let x = l.step as f64;
+        c.train_loss.push((x, l.train_loss));
+        c.val_loss.push((x, l.loss));
+        c.val_f1.push((x, l.f1));
+        c.val_em.push((x, l.exact_match));
+    }
+    // The kept checkpoint: the fold manifest's best.
+    if let Some(m) = crate::run::Manifest::read(fold_dir)? {
+        let step = m.summary["best"]["step"].as_u64();
+        best = lines.iter().find(|l| Some(l.step as u64) == step);
+    }
+    c.best = best.map(|b| (b.step as f64, b.f1, b.loss));
+    if let Ok(scalars) = crate::tensorboard::read_scalars(tb_dir) {
+        let per_step: Vec<(f64, f64)> = scalars
+            .into_iter()
+            .filter(|s| s.tag == "train/loss")
+            .map(|s| (s.step as f64, s.value as f64))
+            .collect();
+        if !per_step.is_empty() {
+            c.train_loss = per_step;
+        }
+    }
+    Ok(c)
 }

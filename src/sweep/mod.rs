@@ -26,7 +26,7 @@ use crate::ui::Ui;
 
 mod report;
 
-pub use report::{comparison, top_k_ensembles, Table, COMPARISON_CSV, COMPARISON_MD};
+pub use report::{comparison, top_k_ensembles, Table, TopK, COMPARISON_CSV, COMPARISON_MD};
 
 /// One run of the sweep.
 #[derive(Debug, Clone, PartialEq)]
@@ -338,11 +338,35 @@ pub fn run(args: &SweepArgs, ui: Ui) -> Result<()> {
     .collect();
     let mut table = comparison(args, &base, &vs)?;
     // Only here, not in `sweep status`: the ensembles decode every run's logits.
-    table
-        .markdown
-        .push_str(&top_k_ensembles(&base, &table.ranked_runs));
+    let top = top_k_ensembles(&base, &table.ranked_runs);
+    table.markdown.push_str(&top.markdown());
     run::write_atomic(&dir.join(COMPARISON_CSV), table.csv.as_bytes())?;
     run::write_atomic(&dir.join(COMPARISON_MD), table.markdown.as_bytes())?;
+    let chart = crate::report::sweep_chart(
+        &format!("sweep \"{}\": F1 per variant", args.name()),
+        &table.scores,
+    );
+    let mut more = vec![crate::report::Section {
+        title: TopK::TITLE.to_string(),
+        header: top.header,
+        rows: top.rows,
+    }];
+    if let Some(n) = top.note {
+        more.push(crate::report::Section {
+            title: "No cross-run ensemble".to_string(),
+            header: vec!["why".to_string()],
+            rows: vec![vec![n]],
+        });
+    }
+    let html = crate::report::sweep_page(
+        &format!("sweep \"{}\"", args.name()),
+        &table.header,
+        &table.rows,
+        table.best.is_some().then_some(0),
+        &chart,
+        &more,
+    )?;
+    run::write_atomic(&dir.join(run::names::REPORT_HTML), html.as_bytes())?;
     if !ui.quiet {
         print!("{}", table.markdown);
     }

@@ -13,10 +13,15 @@ use crate::settings::{KeepBestBy, Settings};
 pub const COMPARISON_CSV: &str = "comparison.csv";
 pub const COMPARISON_MD: &str = "comparison.md";
 
-/// The comparison in two formats.
+/// The comparison in three formats.
 pub struct Table {
     pub csv: String,
     pub markdown: String,
+    /// The table's cells (the best row first, marked in its last cell).
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+    /// The F1 of each variant with results, best first, for the chart.
+    pub scores: Vec<crate::report::VariantScores>,
     /// The best variant with results.
     pub best: Option<String>,
     /// The run folders of the variants with results, best first.
@@ -169,6 +174,7 @@ pub fn comparison(args: &SweepArgs, base: &Settings, vs: &[Variant]) -> Result<T
         header.join(" | "),
         " --- |".repeat(header.len())
     );
+    let mut cells_of_rows = Vec::new();
     for (i, (row, _)) in rows.iter().enumerate() {
         let values: BTreeMap<&str, &str> = row
             .variant
@@ -198,7 +204,20 @@ pub fn comparison(args: &SweepArgs, base: &Settings, vs: &[Variant]) -> Result<T
             .collect();
         csv.push_str(&(quoted.join(",") + "\n"));
         md.push_str(&format!("| {} |\n", cells.join(" | ")));
+        cells_of_rows.push(cells);
     }
+    let scores = rows
+        .iter()
+        .filter_map(|(r, _)| {
+            let m = r.metrics.as_ref()?;
+            Some(crate::report::VariantScores {
+                name: r.variant.name.clone(),
+                oof_f1: num(&m["oof"]["f1"]),
+                fold_f1: r.fold_best("f1"),
+                test_f1: num(&m["test"]["ensemble"]["f1"]),
+            })
+        })
+        .collect();
     let ranked_runs = rows
         .iter()
         .filter(|(r, _)| r.metrics.is_some())
@@ -211,17 +230,52 @@ pub fn comparison(args: &SweepArgs, base: &Settings, vs: &[Variant]) -> Result<T
     Ok(Table {
         csv,
         markdown: md,
+        header,
+        rows: cells_of_rows,
+        scores,
         best,
         ranked_runs,
     })
 }
 
 /// "Top-k variants ensembled" for k = 1..min(5, variants): the best k runs (in ranking order)
-/// combined by mean ([`crate::combine`]), as Markdown.
-pub fn top_k_ensembles(base: &Settings, ranked: &[PathBuf]) -> String {
-    let mut md = String::from(
-        "\n## Top-k variants ensembled (mean of their fold logits)\n\n| k | oof_em | oof_f1 | test_em | test_f1 |\n| --- | --- | --- | --- | --- |\n",
-    );
+/// combined by mean ([`crate::combine`]).
+pub struct TopK {
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+    /// Why the list stops early, if it does.
+    pub note: Option<String>,
+}
+
+impl TopK {
+    pub const TITLE: &str = "Top-k variants ensembled (mean of their fold logits)";
+
+    pub fn markdown(&self) -> String {
+        let mut md = format!(
+            "\n## {}\n\n| {} |\n|{}\n",
+            Self::TITLE,
+            self.header.join(" | "),
+            " --- |".repeat(self.header.len())
+        );
+        for r in &self.rows {
+            md.push_str(&format!("| {} |\n", r.join(" | ")));
+        }
+        if let Some(n) = &self.note {
+            md.push_str(&format!("\n(no cross-run ensemble: {n})\n"));
+        }
+        md
+    }
+}
+
+/// Combines the top k of `ranked` for each k.
+pub fn top_k_ensembles(base: &Settings, ranked: &[PathBuf]) -> TopK {
+    let mut top = TopK {
+        header: ["k", "oof_em", "oof_f1", "test_em", "test_f1"]
+            .map(String::from)
+            .to_vec(),
+        rows: Vec::new(),
+        note: None,
+    };
     for k in 1..=ranked.len().min(5) {
         let c = crate::combine::combine(
             &ranked[..k],
@@ -234,19 +288,19 @@ pub fn top_k_ensembles(base: &Settings, ranked: &[PathBuf]) -> String {
                 let (tem, tf1) = c.test.as_ref().map_or((String::new(), String::new()), |t| {
                     (format!("{:.2}", t.exact_match), format!("{:.2}", t.f1))
                 });
-                md.push_str(&format!(
-                    "| {k} | {:.2} | {:.2} | {tem} | {tf1} |\n",
-                    c.oof.exact_match, c.oof.f1
-                ));
+                top.rows.push(vec![
+                    k.to_string(),
+                    format!("{:.2}", c.oof.exact_match),
+                    format!("{:.2}", c.oof.f1),
+                    tem,
+                    tf1,
+                ]);
             }
             Err(e) => {
-                md.push_str(&format!(
-                    "\n(no cross-run ensemble: {})\n",
-                    run::one_line(&e)
-                ));
+                top.note = Some(run::one_line(&e));
                 break;
             }
         }
     }
-    md
+    top
 }

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -170,4 +171,67 @@ pub fn metrics_column(fold: &Path, key: &str) -> Vec<f64> {
                 .unwrap()
         })
         .collect()
+}
+
+/// What one chart of a `report.html` draws (see `pipeline::report::plots`): the number of
+/// points of each line series (a `<polyline>` of stroke width 2; axes and ticks are width 1),
+/// and of dots (`<circle>`).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Plot {
+    pub lines: Vec<usize>,
+    pub dots: usize,
+    /// The `<text>` of the chart (title, ticks, legend).
+    pub texts: Vec<String>,
+}
+
+/// Parses a `report.html` as XML (it must be well-formed) and returns its charts by their
+/// `data-plot` name, and the cells of its tables, row by row.
+pub fn read_report(path: &Path) -> (BTreeMap<String, Plot>, Vec<Vec<Vec<String>>>) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let opts = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    let doc = roxmltree::Document::parse_with_options(&text, opts)
+        .unwrap_or_else(|e| panic!("{} does not parse: {e}", path.display()));
+    let mut plots = BTreeMap::new();
+    for fig in doc.descendants().filter(|n| n.has_tag_name("figure")) {
+        let name = fig.attribute("data-plot").expect("a figure names its plot");
+        let mut p = Plot::default();
+        for n in fig.descendants() {
+            match n.tag_name().name() {
+                "polyline" if n.attribute("stroke-width") == Some("2") => p.lines.push(
+                    n.attribute("points")
+                        .unwrap_or("")
+                        .split_whitespace()
+                        .count(),
+                ),
+                "circle" => p.dots += 1,
+                "text" => p.texts.push(n.text().unwrap_or("").trim().to_string()),
+                _ => {}
+            }
+        }
+        assert_eq!(
+            fig.descendants().filter(|n| n.has_tag_name("svg")).count(),
+            1,
+            "{name}: one SVG"
+        );
+        plots.insert(name.to_string(), p);
+    }
+    let tables = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("table"))
+        .map(|t| {
+            t.children()
+                .filter(|r| r.has_tag_name("tr"))
+                .map(|r| {
+                    r.children()
+                        .filter(|c| c.is_element())
+                        .map(|c| c.text().unwrap_or("").to_string())
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
+    (plots, tables)
 }
