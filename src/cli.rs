@@ -83,6 +83,13 @@ pub enum Command {
         /// Rerun even when up to date.
         #[arg(long)]
         force: bool,
+        /// Where the work runs: in this process (`local`) or submitted to Slurm as three
+        /// dependent jobs (`slurm`, see `[slurm]`); default `[launcher] kind`.
+        #[arg(long, value_enum)]
+        launcher: Option<crate::settings::LauncherKind>,
+        /// With the Slurm launcher: print the job scripts and `sbatch` lines, submit nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Run every variant of a sweep (`[sweep]`, `--sweep FILE`, `--grid`) as its own run,
     /// sharing prepare and split where they are the same, and compare them
@@ -186,8 +193,18 @@ pub fn main() -> Result<()> {
             config,
             fold,
             force,
+            launcher,
+            dry_run,
         } => {
-            let settings = load_settings(&config)?;
+            let mut settings = load_settings(&config)?;
+            // A fold worker of `train.devices` / `parallel_folds` runs on the device it is
+            // pinned to.
+            if let Ok(d) = std::env::var(stages::DEVICE_ENV) {
+                settings.train.device = d
+                    .parse()
+                    .with_context(|| format!("{}={d:?}", stages::DEVICE_ENV))?;
+            }
+            let launcher = launcher.unwrap_or(settings.launcher.kind);
             let mut ctx = Ctx::new(settings, force, fold, ui)?;
             if let (Some(k), Some(stage)) = (fold, stage_of(target)) {
                 if !stage.per_fold() {
@@ -198,6 +215,15 @@ pub fn main() -> Result<()> {
                 }
             }
             ctx.config_args = config.to_args();
+            if launcher == crate::settings::LauncherKind::Slurm {
+                if fold.is_some() || stage_of(target).is_some() {
+                    bail!("--launcher slurm submits a whole run: use `pipeline run all --launcher slurm`");
+                }
+                return crate::launch::slurm::submit(&ctx, dry_run);
+            }
+            if dry_run {
+                bail!("--dry-run applies to --launcher slurm");
+            }
             // A test hook: the training loop stops after this step as a crash would.
             ctx.interrupt_after = std::env::var("PIPELINE_INTERRUPT_AFTER_STEP")
                 .ok()
@@ -207,7 +233,19 @@ pub fn main() -> Result<()> {
             let worker_of = std::env::var(crate::run::WORKER_OF)
                 .ok()
                 .and_then(|v| v.parse().ok());
-            let _lock = crate::run::lock_run(&ctx.run_dir, worker_of)?;
+            let _lock = if std::env::var_os(crate::launch::slurm::FOLD_TASK_ENV).is_some() {
+                // A fold task of a Slurm array shares the run with the other folds' tasks (each
+                // locks its fold); an exclusive writer (a local `run`) excludes them all.
+                if fold.is_none() {
+                    bail!("{} is set only for `pipeline run <stage> --fold K`", crate::launch::slurm::FOLD_TASK_ENV);
+                }
+                Some(crate::run::Lock::acquire_shared(
+                    &ctx.run_dir.join(crate::run::LOCK),
+                    &format!("run {}", ctx.run_dir.display()),
+                )?)
+            } else {
+                crate::run::lock_run(&ctx.run_dir, worker_of)?
+            };
             match stage_of(target) {
                 Some(stage) => stages::run_stage(&ctx, stage),
                 None => stages::run_all(&ctx),
@@ -272,6 +310,9 @@ pub fn main() -> Result<()> {
             let settings = load_settings(&config)?;
             let ctx = Ctx::new(settings, false, None, ui)?;
             print!("{}", stages::report_status(&ctx)?);
+            if let Some(slurm) = crate::launch::slurm::status(&ctx)? {
+                print!("{slurm}");
+            }
             Ok(())
         }
         Command::Infer(mut args) => {

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod combine;
 pub mod device;
 pub mod infer;
+pub mod launch;
 pub mod model;
 pub mod qa;
 pub mod report;

@@ -117,6 +117,21 @@ struct Gpu {
     driver: i32,
 }
 
+/// How many CUDA devices the driver shows (honouring `CUDA_VISIBLE_DEVICES`); an error where
+/// no driver library loads.
+pub fn cuda_device_count() -> Result<usize> {
+    use cudarc::driver::result as cu;
+    // SAFETY: only tries to dlopen the library.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(anyhow!(
+            "no NVIDIA driver library (libcuda.so) can be loaded on this machine"
+        ));
+    }
+    cu::init().map_err(|e| anyhow!("the CUDA driver does not start ({e:?})"))?;
+    let n = cu::device::get_count().map_err(|e| anyhow!("counting CUDA devices: {e:?}"))?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
 /// Asks the driver for GPU `index` (a missing index names how many there are).
 fn cuda_gpu(index: usize) -> std::result::Result<Gpu, String> {
     use cudarc::driver::result as cu;

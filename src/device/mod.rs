@@ -8,7 +8,7 @@ mod cuda;
 
 use anyhow::{anyhow, Result};
 
-pub use cuda::{cuda_device, cuda_reserved_mib, take_cuda_summary, KERNEL_CACHE_ENV, PROFILE_ENV};
+pub use cuda::{cuda_device, cuda_device_count, cuda_reserved_mib, take_cuda_summary, KERNEL_CACHE_ENV, PROFILE_ENV};
 
 /// Where tensors live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -56,6 +56,16 @@ impl FromStr for Device {
 }
 
 impl Device {
+    /// The device with its index dropped (`cuda:3` -> `cuda:0`): what a result depends on.
+    /// Folds pinned to different GPUs of one kind compute the same numbers.
+    pub fn kind(self) -> Device {
+        match self {
+            Device::Cuda(_) => Device::Cuda(0),
+            Device::Wgpu(WgpuAdapter::Discrete(_)) => Device::Wgpu(WgpuAdapter::Discrete(0)),
+            d => d,
+        }
+    }
+
     /// Whether batches should keep one shape (padding the last one): on CUDA every new shape
     /// costs kernel compilation and autotuning; the CPU backend gains nothing from padding.
     pub fn wants_fixed_shapes(self) -> bool {

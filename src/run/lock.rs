@@ -25,8 +25,23 @@ impl Lock {
     /// Takes the lock on `path` (created with its folder if absent), or fails at once with
     /// one line naming `what`, the pid holding it and what to do.
     pub fn acquire(path: &Path, what: &str) -> Result<Self> {
+        Self::take(path, what, false)
+    }
+
+    /// A shared lock on `path`: held by any number of processes at once (the fold tasks of a
+    /// Slurm array), excluded by an exclusive holder ([`Lock::acquire`]) and excluding it.
+    pub fn acquire_shared(path: &Path, what: &str) -> Result<Self> {
+        Self::take(path, what, true)
+    }
+
+    fn take(path: &Path, what: &str, shared: bool) -> Result<Self> {
         let mut file = open_lock_file(path)?;
-        match file.try_lock() {
+        let got = if shared {
+            file.try_lock_shared()
+        } else {
+            file.try_lock()
+        };
+        match got {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
                 let holder = fs::read_to_string(path).unwrap_or_default();
@@ -45,9 +60,13 @@ impl Lock {
                 return Err(e).with_context(|| format!("locking {}", path.display()))
             }
         }
-        file.set_len(0)?;
-        writeln!(file, "{}", std::process::id())?;
-        file.flush()?;
+        // The holder's pid, for the message another process gets (a shared holder leaves the
+        // file as it is: the others hold it too).
+        if !shared {
+            file.set_len(0)?;
+            writeln!(file, "{}", std::process::id())?;
+            file.flush()?;
+        }
         Ok(Self { _file: file })
     }
 
@@ -128,20 +147,27 @@ pub fn dies_with_parent(cmd: &mut std::process::Command) {
 }
 
 /// Runs one child process per item of `items`, `width` at a time: `start` makes each one's
-/// command (started as it is). Returns the items whose process failed, in order of failure.
+/// command (started as it is) from the item and its slot (`0..width`, free while the process
+/// runs: a device to pin it to). Returns the items whose process failed, in order of failure.
 pub fn run_processes<T>(
     items: Vec<T>,
     width: usize,
-    mut start: impl FnMut(&T) -> Result<std::process::Command>,
+    mut start: impl FnMut(&T, usize) -> Result<std::process::Command>,
 ) -> Result<Vec<T>> {
+    let width = width.max(1);
     let mut queue: std::collections::VecDeque<T> = items.into();
-    let mut running: Vec<(T, std::process::Child)> = Vec::new();
+    let mut running: Vec<(T, usize, std::process::Child)> = Vec::new();
     let mut failed = Vec::new();
     loop {
-        while running.len() < width.max(1) {
+        while running.len() < width {
             let Some(item) = queue.pop_front() else { break };
-            let child = start(&item)?.spawn().context("starting a worker process")?;
-            running.push((item, child));
+            let slot = (0..width)
+                .find(|s| running.iter().all(|r| r.1 != *s))
+                .unwrap_or(0);
+            let child = start(&item, slot)?
+                .spawn()
+                .context("starting a worker process")?;
+            running.push((item, slot, child));
         }
         if running.is_empty() {
             return Ok(failed);
@@ -149,9 +175,9 @@ pub fn run_processes<T>(
         std::thread::sleep(std::time::Duration::from_millis(100));
         let mut i = 0;
         while i < running.len() {
-            match running[i].1.try_wait()? {
+            match running[i].2.try_wait()? {
                 Some(status) => {
-                    let (item, _) = running.swap_remove(i);
+                    let (item, _, _) = running.swap_remove(i);
                     if !status.success() {
                         failed.push(item);
                     }

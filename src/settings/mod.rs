@@ -31,9 +31,18 @@ pub struct Settings {
     pub ensemble: EnsembleSettings,
     pub evaluate: EvaluateSettings,
     pub submit: SubmitSettings,
+    /// `[launcher]`, `[slurm]`: where `pipeline run` runs (not part of any stage's hash).
+    #[serde(skip_serializing_if = "is_default")]
+    pub launcher: LauncherSettings,
+    #[serde(skip_serializing_if = "is_default")]
+    pub slurm: SlurmSettings,
     /// `[sweep]`: read by `pipeline sweep` only.
     #[serde(skip_serializing_if = "SweepSettings::is_empty")]
     pub sweep: SweepSettings,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 impl Settings {
@@ -167,6 +176,11 @@ impl Settings {
                 t.precision,
                 t.device
             );
+        }
+        if let Devices::List(v) = &t.devices {
+            if v.iter().any(|d| d.kind() != v[0].kind()) {
+                bail!("train.devices mixes kinds of device ({v:?}): use one kind (all cuda:N, all cpu, ...)");
+            }
         }
         if t.parallel_folds == 0 {
             bail!("train.parallel_folds must be at least 1");

@@ -276,6 +276,11 @@ pub struct TrainSettings {
     /// of the train stage's settings hash (left out of serialisation at 1).
     #[serde(skip_serializing_if = "is_one")]
     pub parallel_folds: usize,
+    /// Devices that train (and predict) one fold each at a time, in worker processes pinned to
+    /// them: `["cuda:0", "cuda:1"]`, `"cuda:all"` (every CUDA device), or CPU "devices"
+    /// (`["cpu", "cpu"]`). Empty (the default): `device`, with `parallel_folds` workers.
+    #[serde(skip_serializing_if = "Devices::is_empty")]
+    pub devices: Devices,
     pub seed: u64,
     /// Validate every N optimizer steps; 0 = at the end of every epoch.
     pub eval_every: usize,
@@ -363,6 +368,7 @@ impl Default for TrainSettings {
             gradient_accumulation: 1,
             drop_last: false,
             parallel_folds: 1,
+            devices: Devices::default(),
             seed: 42,
             eval_every: 0,
             keep_best_by: KeepBestBy::F1,
@@ -478,4 +484,143 @@ impl Default for EvaluateSettings {
             metric: Metric::Korquad,
         }
     }
+}
+
+impl TrainSettings {
+    /// The device as far as results go: the kind of `devices` (all one kind) or of `device`,
+    /// without its index. Stage hashes use it, so a fold trained on `cuda:1` by a worker of
+    /// `devices` is the fold a run on `cuda:0` alone would make.
+    pub fn hashed_device(&self) -> crate::device::Device {
+        match &self.devices {
+            Devices::List(v) if !v.is_empty() => v[0].kind(),
+            Devices::AllCuda => crate::device::Device::Cuda(0),
+            _ => self.device.kind(),
+        }
+    }
+}
+
+/// `train.devices`: a list of devices, or every CUDA device (`"cuda:all"`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Devices {
+    #[default]
+    None,
+    List(Vec<crate::device::Device>),
+    AllCuda,
+}
+
+impl Devices {
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Devices::None) || matches!(self, Devices::List(v) if v.is_empty())
+    }
+
+    /// The devices, with `"cuda:all"` resolved to the CUDA devices this machine has.
+    pub fn resolve(&self) -> anyhow::Result<Vec<crate::device::Device>> {
+        match self {
+            Devices::None => Ok(Vec::new()),
+            Devices::List(v) => Ok(v.clone()),
+            Devices::AllCuda => {
+                let n = crate::device::cuda_device_count()?;
+                if n == 0 {
+                    anyhow::bail!("train.devices = \"cuda:all\", but no CUDA device is visible");
+                }
+                Ok((0..n).map(crate::device::Device::Cuda).collect())
+            }
+        }
+    }
+}
+
+impl Serialize for Devices {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Devices::None => Vec::<String>::new().serialize(s),
+            Devices::List(v) => v.serialize(s),
+            Devices::AllCuda => s.serialize_str("cuda:all"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Devices {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            Many(Vec<crate::device::Device>),
+        }
+        match Raw::deserialize(d)? {
+            Raw::One(s) if s == "cuda:all" => Ok(Devices::AllCuda),
+            Raw::One(s) => Err(serde::de::Error::custom(format!(
+                "train.devices must be a list of devices or \"cuda:all\", got {s:?}"
+            ))),
+            Raw::Many(v) => Ok(Devices::List(v)),
+        }
+    }
+}
+
+/// `[launcher]`: where `pipeline run` runs its work.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LauncherSettings {
+    pub kind: LauncherKind,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LauncherKind {
+    /// In this process (and its fold workers).
+    #[default]
+    Local,
+    /// Submitted to Slurm as three dependent jobs (see `[slurm]`).
+    Slurm,
+}
+
+/// `[slurm]`: what `--launcher slurm` asks the cluster for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlurmSettings {
+    pub partition: Option<String>,
+    pub account: Option<String>,
+    pub qos: Option<String>,
+    /// Per job, in any form `sbatch --time` takes (`"4:00:00"`, `"1-00:00:00"`).
+    pub time: Option<String>,
+    /// GPUs per fold task (0: none).
+    pub gpus_per_task: usize,
+    /// How GPUs are requested: `"gres"` (`--gres=gpu:N`) or `"gpus_per_task"`
+    /// (`--gpus-per-task=N`).
+    pub gpu_flag: GpuFlag,
+    pub cpus_per_task: usize,
+    /// Memory per task, as `sbatch --mem` takes it (`"32G"`).
+    pub mem: Option<String>,
+    /// More `sbatch` arguments, one per item (`["--constraint=h100"]`).
+    pub extra_args: Vec<String>,
+    /// A shell line each job runs first (`"module load cuda/12.4"`).
+    pub setup: Option<String>,
+    /// Job names start with this (default: `pipeline-<run name>`).
+    pub job_name: Option<String>,
+}
+
+impl Default for SlurmSettings {
+    fn default() -> Self {
+        Self {
+            partition: None,
+            account: None,
+            qos: None,
+            time: None,
+            gpus_per_task: 0,
+            gpu_flag: GpuFlag::Gres,
+            cpus_per_task: 1,
+            mem: None,
+            extra_args: Vec::new(),
+            setup: None,
+            job_name: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GpuFlag {
+    #[default]
+    Gres,
+    GpusPerTask,
 }

@@ -245,6 +245,16 @@ fn unit_status(ctx: &Ctx, stage: Stage, p: &Plan) -> Result<(Status, Option<Mani
     run::check(&p.dir, &p.config_hash, &p.inputs)
 }
 
+/// Whether fold `k` of a per-fold stage is done (up to date).
+pub fn fold_done(ctx: &Ctx, stage: Stage, k: usize) -> Result<bool> {
+    let p = match stage {
+        Stage::Train => train::plan(ctx, k)?,
+        Stage::Predict => predict::plan(ctx, k)?,
+        other => bail!("`{}` is not a per-fold stage", other.name()),
+    };
+    Ok(unit_status(ctx, stage, &p)?.0 == Status::Done)
+}
+
 /// Where a stage stands: done when every unit (fold) is; else the first unit that is not.
 pub fn status(ctx: &Ctx, stage: Stage) -> Result<(Status, Option<Manifest>)> {
     let mut last = None;
@@ -264,8 +274,14 @@ pub fn status(ctx: &Ctx, stage: Stage) -> Result<(Status, Option<Manifest>)> {
 }
 
 fn run_one(ctx: &Ctx, stage: Stage) -> Result<()> {
-    if stage == Stage::Train && ctx.fold.is_none() && ctx.settings.train.parallel_folds > 1 {
-        return train_in_processes(ctx);
+    if stage.per_fold() && ctx.fold.is_none() {
+        let t = &ctx.settings.train;
+        if !t.devices.is_empty() {
+            return folds_in_processes(ctx, stage, &t.devices.resolve()?);
+        }
+        if stage == Stage::Train && t.parallel_folds > 1 {
+            return folds_in_processes(ctx, stage, &vec![t.device; t.parallel_folds]);
+        }
     }
     for p in plans(ctx, stage)? {
         if !ctx.force && unit_status(ctx, stage, &p)?.0 == Status::Done {
@@ -289,29 +305,34 @@ fn run_one(ctx: &Ctx, stage: Stage) -> Result<()> {
     Ok(())
 }
 
-/// Trains the folds that are not done in `train.parallel_folds` child processes at a time
-/// (`pipeline run train --fold K` with this run's config), so a CPU run uses every core; each
-/// fold keeps its own seeded random streams, so results equal one-by-one training.
-fn train_in_processes(ctx: &Ctx) -> Result<()> {
+/// Runs the folds of `stage` that are not done in child processes (`pipeline run <stage> --fold
+/// K` with this run's config), one per device of `devices` at a time, each pinned to its device
+/// (`PIPELINE_DEVICE`): `train.devices`, or `train.parallel_folds` copies of `train.device` so a
+/// CPU run uses every core. Each fold keeps its own seeded random streams and a device's index
+/// is not part of any hash, so results equal one-by-one runs.
+fn folds_in_processes(ctx: &Ctx, stage: Stage, devices: &[crate::device::Device]) -> Result<()> {
     let mut queue = Vec::new();
-    for p in plans(ctx, Stage::Train)? {
-        if !ctx.force && unit_status(ctx, Stage::Train, &p)?.0 == Status::Done {
+    for p in plans(ctx, stage)? {
+        if !ctx.force && unit_status(ctx, stage, &p)?.0 == Status::Done {
             ctx.ui.info(&format!("{}: up to date, skipped", p.label));
         } else if let Some(k) = p.fold {
             queue.push(k);
         }
     }
-    let width = ctx.settings.train.parallel_folds;
+    let name = stage.name();
+    let shown: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
     ctx.ui.info(&format!(
-        "train: folds {:?}, {width} at a time in separate processes",
-        queue
+        "{name}: folds {queue:?}, {} at a time in separate processes on [{}]",
+        devices.len(),
+        shown.join(", ")
     ));
     let exe = std::env::current_exe().context("locating the pipeline executable")?;
-    let mut failed = run::run_processes(queue, width, |&k| {
+    let mut failed = run::run_processes(queue, devices.len(), |&k, slot| {
         let mut cmd = std::process::Command::new(&exe);
-        cmd.args(["run", "train", "--fold", &k.to_string()])
+        cmd.args(["run", name, "--fold", &k.to_string()])
             .args(&ctx.config_args)
-            .env(crate::ui::PLAIN_PROGRESS, "1");
+            .env(crate::ui::PLAIN_PROGRESS, "1")
+            .env(DEVICE_ENV, devices[slot].to_string());
         run::as_worker(&mut cmd);
         if ctx.force {
             cmd.arg("--force");
@@ -319,16 +340,21 @@ fn train_in_processes(ctx: &Ctx) -> Result<()> {
         if ctx.ui.quiet {
             cmd.arg("-q");
         }
+        ctx.ui
+            .info(&format!("{name} fold {k}: worker on {}", devices[slot]));
         Ok(cmd)
     })?;
     if !failed.is_empty() {
         failed.sort_unstable();
         bail!(
-            "train: fold(s) {failed:?} failed (their errors are above); `pipeline run train` resumes them"
+            "{name}: fold(s) {failed:?} failed (their errors are above); `pipeline run {name}` resumes them"
         );
     }
     Ok(())
 }
+
+/// The device a fold worker is pinned to (set by [`folds_in_processes`]; read by `cli`).
+pub const DEVICE_ENV: &str = "PIPELINE_DEVICE";
 
 /// `pipeline run <stage>`: runs it unless up to date (or forced); upstream must be done.
 pub fn run_stage(ctx: &Ctx, stage: Stage) -> Result<()> {

@@ -29,11 +29,11 @@ pub fn plan(ctx: &Ctx, k: usize) -> Result<Plan> {
     let batching = (!t.batching.is_padded()).then_some((t.batching, t.pad_multiple));
     let hash = match (t.precision, t.eval_attention, batching) {
         (Precision::F32, EvalAttention::Naive, None) => {
-            hash_of(&(&t.device, t.eval_batch_size, k))?
+            hash_of(&(&t.hashed_device(), t.eval_batch_size, k))?
         }
-        (p, EvalAttention::Naive, None) => hash_of(&(&t.device, t.eval_batch_size, k, p))?,
-        (p, a, None) => hash_of(&(&t.device, t.eval_batch_size, k, p, a))?,
-        (p, a, Some(b)) => hash_of(&(&t.device, t.eval_batch_size, k, p, a, b))?,
+        (p, EvalAttention::Naive, None) => hash_of(&(&t.hashed_device(), t.eval_batch_size, k, p))?,
+        (p, a, None) => hash_of(&(&t.hashed_device(), t.eval_batch_size, k, p, a))?,
+        (p, a, Some(b)) => hash_of(&(&t.hashed_device(), t.eval_batch_size, k, p, a, b))?,
     };
     let inputs = vec![
         input(at.features()),

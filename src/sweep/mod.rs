@@ -317,7 +317,7 @@ pub fn run(args: &SweepArgs, ui: Ui) -> Result<()> {
     ));
     let width = args.sweep.parallel.unwrap_or(1).max(1);
     let exe = std::env::current_exe().context("locating the pipeline executable")?;
-    let failed: Vec<&str> = run::run_processes(vs.iter().collect(), width, |v| {
+    let failed: Vec<&str> = run::run_processes(vs.iter().collect(), width, |v, _| {
         let mut cmd = std::process::Command::new(&exe);
         cmd.args(["run", "all", "--config"]).arg(&args.config);
         for s in args.variant_sets(&base, v) {

@@ -45,9 +45,12 @@ pub fn plan(ctx: &Ctx, k: usize) -> Result<Plan> {
     let at = ctx.layout();
     // How many folds train at once, and whether AdamW steps all tensors as one, do not change
     // a fold's result.
+    // Nor do the devices' indices.
     let hashed = crate::settings::TrainSettings {
         parallel_folds: 1,
         multi_tensor_adamw: false,
+        device: s.train.hashed_device(),
+        devices: crate::settings::Devices::None,
         ..s.train.clone()
     };
     let mut inputs = vec![
