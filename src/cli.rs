@@ -237,7 +237,10 @@ pub fn main() -> Result<()> {
                 // A fold task of a Slurm array shares the run with the other folds' tasks (each
                 // locks its fold); an exclusive writer (a local `run`) excludes them all.
                 if fold.is_none() {
-                    bail!("{} is set only for `pipeline run <stage> --fold K`", crate::launch::slurm::FOLD_TASK_ENV);
+                    bail!(
+                        "{} is set only for `pipeline run <stage> --fold K`",
+                        crate::launch::slurm::FOLD_TASK_ENV
+                    );
                 }
                 Some(crate::run::Lock::acquire_shared(
                     &ctx.run_dir.join(crate::run::LOCK),

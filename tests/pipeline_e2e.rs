@@ -533,6 +533,61 @@ fn parallel_folds_train_in_processes_to_the_same_weights() {
     }
 }
 
+/// `train.devices`: one fold worker per device at a time, for train and predict, pinned to its
+/// device (CPU "devices" here, through the code path GPUs take); the weights and logits equal
+/// one-by-one runs', and the stage hashes do not depend on the devices.
+#[test]
+fn folds_spread_over_devices_to_the_same_results() {
+    let ws = split_workspace();
+    let d = ws.path();
+    let devices = ["--set", r#"train.devices=["cpu", "cpu"]"#];
+    let mut a = args(&["run", "train"]);
+    a.extend(devices);
+    let out = ok(d, &a);
+    assert!(
+        out.contains("train: folds [0, 1], 2 at a time in separate processes on [cpu, cpu]"),
+        "{out}"
+    );
+    assert!(out.contains("train fold 1: worker on cpu"), "{out}");
+    let mut a = args(&["run", "predict"]);
+    a.extend(devices);
+    let out = ok(d, &a);
+    assert!(out.contains("predict: folds [0, 1], 2 at a time"), "{out}");
+    // Done under the settings without devices too.
+    let status = ok(d, &args(&["status"]));
+    assert!(status.contains("train     done"), "{status}");
+    assert!(status.contains("predict   done"), "{status}");
+
+    let ws2 = split_workspace();
+    let d2 = ws2.path();
+    ok(d2, &args(&["run", "train", "-q"]));
+    ok(d2, &args(&["run", "predict", "-q"]));
+    for k in 0..2 {
+        for f in [
+            format!("outputs/sample/train/fold-{k}/last/model.safetensors"),
+            format!("outputs/sample/predict/fold-{k}/oof_logits.safetensors"),
+            format!("outputs/sample/predict/fold-{k}/test_logits.safetensors"),
+        ] {
+            assert_eq!(weights(&d.join(&f)), weights(&d2.join(&f)), "{f} differs");
+        }
+    }
+    // Mixed kinds are refused; "cuda:all" without a GPU says so in one line.
+    let mut a = args(&["status"]);
+    a.extend(["--set", r#"train.devices=["cpu", "cuda:0"]"#]);
+    let err = fails(d, &a);
+    assert!(err.contains("train.devices mixes kinds"), "{err}");
+    let mut a = args(&["run", "train", "--force"]);
+    a.extend(["--set", "train.devices=cuda:all"]);
+    let o = pipeline(d, &a);
+    if !o.status.success() {
+        let t = text(&o);
+        assert!(
+            t.trim().lines().count() <= 2 && t.contains("train.devices = \"cuda:all\""),
+            "{t}"
+        );
+    }
+}
+
 /// A diverging run (a learning rate of 1e30) stops at the first non-finite loss with one line
 /// naming the step, exits non-zero, and leaves the fold missing, never done.
 #[test]

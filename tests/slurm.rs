@@ -135,7 +135,10 @@ fn slurm_runs_match_local_runs_resume_after_scancel_and_report_failed_folds() {
     let state = d2.join("outputs/sample/train/fold-0/last/trainer_state.json");
     let start = Instant::now();
     while !state.exists() {
-        assert!(start.elapsed() < Duration::from_secs(240), "fold 0 never checkpointed");
+        assert!(
+            start.elapsed() < Duration::from_secs(240),
+            "fold 0 never checkpointed"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // While the fold tasks hold the run, a local writer is refused.
@@ -151,13 +154,19 @@ fn slurm_runs_match_local_runs_resume_after_scancel_and_report_failed_folds() {
     assert!(cancel.success());
     wait_done(&ids);
     assert!(
-        !d2.join("outputs/sample/train/fold-0/manifest.json").exists()
-            || !d2.join("outputs/sample/predict/fold-0/manifest.json").exists(),
+        !d2.join("outputs/sample/train/fold-0/manifest.json")
+            .exists()
+            || !d2
+                .join("outputs/sample/predict/fold-0/manifest.json")
+                .exists(),
         "fold 0 finished before it was cancelled: the test proves nothing"
     );
     assert!(!d2.join(preds).exists());
     let status = ok_with(d2, &["status"], &args);
-    assert!(status.contains(&format!("fold 0: job {array}_0: ")), "{status}");
+    assert!(
+        status.contains(&format!("fold 0: job {array}_0: ")),
+        "{status}"
+    );
     assert!(status.contains("NOT RUN"), "{status}");
     let out = ok_with(d2, &["run", "all", "--launcher", "slurm"], &args);
     let ids = submitted(&out);
@@ -189,7 +198,10 @@ fn slurm_runs_match_local_runs_resume_after_scancel_and_report_failed_folds() {
     let status = ok_with(d3, &["status"], &args);
     assert!(status.contains("FAILED: error: train fold"), "{status}");
     assert!(status.contains(".out)"), "names the log: {status}");
-    assert!(status.contains("NOT RUN: fold(s) [0, 1] failed"), "{status}");
+    assert!(
+        status.contains("NOT RUN: fold(s) [0, 1] failed"),
+        "{status}"
+    );
     assert!(!d3.join(preds).exists());
     assert!(!d3.join("outputs/sample/submit/manifest.json").exists());
 }

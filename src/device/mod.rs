@@ -8,7 +8,10 @@ mod cuda;
 
 use anyhow::{anyhow, Result};
 
-pub use cuda::{cuda_device, cuda_device_count, cuda_reserved_mib, take_cuda_summary, KERNEL_CACHE_ENV, PROFILE_ENV};
+pub use cuda::{
+    cuda_device, cuda_device_count, cuda_reserved_mib, take_cuda_summary, KERNEL_CACHE_ENV,
+    PROFILE_ENV,
+};
 
 /// Where tensors live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

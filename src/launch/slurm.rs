@@ -117,7 +117,12 @@ fn scripts(ctx: &Ctx, exe: &Path, cwd: &Path, logs: &Path) -> Vec<Script> {
         .unwrap_or_else(|| format!("pipeline-{}", ctx.settings.run.name));
     let args: Vec<String> = ctx.config_args.iter().map(|a| quote(a)).collect();
     let args = args.join(" ");
-    let quiet = if ctx.ui.quiet { " -q" } else { "" };
+    // The tasks run here, whatever `[launcher]` says.
+    let quiet = if ctx.ui.quiet {
+        " --launcher local -q"
+    } else {
+        " --launcher local"
+    };
     let head = |what: &str| {
         format!(
             "#!/bin/bash\n# {what}\n# Written by `pipeline run all --launcher slurm` for run {}; submitted with\n# `sbatch --parsable [--dependency=afterok:<id>] [--array=<folds>] <this file>`.\n",
@@ -279,8 +284,10 @@ pub fn submit(ctx: &Ctx, dry_run: bool) -> Result<()> {
         }
     }
     if folds.is_empty() && stages::status(ctx, Stage::Submit)?.0 == run::Status::Done {
-        ctx.ui
-            .info(&format!("run {}: everything is done, nothing to submit", run_dir.display()));
+        ctx.ui.info(&format!(
+            "run {}: everything is done, nothing to submit",
+            run_dir.display()
+        ));
         return Ok(());
     }
     let all = scripts(ctx, &exe, &cwd, &run_dir_abs.join(SLURM_DIR).join("logs"));
@@ -300,13 +307,21 @@ pub fn submit(ctx: &Ctx, dry_run: bool) -> Result<()> {
         if !folds.is_empty() {
             println!(
                 "sbatch --parsable{} --array={array} {}",
-                if upstream_done { "" } else { " --dependency=afterok:<prepare>" },
+                if upstream_done {
+                    ""
+                } else {
+                    " --dependency=afterok:<prepare>"
+                },
                 dir.join("folds.sh").display()
             );
         }
         println!(
             "sbatch --parsable{} {}",
-            if folds.is_empty() { "" } else { " --dependency=afterok:<folds>" },
+            if folds.is_empty() {
+                ""
+            } else {
+                " --dependency=afterok:<folds>"
+            },
             dir.join("finish.sh").display()
         );
         return Ok(());
@@ -398,9 +413,8 @@ pub fn status(ctx: &Ctx) -> Result<Option<String>> {
         return Ok(None);
     };
     let live = squeue(&ids(&jobs));
-    let state_of = |id: &str| -> Option<String> {
-        live.iter().find(|(i, _)| i == id).map(|(_, s)| s.clone())
-    };
+    let state_of =
+        |id: &str| -> Option<String> { live.iter().find(|(i, _)| i == id).map(|(_, s)| s.clone()) };
     // A pending array shows as `ID_[0-2]` or `ID_[0,2]`.
     let pending_in_array = |array: &str, k: usize| -> Option<String> {
         live.iter().find_map(|(i, s)| {
@@ -408,7 +422,8 @@ pub fn status(ctx: &Ctx) -> Result<Option<String>> {
             let list = rest.trim_end_matches(']').split('%').next()?;
             let hit = list.split(',').any(|part| match part.split_once('-') {
                 Some((a, b)) => {
-                    a.parse::<usize>().is_ok_and(|a| a <= k) && b.parse::<usize>().is_ok_and(|b| k <= b)
+                    a.parse::<usize>().is_ok_and(|a| a <= k)
+                        && b.parse::<usize>().is_ok_and(|b| k <= b)
                 }
                 None => part.parse::<usize>() == Ok(k),
             });

@@ -519,7 +519,8 @@ impl Devices {
             Devices::None => Ok(Vec::new()),
             Devices::List(v) => Ok(v.clone()),
             Devices::AllCuda => {
-                let n = crate::device::cuda_device_count()?;
+                let n = crate::device::cuda_device_count()
+                    .map_err(|e| anyhow::anyhow!("train.devices = \"cuda:all\": {e}"))?;
                 if n == 0 {
                     anyhow::bail!("train.devices = \"cuda:all\", but no CUDA device is visible");
                 }

@@ -336,6 +336,28 @@ pub fn run(args: &SweepArgs, ui: Ui) -> Result<()> {
     .into_iter()
     .map(|v| v.name.as_str())
     .collect();
+    if base.launcher.kind == crate::settings::LauncherKind::Slurm {
+        // Each variant's `run all` submitted its jobs and returned: the comparison waits for
+        // them.
+        let mut pending = Vec::new();
+        for v in &vs {
+            let ctx = Ctx::new(args.settings(&base, v)?, false, None, ui)?;
+            if stages::status(&ctx, Stage::Submit)?.0 != Status::Done {
+                pending.push(v.name.as_str());
+            }
+        }
+        if !pending.is_empty() {
+            ui.info(&format!(
+                "sweep: {} variant(s) submitted to Slurm or still running ({}); `pipeline sweep status` shows them, and `pipeline sweep` again once they finish writes the comparison",
+                pending.len(),
+                pending.join(", ")
+            ));
+            if !failed.is_empty() {
+                bail!("sweep: submitting variant(s) {failed:?} failed (their errors are above)");
+            }
+            return Ok(());
+        }
+    }
     let mut table = comparison(args, &base, &vs)?;
     // Only here, not in `sweep status`: the ensembles decode every run's logits.
     let top = top_k_ensembles(&base, &table.ranked_runs);
