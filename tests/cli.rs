@@ -197,3 +197,47 @@ fn prepare_uses_a_pretrained_models_tokenizer_and_checks_its_length() {
         "the model's byte-level BPE tokenizer is used"
     );
 }
+
+/// `run all --launcher slurm --dry-run` prints the three scripts with what `[slurm]` asks for
+/// and the `sbatch` lines with their dependencies, and submits nothing (no Slurm needed).
+#[test]
+fn slurm_dry_run_prints_readable_scripts_and_submits_nothing() {
+    let ws = workspace();
+    let d = ws.path();
+    let out = ok_with(
+        d,
+        &["run", "all", "--launcher", "slurm", "--dry-run"],
+        &sets(&[
+            "slurm.partition=gpu",
+            "slurm.gpus_per_task=1",
+            "slurm.cpus_per_task=4",
+            "slurm.time=2:00:00",
+            r#"slurm.extra_args=["--constraint=h100"]"#,
+            "slurm.setup=module load cuda/12.4",
+        ]),
+    );
+    for want in [
+        "outputs/sample/slurm/prepare.sh ----",
+        "outputs/sample/slurm/folds.sh ----",
+        "outputs/sample/slurm/finish.sh ----",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH --time=2:00:00",
+        "#SBATCH --gres=gpu:1",
+        "#SBATCH --requeue",
+        "#SBATCH --constraint=h100",
+        "module load cuda/12.4",
+        "export PIPELINE_SLURM_FOLD_TASK=1",
+        "run train --fold \"$fold\" --config pipeline.toml --set slurm.partition=gpu",
+        "--dependency=afterok:<prepare> --array=0,1,2 ",
+        "--dependency=afterok:<folds> ",
+    ] {
+        assert!(out.contains(want), "{want:?} missing:\n{out}");
+    }
+    // GPUs only for the fold tasks.
+    assert_eq!(out.matches("--gres=gpu:1").count(), 1, "{out}");
+    assert!(!d.join("outputs/sample/slurm").exists());
+    // The whole run only.
+    let err = fails(d, &["run", "train", "--launcher", "slurm"]);
+    assert!(err.contains("submits a whole run"), "{err}");
+}

@@ -206,6 +206,46 @@ fn slurm_runs_match_local_runs_resume_after_scancel_and_report_failed_folds() {
     assert!(!d3.join("outputs/sample/submit/manifest.json").exists());
 }
 
+/// A sweep with the Slurm launcher submits each variant's folds and returns; run again once
+/// they are done, it writes the comparison.
+#[test]
+fn a_sweep_submits_its_variants_to_slurm() {
+    if !slurm_answers() {
+        return;
+    }
+    let ws = workspace();
+    let d = ws.path();
+    let mut args = sets(&[
+        "split.folds=2",
+        "prepare.vocab_size=600",
+        "model.hidden_size=32",
+        "model.num_hidden_layers=1",
+        "model.intermediate_size=64",
+        "train.epochs=1",
+        "train.eval_every=20",
+        "launcher.kind=slurm",
+    ]);
+    args.extend(["--grid".to_string(), "model.head=linear,cnn".to_string()]);
+    let out = ok_with(d, &["sweep"], &args);
+    assert!(out.contains("2 variant(s) submitted to Slurm"), "{out}");
+    assert!(!d.join("outputs/sweep/comparison.csv").exists());
+    let ids: Vec<String> = out
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .flat_map(|l| submitted(l))
+        .collect();
+    assert_eq!(
+        ids.len(),
+        4,
+        "a fold array and a last job per variant: {out}"
+    );
+    wait_done(&ids);
+    let out = ok_with(d, &["sweep"], &args);
+    assert!(!out.contains("submitted to Slurm"), "{out}");
+    let csv = std::fs::read_to_string(d.join("outputs/sweep/comparison.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+}
+
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
