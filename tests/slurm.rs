@@ -232,7 +232,7 @@ fn a_sweep_submits_its_variants_to_slurm() {
     let ids: Vec<String> = out
         .lines()
         .filter(|l| l.starts_with('{'))
-        .flat_map(|l| submitted(l))
+        .flat_map(submitted)
         .collect();
     assert_eq!(
         ids.len(),
