@@ -402,9 +402,10 @@ pub fn run_all(ctx: &Ctx) -> Result<()> {
     let submit = ctx.stage_dir(Stage::Submit);
     let evaluate = ctx.stage_dir(Stage::Evaluate);
     ctx.ui.info(&format!(
-        "done: submission {} , scores {}",
+        "done: submission {} , scores {} , report with plots {}",
         submit.join(names::PREDICTIONS).display(),
-        evaluate.join(names::REPORT).display()
+        evaluate.join(names::REPORT).display(),
+        ctx.run_dir.join(names::REPORT_HTML).display()
     ));
     Ok(())
 }
