@@ -1,7 +1,7 @@
 //! `pipeline run all --launcher slurm` against a real Slurm (the single-node cluster of
-//! `tools/slurm-local.sh`, which `.ci/run` starts): the same predictions as a local run, a fold
-//! task cancelled mid-training and resubmitted ends the same, and a failing fold gives a failed
-//! status and no submission. Skips with a message where no Slurm answers, unless
+//! `tools/slurm-local.sh`, which `.ci/run` starts): the same predictions as a local run; a fold
+//! task cancelled mid-training and resubmitted, or requeued by Slurm, ends the same; a failing
+//! fold gives a failed status and no submission; a sweep submits its variants. Skips with a message where no Slurm answers, unless
 //! `PIPELINE_REQUIRE_SLURM` is set (CI), where that fails.
 
 mod common;
@@ -182,7 +182,60 @@ fn slurm_runs_match_local_runs_resume_after_scancel_and_report_failed_folds() {
     assert!(log.contains("resuming at step"), "{log}");
     assert_eq!(read(&local.path().join(preds)), read(&d2.join(preds)));
 
-    // 3. Folds that fail (stopped after step 3 as a crash would): their tasks exit non-zero,
+    // 3. Fold 0's task requeued (as on preemption) after its first checkpoint: Slurm starts it
+    //    again by itself, it resumes the fold, and the run ends with the local predictions.
+    let ws4 = workspace();
+    let d4 = ws4.path();
+    let out = ok_with(d4, &["run", "all", "--launcher", "slurm"], &args);
+    let ids = submitted(&out);
+    let state = d4.join("outputs/sample/train/fold-0/last/trainer_state.json");
+    let start = Instant::now();
+    while !state.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(240),
+            "fold 0 never checkpointed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let requeue = Command::new("scontrol")
+        .args(["requeue", &format!("{}_0", ids[1])])
+        .status()
+        .unwrap();
+    assert!(requeue.success());
+    // Slurm holds a requeued job back for two minutes (its begin time); once it is pending
+    // for that, start it now.
+    let task = format!("{}_0", ids[1]);
+    let start = Instant::now();
+    loop {
+        let o = Command::new("squeue")
+            .args(["-h", "-o", "%T %r", "-j", &task])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&o.stdout).contains("PENDING BeginTime") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{task} never pending"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let now = Command::new("scontrol")
+        .args(["update", &format!("jobid={task}"), "StartTime=now"])
+        .status()
+        .unwrap();
+    assert!(now.success());
+    wait_done(&ids);
+    let log = d4.join(format!(
+        "outputs/sample/slurm/logs/pipeline-sample-fold-{}_0.out",
+        ids[1]
+    ));
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("DUE TO JOB REQUEUE"), "{log}");
+    assert!(log.contains("resuming at step"), "{log}");
+    assert_eq!(read(&local.path().join(preds)), read(&d4.join(preds)));
+
+    // 4. Folds that fail (stopped after step 3 as a crash would): their tasks exit non-zero,
     //    the last job never runs, `status` names the failure and the log, no submission.
     let ws3 = workspace();
     let d3 = ws3.path();
