@@ -84,6 +84,19 @@ fn wait_done(ids: &[String]) {
     }
 }
 
+/// Waits (up to 4 minutes) until fold 0 of the sample run in `d` has saved a checkpoint.
+fn wait_for_checkpoint(d: &Path) {
+    let state = d.join("outputs/sample/train/fold-0/last/trainer_state.json");
+    let start = Instant::now();
+    while !state.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(240),
+            "fold 0 never checkpointed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn read(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
@@ -132,15 +145,7 @@ fn slurm_runs_match_local_runs_resume_after_scancel_and_report_failed_folds() {
     let out = ok_with(d2, &["run", "all", "--launcher", "slurm"], &args);
     let ids = submitted(&out);
     let array = &ids[1];
-    let state = d2.join("outputs/sample/train/fold-0/last/trainer_state.json");
-    let start = Instant::now();
-    while !state.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(240),
-            "fold 0 never checkpointed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_checkpoint(d2);
     // While the fold tasks hold the run, a local writer is refused.
     let busy = fails(
         d2,
@@ -188,15 +193,7 @@ fn slurm_runs_match_local_runs_resume_after_scancel_and_report_failed_folds() {
     let d4 = ws4.path();
     let out = ok_with(d4, &["run", "all", "--launcher", "slurm"], &args);
     let ids = submitted(&out);
-    let state = d4.join("outputs/sample/train/fold-0/last/trainer_state.json");
-    let start = Instant::now();
-    while !state.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(240),
-            "fold 0 never checkpointed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_checkpoint(d4);
     let requeue = Command::new("scontrol")
         .args(["requeue", &format!("{}_0", ids[1])])
         .status()
@@ -268,16 +265,8 @@ fn a_sweep_submits_its_variants_to_slurm() {
     }
     let ws = workspace();
     let d = ws.path();
-    let mut args = sets(&[
-        "split.folds=2",
-        "prepare.vocab_size=600",
-        "model.hidden_size=32",
-        "model.num_hidden_layers=1",
-        "model.intermediate_size=64",
-        "train.epochs=1",
-        "train.eval_every=20",
-        "launcher.kind=slurm",
-    ]);
+    let mut args = sets(SWEEP_TINY);
+    args.extend(sets(&["launcher.kind=slurm"]));
     args.extend(["--grid".to_string(), "model.head=linear,cnn".to_string()]);
     let out = ok_with(d, &["sweep"], &args);
     assert!(out.contains("2 variant(s) submitted to Slurm"), "{out}");

@@ -8,16 +8,7 @@ use std::path::Path;
 
 use common::*;
 
-/// Tiny, fast settings for every variant.
-const TINY: &[&str] = &[
-    "split.folds=2",
-    "prepare.vocab_size=600",
-    "model.hidden_size=32",
-    "model.num_hidden_layers=1",
-    "model.intermediate_size=64",
-    "train.epochs=1",
-    "train.eval_every=20",
-];
+const TINY: &[&str] = SWEEP_TINY;
 
 const SWEEP_FILE: &str = r#"
 [sweep]

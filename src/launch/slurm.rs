@@ -108,13 +108,19 @@ fn sbatch_lines(c: &SlurmSettings, job: &str, log: &str, cwd: &Path, fold_task: 
     v.iter().map(|l| format!("#SBATCH {l}\n")).collect()
 }
 
+/// What the run's job names start with (`[slurm] job_name`, else `pipeline-<run name>`).
+fn job_base(ctx: &Ctx) -> String {
+    ctx.settings
+        .slurm
+        .job_name
+        .clone()
+        .unwrap_or_else(|| format!("pipeline-{}", ctx.settings.run.name))
+}
+
 /// The three scripts.
 fn scripts(ctx: &Ctx, exe: &Path, cwd: &Path, logs: &Path) -> Vec<Script> {
     let c = &ctx.settings.slurm;
-    let base = c
-        .job_name
-        .clone()
-        .unwrap_or_else(|| format!("pipeline-{}", ctx.settings.run.name));
+    let base = job_base(ctx);
     let args: Vec<String> = ctx.config_args.iter().map(|a| quote(a)).collect();
     let args = args.join(" ");
     // The tasks run here, whatever `[launcher]` says.
@@ -387,12 +393,7 @@ pub fn submit(ctx: &Ctx, dry_run: bool) -> Result<()> {
 /// The fold task's log path of `jobs` for fold `k`.
 fn fold_log(ctx: &Ctx, jobs: &Jobs, k: usize) -> Option<PathBuf> {
     let array = jobs.folds_array.as_ref()?;
-    let base = ctx
-        .settings
-        .slurm
-        .job_name
-        .clone()
-        .unwrap_or_else(|| format!("pipeline-{}", ctx.settings.run.name));
+    let base = job_base(ctx);
     Some(jobs.logs.join(format!("{base}-fold-{array}_{k}.out")))
 }
 

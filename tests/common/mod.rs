@@ -235,3 +235,14 @@ pub fn read_report(path: &Path) -> (BTreeMap<String, Plot>, Vec<Vec<Vec<String>>
         .collect();
     (plots, tables)
 }
+
+/// Tiny, fast settings for every variant of a test sweep (`--set` values).
+pub const SWEEP_TINY: &[&str] = &[
+    "split.folds=2",
+    "prepare.vocab_size=600",
+    "model.hidden_size=32",
+    "model.num_hidden_layers=1",
+    "model.intermediate_size=64",
+    "train.epochs=1",
+    "train.eval_every=20",
+];
