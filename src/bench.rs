@@ -149,6 +149,13 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
             cfg.max_seq_length()?
         );
     }
+    if args.precision.is_pure_half() && args.head == HeadKind::Bilstm && !args.reference_kernels {
+        bail!(
+            "--precision {} with --head bilstm is not supported (the fused LSTM kernel runs on f32 tensors): use --precision {}-mixed, or --reference-kernels to time the per-operation path",
+            args.precision,
+            args.precision
+        );
+    }
     let device_memory = || crate::device::reserved_mib(args.device);
     if args.device != Device::Cpu {
         crate::device::kernel_count::enable();

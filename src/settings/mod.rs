@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::qa::examples::DataFormat;
 mod overrides;
+pub mod ranges;
 mod sections;
 
 use overrides::{apply_override, string_keys};
@@ -72,6 +73,7 @@ impl Settings {
 
     /// Checks values that the types alone cannot.
     pub fn validate(&self) -> Result<()> {
+        ranges::check(self)?;
         if self.run.name.is_empty()
             || self.run.name.contains(['/', '\\'])
             || self.run.name.starts_with('.')
@@ -130,12 +132,6 @@ impl Settings {
         if s.folds < 2 {
             bail!("split.folds must be at least 2, got {}", s.folds);
         }
-        if !(0.0..0.9).contains(&s.holdout_fraction) {
-            bail!(
-                "split.holdout_fraction must be in [0, 0.9), got {}",
-                s.holdout_fraction
-            );
-        }
         if s.holdout_fraction > 0.0 && self.data.test.is_some() {
             bail!("split.holdout_fraction and data.test are both set: use one source of test examples");
         }
@@ -168,6 +164,13 @@ impl Settings {
                 t.precision
             );
         }
+        if t.precision.is_pure_half() && m.head == crate::model::HeadKind::Bilstm {
+            bail!(
+                "train.precision = \"{}\" with model.head = \"bilstm\" is not supported (the fused LSTM kernel runs on f32 tensors; the per-operation path is unusably slow on a GPU): use train.precision = \"{}-mixed\", which keeps the LSTM in f32",
+                t.precision,
+                t.precision
+            );
+        }
         if matches!(device, crate::device::Device::Wgpu(_))
             && t.precision != crate::device::Precision::F32
         {
@@ -191,12 +194,6 @@ impl Settings {
             || t.gradient_accumulation == 0
         {
             bail!("train.epochs, train.batch_size, train.eval_batch_size and train.gradient_accumulation must be positive");
-        }
-        if t.learning_rate.is_nan() || t.learning_rate <= 0.0 {
-            bail!(
-                "train.learning_rate must be positive, got {}",
-                t.learning_rate
-            );
         }
         if self.decode.n_best_size == 0 || self.decode.max_answer_length == 0 {
             bail!("decode.n_best_size and decode.max_answer_length must be positive");

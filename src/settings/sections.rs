@@ -542,18 +542,33 @@ impl Serialize for Devices {
 
 impl<'de> Deserialize<'de> for Devices {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        // Strings first, parsed below: an untagged enum of devices would hide the device's own
+        // error behind serde's "did not match any variant".
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Raw {
             One(String),
-            Many(Vec<crate::device::Device>),
+            Many(Vec<String>),
+            Other(toml::Value),
         }
+        const FORMS: &str = "a list of devices (cpu, cuda, cuda:N, wgpu, wgpu:N, wgpu:cpu), e.g. [\"cuda:0\", \"cuda:1\"], or \"cuda:all\"";
         match Raw::deserialize(d)? {
             Raw::One(s) if s == "cuda:all" => Ok(Devices::AllCuda),
             Raw::One(s) => Err(serde::de::Error::custom(format!(
-                "train.devices must be a list of devices or \"cuda:all\", got {s:?}"
+                "train.devices must be {FORMS}, got {s:?}"
             ))),
-            Raw::Many(v) => Ok(Devices::List(v)),
+            Raw::Many(v) => v
+                .iter()
+                .map(|s| {
+                    s.parse().map_err(|e: anyhow::Error| {
+                        serde::de::Error::custom(format!("train.devices: {e}"))
+                    })
+                })
+                .collect::<std::result::Result<_, _>>()
+                .map(Devices::List),
+            Raw::Other(v) => Err(serde::de::Error::custom(format!(
+                "train.devices must be {FORMS}, got {v}"
+            ))),
         }
     }
 }
