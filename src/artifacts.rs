@@ -34,6 +34,75 @@ fn read_parquet(path: &Path) -> Result<DataFrame> {
         .map_err(|e| anyhow!("reading {}: {e}", path.display()))
 }
 
+/// The content key of the training part of a `prepare` stage: its training examples (in
+/// order), their windows (every field) and the tokenizer file, each hashed, with their counts.
+/// A new or changed test file leaves it the same, so the folds trained on it stay done.
+pub fn prepared_train_key(
+    examples: &Path,
+    features: &Path,
+    tokenizer: &Path,
+) -> Result<serde_json::Value> {
+    let (ex, sources) = read_examples(examples)?;
+    let is_train = |i: usize| sources.get(i).map(String::as_str) == Some(SPLIT_TRAIN);
+    let mut h = blake3::Hasher::new();
+    let mut n_ex = 0usize;
+    for (i, e) in ex.iter().enumerate().filter(|(i, _)| is_train(*i)) {
+        h.update(&(i as u64).to_le_bytes());
+        h.update(&serde_json::to_vec(e)?);
+        n_ex += 1;
+    }
+    let examples_hash = h.finalize().to_hex().to_string();
+    let f = Features::load(features)?;
+    let l = f.max_seq_length;
+    let mut h = blake3::Hasher::new();
+    h.update(&(l as u64).to_le_bytes());
+    let mut n_win = 0usize;
+    for r in (0..f.len()).filter(|&r| is_train(f.example_index[r] as usize)) {
+        let row = r * l..(r + 1) * l;
+        for v in &f.input_ids[row.clone()] {
+            h.update(&v.to_le_bytes());
+        }
+        h.update(&f.attention_mask[row.clone()]);
+        h.update(&f.token_type_ids[row]);
+        for v in &f.offsets[r * l * 2..(r + 1) * l * 2] {
+            h.update(&v.to_le_bytes());
+        }
+        h.update(&f.example_index[r].to_le_bytes());
+        h.update(&f.window_index[r].to_le_bytes());
+        h.update(&f.start_positions[r].to_le_bytes());
+        h.update(&f.end_positions[r].to_le_bytes());
+        h.update(&[f.train_window[r]]);
+        n_win += 1;
+    }
+    Ok(serde_json::json!({
+        "train_examples": n_ex,
+        "examples": examples_hash,
+        "train_windows": n_win,
+        "windows": h.finalize().to_hex().to_string(),
+        "tokenizer": crate::run::FileRecord::of(tokenizer)?.blake3,
+    }))
+}
+
+/// The content key of the training part of a `split` stage: the fold of every example from
+/// the training file (held-out ones included), in order.
+pub fn split_train_key(examples: &Path, folds: &Path) -> Result<serde_json::Value> {
+    let (_, sources) = read_examples(examples)?;
+    let folds = read_folds(folds)?;
+    let mut h = blake3::Hasher::new();
+    let mut n = 0usize;
+    for (i, f) in folds.iter().enumerate() {
+        if sources.get(i).map(String::as_str) == Some(SPLIT_TRAIN) {
+            h.update(&(i as u64).to_le_bytes());
+            h.update(&f.to_le_bytes());
+            n += 1;
+        }
+    }
+    Ok(serde_json::json!({
+        "train_examples": n,
+        "folds": h.finalize().to_hex().to_string(),
+    }))
+}
+
 /// Writes `examples.parquet`: one row per example, `source` = train or test.
 pub fn write_examples(path: &Path, examples: &[Example], sources: &[&str]) -> Result<()> {
     let texts: ListChunked = examples

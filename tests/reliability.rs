@@ -368,3 +368,190 @@ fn the_last_bad_inputs_are_one_line_errors() {
     let out = ok(d, &["status", "--set", "run.name=nan"]);
     assert!(out.contains("outputs/nan"), "{out}");
 }
+
+/// Issue 24 §2, §3, §6: a dropout out of [0, 1), a NaN or infinite number and a device that
+/// does not exist are one-line settings errors (exit 1, no backtrace) before anything runs.
+#[test]
+fn out_of_range_settings_are_one_line_errors_before_anything_runs() {
+    let ws = workspace();
+    let d = ws.path();
+    for (set, key, range) in [
+        (
+            "model.hidden_dropout_prob=1.5",
+            "model.hidden_dropout_prob",
+            "[0, 1)",
+        ),
+        (
+            "model.attention_probs_dropout_prob=-0.5",
+            "model.attention_probs_dropout_prob",
+            "[0, 1)",
+        ),
+        ("model.rnn_dropout=1.5", "model.rnn_dropout", "[0, 1)"),
+        (
+            "model.hidden_dropout_prob=nan",
+            "model.hidden_dropout_prob",
+            "[0, 1)",
+        ),
+        ("train.learning_rate=inf", "train.learning_rate", "(0, inf)"),
+        ("train.warmup_ratio=inf", "train.warmup_ratio", "[0, 1]"),
+        ("train.label_smoothing=2", "train.label_smoothing", "[0, 1]"),
+        ("train.adam_beta1=1.5", "train.adam_beta1", "[0, 1)"),
+        ("train.max_grad_norm=nan", "train.max_grad_norm", "[0, inf)"),
+        ("train.max_grad_norm=-1", "train.max_grad_norm", "[0, inf)"),
+    ] {
+        let o = pipeline(
+            d,
+            &["run", "all", "--set", set, "--set", "model.head=bilstm"],
+        );
+        let err = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{set}: {err}");
+        assert!(err.contains(key) && err.contains(range), "{set}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{set}: {err}");
+        assert!(!d.join("outputs/sample").exists(), "{set}: something ran");
+    }
+    // Issue 25 §4: pure half precision with the BiLSTM head names the precision to use.
+    let err = fails(
+        d,
+        &[
+            "run",
+            "all",
+            "--set",
+            "train.device=cuda",
+            "--set",
+            "train.precision=bf16",
+            "--set",
+            "model.head=bilstm",
+        ],
+    );
+    assert!(
+        err.contains("use train.precision = \"bf16-mixed\""),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let o = pipeline(d, &["run", "all", "--set", r#"train.devices=["tpu"]"#]);
+    let err = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("unknown device \"tpu\"")
+            && err.contains("cuda:N")
+            && !err.contains("untagged"),
+        "{err}"
+    );
+    let err = fails(d, &["run", "all", "--set", "train.devices=3"]);
+    assert!(
+        err.contains("cuda:all") && !err.contains("untagged"),
+        "{err}"
+    );
+}
+
+/// The sample's test file cut to its first `n` articles, written into `dir`.
+fn fewer_test_articles(dir: &Path, n: usize) -> PathBuf {
+    let src = root().join("data/sample/test.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&read(src)).unwrap();
+    v["data"].as_array_mut().unwrap().truncate(n);
+    let out = dir.join("test-small.json");
+    std::fs::write(&out, serde_json::to_vec(&v).unwrap()).unwrap();
+    out
+}
+
+/// Makes `run` look as the binary before the training part's key left it: no `train_key.json`
+/// in `prepare` and `split`, and train manifests listing the whole prepared files as inputs.
+fn as_legacy_run(run: &Path, folds: usize) {
+    use pipeline::run::{FileRecord, Manifest, MANIFEST};
+    for stage in ["prepare", "split"] {
+        let dir = run.join(stage);
+        std::fs::remove_file(dir.join("train_key.json")).unwrap();
+        let mut m = Manifest::read(&dir).unwrap().unwrap();
+        assert!(m.outputs.remove("train_key.json").is_some());
+        pipeline::run::write_json_atomic(&dir.join(MANIFEST), &m).unwrap();
+    }
+    let rel = Path::new("outputs").join(run.file_name().unwrap());
+    for k in 0..folds {
+        let dir = run.join(format!("train/fold-{k}"));
+        let mut m = Manifest::read(&dir).unwrap().unwrap();
+        m.inputs.clear();
+        for f in [
+            "prepare/examples.parquet",
+            "prepare/features.safetensors",
+            "prepare/tokenizer/tokenizer.json",
+            "split/folds.parquet",
+        ] {
+            m.inputs.insert(
+                rel.join(f).display().to_string(),
+                FileRecord::of(&run.join(f)).unwrap(),
+            );
+        }
+        pipeline::run::write_json_atomic(&dir.join(MANIFEST), &m).unwrap();
+    }
+}
+
+/// Issue 24 §0: a new test file retrains no fold: prepare, split and the stages after `train`
+/// run again, and the predictions equal a run made from scratch with that test file. A run
+/// whose manifests predate the training part's key (the old inputs) is migrated, not retrained.
+#[test]
+fn a_new_test_file_retrains_no_fold() {
+    let ws = workspace();
+    let d = ws.path();
+    let small = fewer_test_articles(d, 8);
+    let base = tiny(&["run", "all"], "1");
+    ok(d, &strs(&base));
+    let weights = |run: &str, k: usize| {
+        read(d.join(format!(
+            "outputs/{run}/train/fold-{k}/best/model.safetensors"
+        )))
+    };
+    let manifest =
+        |run: &str, k: usize| read(d.join(format!("outputs/{run}/train/fold-{k}/manifest.json")));
+    let before: Vec<_> = (0..2)
+        .map(|k| (weights("sample", k), manifest("sample", k)))
+        .collect();
+
+    let with_small: Vec<String> = base
+        .iter()
+        .cloned()
+        .chain(["--set".into(), format!("data.test={}", small.display())])
+        .collect();
+    let out = ok(d, &strs(&with_small));
+    assert!(
+        out.contains("prepare: running") && out.contains("predict"),
+        "{out}"
+    );
+    assert!(!out.contains("train fold"), "a fold trained again:\n{out}");
+    assert!(!out.contains("starting over"), "{out}");
+    for (k, b) in before.iter().enumerate() {
+        assert_eq!(
+            *b,
+            (weights("sample", k), manifest("sample", k)),
+            "fold {k}"
+        );
+    }
+    let mut status_args = tiny(&["status"], "1");
+    status_args.extend(["--set".into(), format!("data.test={}", small.display())]);
+    let status = ok(d, &strs(&status_args));
+    assert!(
+        !status.contains("stale") && !status.contains("missing"),
+        "{status}"
+    );
+
+    // From scratch with the small test file: the same predictions.
+    let fresh: Vec<String> = with_small
+        .iter()
+        .cloned()
+        .chain(["--set".into(), "run.name=fresh".into()])
+        .collect();
+    ok(d, &strs(&fresh));
+    let preds = |run: &str| read(d.join(format!("outputs/{run}/submit/predictions.json")));
+    assert_eq!(preds("sample"), preds("fresh"));
+    let n: serde_json::Value = serde_json::from_slice(&preds("fresh")).unwrap();
+    assert!(n.as_object().unwrap().len() < 76, "{n}");
+
+    // A run with the manifests an older binary wrote: migrated once, nothing retrained.
+    as_legacy_run(&d.join("outputs/fresh"), 2);
+    let out = ok(d, &strs(&fresh));
+    assert!(
+        !out.contains("train fold") && !out.contains("prepare: running"),
+        "{out}"
+    );
+    assert!(d.join("outputs/fresh/prepare/train_key.json").exists());
+    assert_eq!(preds("sample"), preds("fresh"));
+}

@@ -22,6 +22,9 @@ pub mod names {
     pub const EXAMPLES: &str = "examples.parquet";
     pub const FEATURES: &str = "features.safetensors";
     pub const TOKENIZER: &str = "tokenizer";
+    /// `prepare/` and `split/`: the content key of the stage's training part (what `train`
+    /// depends on; a new test file leaves it the same).
+    pub const TRAIN_KEY: &str = "train_key.json";
     /// `split/`: each example's fold.
     pub const FOLDS: &str = "folds.parquet";
     /// `train/fold-K/`: the kept checkpoint, the resumable ones, the metric log.
@@ -86,6 +89,16 @@ impl RunLayout {
     /// The tokenizer folder `prepare` copies (HF's files inside).
     pub fn tokenizer(&self) -> PathBuf {
         self.stage(names::PREPARE).join(names::TOKENIZER)
+    }
+
+    /// `prepare/train_key.json`.
+    pub fn prepared_train_key(&self) -> PathBuf {
+        self.stage(names::PREPARE).join(names::TRAIN_KEY)
+    }
+
+    /// `split/train_key.json`.
+    pub fn split_train_key(&self) -> PathBuf {
+        self.stage(names::SPLIT).join(names::TRAIN_KEY)
     }
 
     pub fn folds(&self) -> PathBuf {

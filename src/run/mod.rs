@@ -106,7 +106,7 @@ pub fn resume_key(config_hash_: &str, inputs: &[(String, PathBuf)]) -> Result<St
 }
 
 /// Hashes each input file.
-fn records(inputs: &[(String, PathBuf)]) -> Result<BTreeMap<String, FileRecord>> {
+pub fn records(inputs: &[(String, PathBuf)]) -> Result<BTreeMap<String, FileRecord>> {
     inputs
         .iter()
         .map(|(key, path)| Ok((key.clone(), FileRecord::of(path)?)))
@@ -253,7 +253,7 @@ fn changed_inputs(m: &Manifest, inputs: &[(String, PathBuf)]) -> Result<Option<S
     Ok(None)
 }
 
-fn changed_outputs(dir: &Path, m: &Manifest) -> Result<Option<String>> {
+pub fn changed_outputs(dir: &Path, m: &Manifest) -> Result<Option<String>> {
     for (name, rec) in &m.outputs {
         let path = dir.join(name);
         match fs::metadata(&path) {

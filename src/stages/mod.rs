@@ -223,14 +223,13 @@ fn unit_status(ctx: &Ctx, stage: Stage, p: &Plan) -> Result<(Status, Option<Mani
     for (_, path) in &p.inputs {
         if !path.exists() {
             let m = Manifest::read(&p.dir).ok().flatten();
-            let why = match stage.upstream() {
-                Some(up)
-                    if path.starts_with(ctx.stage_dir(up))
-                        || path.starts_with(ctx.run_dir.join(up.name())) =>
-                {
-                    format!("needs `{}` first", up.name())
-                }
-                _ => format!("input {} does not exist", path.display()),
+            let up = Stage::ALL.iter().filter(|up| **up < stage).find(|up| {
+                path.starts_with(ctx.stage_dir(**up))
+                    || path.starts_with(ctx.run_dir.join(up.name()))
+            });
+            let why = match up {
+                Some(up) => format!("needs `{}` first", up.name()),
+                None => format!("input {} does not exist", path.display()),
             };
             return Ok((
                 if m.is_some() {
@@ -320,6 +319,11 @@ fn folds_in_processes(ctx: &Ctx, stage: Stage, devices: &[crate::device::Device]
         }
     }
     let name = stage.name();
+    if queue.is_empty() {
+        return Ok(());
+    }
+    // No more workers than folds to run.
+    let devices = &devices[..devices.len().min(queue.len())];
     let shown: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
     ctx.ui.info(&format!(
         "{name}: folds {queue:?}, {} at a time in separate processes on [{}]",
@@ -356,8 +360,77 @@ fn folds_in_processes(ctx: &Ctx, stage: Stage, devices: &[crate::device::Device]
 /// The device a fold worker is pinned to (set by [`folds_in_processes`]; read by `cli`).
 pub const DEVICE_ENV: &str = "PIPELINE_DEVICE";
 
+/// Brings a run made before `train` depended only on the training part of `prepare` and
+/// `split` up to date, once: a `prepare` or `split` whose outputs are intact gets its
+/// `train_key.json` (computed from its files, added to its manifest); a train fold whose
+/// manifest lists the whole prepared files, unchanged, lists the keys instead, and its
+/// resumable checkpoints take the new resume key. Nothing is retrained. Idempotent.
+pub fn migrate(ctx: &Ctx) -> Result<()> {
+    let at = ctx.layout();
+    for stage in [Stage::Prepare, Stage::Split] {
+        let dir = ctx.stage_dir(stage);
+        let key_path = dir.join(names::TRAIN_KEY);
+        let Some(mut m) = Manifest::read(&dir).ok().flatten() else {
+            continue;
+        };
+        if key_path.exists() || run::changed_outputs(&dir, &m)?.is_some() {
+            continue;
+        }
+        let key = match stage {
+            Stage::Prepare => crate::artifacts::prepared_train_key(
+                &at.examples(),
+                &at.features(),
+                &at.tokenizer().join(crate::qa::windows::TOKENIZER_FILE),
+            )?,
+            _ => crate::artifacts::split_train_key(&at.examples(), &at.folds())?,
+        };
+        run::write_json_atomic(&key_path, &key)?;
+        m.outputs
+            .insert(names::TRAIN_KEY.into(), run::FileRecord::of(&key_path)?);
+        run::write_json_atomic(&dir.join(run::MANIFEST), &m)?;
+    }
+    for k in 0..ctx.settings.split.folds {
+        let (new, old) = (train::plan(ctx, k)?, train::legacy_plan(ctx, k)?);
+        if !new
+            .inputs
+            .iter()
+            .chain(&old.inputs)
+            .all(|(_, p)| p.exists())
+        {
+            continue;
+        }
+        if let Some(mut m) = Manifest::read(&new.dir).ok().flatten() {
+            let legacy = m.inputs.len() == old.inputs.len()
+                && old.inputs.iter().all(|(key, _)| m.inputs.contains_key(key));
+            if legacy && run::check(&old.dir, &old.config_hash, &old.inputs)?.0 == Status::Done {
+                m.inputs = run::records(&new.inputs)?;
+                run::write_json_atomic(&new.dir.join(run::MANIFEST), &m)?;
+            }
+        }
+        let (old_key, new_key) = (
+            run::resume_key(&old.config_hash, &old.inputs)?,
+            run::resume_key(&new.config_hash, &new.inputs)?,
+        );
+        for dir in RunLayout::checkpoints(&new.dir) {
+            let path = dir.join(names::TRAINER_STATE);
+            let Some(mut st) = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            else {
+                continue;
+            };
+            if st["config_hash"] == old_key.as_str() {
+                st["config_hash"] = new_key.clone().into();
+                run::write_json_atomic(&path, &st)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `pipeline run <stage>`: runs it unless up to date (or forced); upstream must be done.
 pub fn run_stage(ctx: &Ctx, stage: Stage) -> Result<()> {
+    migrate(ctx)?;
     if let Some(up) = stage.upstream() {
         let (st, _) = status(ctx, up)?;
         if st != Status::Done {
@@ -382,6 +455,7 @@ pub fn run_stage(ctx: &Ctx, stage: Stage) -> Result<()> {
 
 /// `pipeline run all`: every stage in order, skipping those up to date.
 pub fn run_all(ctx: &Ctx) -> Result<()> {
+    migrate(ctx)?;
     // Before `prepare` writes anything: a step that cannot fit stops the run now.
     train::check_fits(&ctx.settings, None)?;
     for stage in Stage::ALL {
@@ -412,6 +486,7 @@ pub fn run_all(ctx: &Ctx) -> Result<()> {
 
 /// `pipeline status`: one line per stage (with fold sizes for `split`).
 pub fn report_status(ctx: &Ctx) -> Result<String> {
+    migrate(ctx)?;
     let mut out = format!("run folder: {}\n", ctx.run_dir.display());
     let mut upstream_ok = true;
     for stage in Stage::ALL {

@@ -132,6 +132,12 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
     w.record(names::EXAMPLES)?;
     features.save(&w.path(names::FEATURES))?;
     w.record(names::FEATURES)?;
+    let key = artifacts::prepared_train_key(
+        &w.path(names::EXAMPLES),
+        &w.path(names::FEATURES),
+        &tok_dir.join(crate::qa::windows::TOKENIZER_FILE),
+    )?;
+    w.write_json(names::TRAIN_KEY, &key)?;
 
     let max_windows = windows
         .iter()

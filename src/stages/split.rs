@@ -66,6 +66,8 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
     let folds = assign(s, &groups, &lengths, &is_test)?;
     write_folds(&w.path(names::FOLDS), &ids, &groups, &folds)?;
     w.record(names::FOLDS)?;
+    let key = crate::artifacts::split_train_key(&examples_path, &w.path(names::FOLDS))?;
+    w.write_json(names::TRAIN_KEY, &key)?;
 
     let summary = summarise(s, &group_col, &groups, &folds)?;
     ctx.ui.info(&format!(

@@ -53,17 +53,30 @@ pub fn plan(ctx: &Ctx, k: usize) -> Result<Plan> {
         devices: crate::settings::Devices::None,
         ..s.train.clone()
     };
-    let mut inputs = vec![
-        input(at.examples()),
-        input(at.features()),
-        input(at.tokenizer().join(crate::qa::windows::TOKENIZER_FILE)),
-        input(at.folds()),
-    ];
+    // Only the training part of `prepare` and `split` (their content keys): a new test file
+    // redoes the test windows and `predict`, not training.
+    let mut inputs = vec![input(at.prepared_train_key()), input(at.split_train_key())];
     if let Some(dir) = &s.model.pretrained {
         inputs.extend(files_of(dir).into_iter().map(input));
     }
     let hash = hash_of(&(&s.model, &hashed, &s.decode, &s.evaluate, k))?;
     Ok(Plan::fold(Stage::Train, k, at.fold(k), hash, inputs))
+}
+
+/// Fold `k`'s plan as runs before the content keys recorded it: the whole prepared files as
+/// inputs (read only to migrate such runs, see `stages::migrate`).
+pub fn legacy_plan(ctx: &Ctx, k: usize) -> Result<Plan> {
+    let at = ctx.layout();
+    let mut p = plan(ctx, k)?;
+    let pretrained = p.inputs.split_off(2);
+    p.inputs = vec![
+        input(at.examples()),
+        input(at.features()),
+        input(at.tokenizer().join(crate::qa::windows::TOKENIZER_FILE)),
+        input(at.folds()),
+    ];
+    p.inputs.extend(pretrained);
+    Ok(p)
 }
 
 /// Runs one fold on the configured device.
