@@ -267,11 +267,9 @@ pub fn main() -> Result<()> {
                 Some(path) => read_sweep_file(path)?,
                 None => Settings::load(&config.config, &sets)?.sweep,
             };
-            // `--grid` replaces a grid key of the same name; `--parallel` the file's.
-            for item in &grid {
-                let (key, values) = crate::sweep::parse_grid(item)?;
-                sweep.grid.insert(key, values);
-            }
+            // `--grid` replaces a grid key of the same name (repeated `--grid`s of one key are
+            // one axis); `--parallel` the file's.
+            crate::sweep::merge_grid(&mut sweep.grid, &grid)?;
             sweep.parallel = parallel.or(sweep.parallel);
             let args = crate::sweep::SweepArgs {
                 config: config.config.clone(),
@@ -304,6 +302,7 @@ pub fn main() -> Result<()> {
                 );
             }
             let method = method.unwrap_or(s.ensemble.method);
+            let runs = crate::combine::resolve_runs(&runs, &s.run.output_dir)?;
             let c = crate::combine::combine(&runs, method, &s.decode, s.evaluate.metric)?;
             crate::combine::write(&c, &out)?;
             println!("{}", serde_json::to_string(&c)?);

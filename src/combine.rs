@@ -18,7 +18,7 @@ use crate::artifacts::{read_examples, read_logits, Features};
 use crate::qa::decode::{decode_rows, DecodeConfig, Logits, NbestEntry};
 use crate::qa::examples::Example;
 use crate::qa::metrics::{self, Metric, Score};
-use crate::qa::vote::{add_ballot, hard_vote};
+use crate::qa::vote::{add_ballot, tally, Vote};
 use crate::run::{names, Manifest, RunLayout};
 use crate::settings::EnsembleMethod;
 
@@ -36,78 +36,126 @@ pub struct Combined {
     pub predictions: BTreeMap<String, String>,
     #[serde(skip)]
     pub nbest: BTreeMap<String, Vec<NbestEntry>>,
+    /// A vote's tallies per question (`hard_vote` only).
+    #[serde(skip)]
+    pub votes: Option<BTreeMap<String, Vec<Vote>>>,
     #[serde(skip)]
     pub oof_predictions: BTreeMap<String, String>,
 }
+
+/// Answers, n-best lists and (for a vote) the tallies.
+type Decoded = (
+    BTreeMap<String, String>,
+    BTreeMap<String, Vec<NbestEntry>>,
+    Option<BTreeMap<String, Vec<Vote>>>,
+);
 
 /// Test logits with their feature rows.
 type RowsLogits = (Logits, Vec<i64>);
 /// Out-of-fold start and end logits by feature row.
 type OofLogits = HashMap<i64, (Vec<f32>, Vec<f32>)>;
 
-/// The folds of a run: its `predict/fold-K` folders.
-fn folds(at: &RunLayout) -> usize {
-    (0..).take_while(|&k| at.test_logits(k).exists()).count()
+/// The number of folds of run `at`, once every fold of its split is predicted: `predict` done
+/// (its manifest written, its outputs intact) with the run's current folds. A run with a fold
+/// missing, unfinished (a sweep variant still training, a `run all --fold K` run) or predicted
+/// with another split is refused, naming the run and the fold.
+fn predicted_folds(at: &RunLayout) -> Result<usize> {
+    let run = at.root().display();
+    let split = at.stage(names::SPLIT);
+    let m = Manifest::read(&split)?.with_context(|| {
+        format!(
+            "run {run}: not split (no {}): run `pipeline run all` there first",
+            split.join(crate::run::MANIFEST).display()
+        )
+    })?;
+    let k = m.summary["folds"]
+        .as_array()
+        .map(Vec::len)
+        .filter(|&k| k > 0)
+        .with_context(|| {
+            format!(
+                "run {run}: {} lists no folds",
+                split.join(crate::run::MANIFEST).display()
+            )
+        })?;
+    let folds = crate::run::FileRecord::of(&at.folds())?;
+    for fold in 0..k {
+        let dir = at.predicted(fold);
+        let m = Manifest::read(&dir)?.with_context(|| {
+            format!("run {run}: fold {fold} of its {k} folds is not predicted ({} has no manifest: missing or unfinished); every fold must be predicted before the run is ensembled", dir.display())
+        })?;
+        if let Some(why) = crate::run::changed_outputs(&dir, &m)? {
+            bail!("run {run}: fold {fold}'s predictions are incomplete ({why}): rerun `pipeline run predict` there");
+        }
+        let same_split = m
+            .inputs
+            .iter()
+            .any(|(key, rec)| key.ends_with(names::FOLDS) && *rec == folds);
+        if !same_split {
+            bail!("run {run}: fold {fold} was predicted with another split than the run's current one: rerun `pipeline run all` there");
+        }
+    }
+    Ok(k)
 }
 
 /// A run's test logits (its folds' mean) with their feature rows, and its out-of-fold logits
 /// by feature row.
 fn run_logits(at: &RunLayout, seq: usize) -> Result<(RowsLogits, OofLogits)> {
-    let k = folds(at);
-    if k == 0 {
-        bail!(
-            "{}: no predicted folds (run `pipeline run all` there first)",
-            at.stage(names::PREDICT).display()
-        );
-    }
-    let mut test: Option<RowsLogits> = None;
+    let k = predicted_folds(at)?;
+    let test = crate::stages::ensemble::mean_test_logits(at, &vec![1.0 / k as f64; k])?
+        .map(|(lg, _, fi)| (lg, fi))
+        .unwrap_or((Logits::filled(0, seq, 0.0), vec![]));
     let mut oof = HashMap::new();
     for fold in 0..k {
-        let (lg, _, fi) = read_logits(&at.test_logits(fold))?;
-        let w = 1.0 / k as f32;
-        match &mut test {
-            None => {
-                let mut lg = lg;
-                lg.start
-                    .iter_mut()
-                    .chain(lg.end.iter_mut())
-                    .for_each(|v| *v *= w);
-                test = Some((lg, fi));
-            }
-            Some((acc, rows)) => {
-                if *rows != fi {
-                    bail!(
-                        "{}: fold {fold}'s test windows differ from fold 0's",
-                        at.stage(names::PREDICT).display()
-                    );
-                }
-                for (a, v) in acc
-                    .start
-                    .iter_mut()
-                    .zip(&lg.start)
-                    .chain(acc.end.iter_mut().zip(&lg.end))
-                {
-                    *a += w * v;
-                }
-            }
-        }
         let (lg, _, fi) = read_logits(&at.oof_logits(fold))?;
         for (i, r) in fi.iter().enumerate() {
             let span = i * seq..(i + 1) * seq;
             oof.insert(*r, (lg.start[span.clone()].to_vec(), lg.end[span].to_vec()));
         }
     }
-    Ok((
-        test.unwrap_or((
-            Logits {
-                seq,
-                start: vec![],
-                end: vec![],
-            },
-            vec![],
-        )),
-        oof,
-    ))
+    Ok((test, oof))
+}
+
+/// The run folders `--runs` (or `[ensemble] runs`) names: a folder as given, else a run name
+/// under `output_dir` (`run.name`), else a sweep variant's name under one of `output_dir`'s
+/// sweep folders. A name found nowhere, or in two sweeps, is refused in one line.
+pub fn resolve_runs(runs: &[PathBuf], output_dir: &Path) -> Result<Vec<PathBuf>> {
+    runs.iter()
+        .map(|r| {
+            if r.is_dir() {
+                return Ok(r.clone());
+            }
+            let named = output_dir.join(r);
+            if r.is_relative() && named.is_dir() {
+                return Ok(named);
+            }
+            let mut in_sweeps: Vec<PathBuf> = std::fs::read_dir(output_dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path().join(r))
+                .filter(|p| r.is_relative() && p.is_dir())
+                .collect();
+            in_sweeps.sort();
+            match in_sweeps.len() {
+                1 => Ok(in_sweeps.remove(0)),
+                0 => bail!(
+                    "--runs {}: no such run (neither a folder, nor a run or sweep variant under {})",
+                    r.display(),
+                    output_dir.display()
+                ),
+                _ => bail!(
+                    "--runs {}: ambiguous, a variant of several sweeps ({}): give its folder",
+                    r.display(),
+                    in_sweeps
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        })
+        .collect()
 }
 
 /// The content hash of a prepared file of run `at`, from its prepare manifest.
@@ -183,42 +231,7 @@ pub fn combine(
         _ => vec![1.0 / runs.len() as f64; runs.len()],
     };
     let test_rows = all[0].0 .1.clone();
-    let (re, ro) = feats.decode_meta(&test_rows);
-    let (predictions, nbest) = if method == EnsembleMethod::HardVote {
-        let mut answers: BTreeMap<String, Vec<(String, f32)>> = BTreeMap::new();
-        for ((lg, _), _) in &all {
-            let (_, nb) = decode_rows(&examples, &re, &ro, lg, decode);
-            add_ballot(&mut answers, nb);
-        }
-        let preds = answers
-            .into_iter()
-            .map(|(id, a)| {
-                (
-                    id,
-                    hard_vote(&a)
-                        .first()
-                        .map(|v| v.text.clone())
-                        .unwrap_or_default(),
-                )
-            })
-            .collect();
-        (preds, BTreeMap::new())
-    } else {
-        let mut mean = Logits::filled(test_rows.len(), seq, 0.0);
-        for (((lg, _), _), w) in all.iter().zip(&weights) {
-            let w = *w as f32;
-            for (a, v) in mean
-                .start
-                .iter_mut()
-                .zip(&lg.start)
-                .chain(mean.end.iter_mut().zip(&lg.end))
-            {
-                *a += w * v;
-            }
-        }
-        decode_rows(&examples, &re, &ro, &mean, decode)
-    };
-    // Out-of-fold: the windows every run held out, averaged with the same weights.
+    // Out-of-fold: the windows every run held out.
     let mut oof_rows: Vec<i64> = all[0]
         .1
         .keys()
@@ -226,18 +239,49 @@ pub fn combine(
         .filter(|r| all.iter().all(|(_, o)| o.contains_key(r)))
         .collect();
     oof_rows.sort_unstable();
-    let mut oof = Logits::filled(oof_rows.len(), seq, 0.0);
-    for (i, r) in oof_rows.iter().enumerate() {
-        for ((_, o), w) in all.iter().zip(&weights) {
-            let (s, e) = &o[r];
-            for j in 0..seq {
-                oof.start[i * seq + j] += *w as f32 * s[j];
-                oof.end[i * seq + j] += *w as f32 * e[j];
+    let oof_logits: Vec<Logits> = all
+        .iter()
+        .map(|(_, o)| {
+            let mut lg = Logits::filled(oof_rows.len(), seq, 0.0);
+            for (i, r) in oof_rows.iter().enumerate() {
+                let (s, e) = &o[r];
+                lg.start[i * seq..(i + 1) * seq].copy_from_slice(s);
+                lg.end[i * seq..(i + 1) * seq].copy_from_slice(e);
             }
+            lg
+        })
+        .collect();
+    let test_logits: Vec<&Logits> = all.iter().map(|((lg, _), _)| lg).collect();
+    let oof_refs: Vec<&Logits> = oof_logits.iter().collect();
+    let decode_by = |rows: &[i64], runs: &[&Logits]| -> Decoded {
+        let (re, ro) = feats.decode_meta(rows);
+        if method == EnsembleMethod::HardVote {
+            // Every run decodes alone; one vote per run and question.
+            let mut answers = BTreeMap::new();
+            for lg in runs {
+                add_ballot(&mut answers, decode_rows(&examples, &re, &ro, lg, decode).1);
+            }
+            let t = tally(answers, runs.len());
+            (t.predictions, t.nbest, Some(t.votes))
+        } else {
+            let mut mean = Logits::filled(rows.len(), seq, 0.0);
+            for (lg, w) in runs.iter().zip(&weights) {
+                let w = *w as f32;
+                for (a, v) in mean
+                    .start
+                    .iter_mut()
+                    .zip(&lg.start)
+                    .chain(mean.end.iter_mut().zip(&lg.end))
+                {
+                    *a += w * v;
+                }
+            }
+            let (p, nb) = decode_rows(&examples, &re, &ro, &mean, decode);
+            (p, nb, None)
         }
-    }
-    let (re, ro) = feats.decode_meta(&oof_rows);
-    let (oof_predictions, _) = decode_rows(&examples, &re, &ro, &oof, decode);
+    };
+    let (predictions, nbest, votes) = decode_by(&test_rows, &test_logits);
+    let (oof_predictions, _, _) = decode_by(&oof_rows, &oof_refs);
     let score_of = |preds: &BTreeMap<String, String>| -> Option<Score> {
         let golds: Vec<&Example> = examples
             .iter()
@@ -274,17 +318,24 @@ pub fn combine(
         test: score_of(&predictions),
         predictions,
         nbest,
+        votes,
         oof_predictions,
     })
 }
 
-/// Writes a combination into `out`: `predictions.json`, `nbest_predictions.json` (not for a
-/// vote), `oof_predictions.json` and `scores.json`.
+/// Writes a combination into `out`: `predictions.json`, `nbest_predictions.json` (for a vote:
+/// the tallies in n-best shape, probability = vote share), `votes.json` (a vote only),
+/// `oof_predictions.json` and `scores.json`.
 pub fn write(c: &Combined, out: &Path) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     crate::run::write_json_atomic(&out.join(names::PREDICTIONS), &c.predictions)?;
-    if !c.nbest.is_empty() {
-        crate::run::write_json_atomic(&out.join(names::NBEST_PREDICTIONS), &c.nbest)?;
+    crate::run::write_json_atomic(&out.join(names::NBEST_PREDICTIONS), &c.nbest)?;
+    match &c.votes {
+        Some(v) => crate::run::write_json_atomic(&out.join(names::VOTES), v)?,
+        None => {
+            // A mean's output folder holds no tallies of an earlier vote.
+            let _ = std::fs::remove_file(out.join(names::VOTES));
+        }
     }
     crate::run::write_json_atomic(&out.join(names::OOF_PREDICTIONS), &c.oof_predictions)?;
     crate::run::write_json_atomic(&out.join(SCORES), c)

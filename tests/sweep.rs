@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::*;
 
@@ -68,7 +68,7 @@ fn a_sweep_shares_upstream_stages_ranks_its_variants_and_resumes() {
     assert_eq!(out.matches("prepare: running").count(), 1, "{out}");
     assert_eq!(out.matches("split: running").count(), 1, "{out}");
     assert!(
-        out.contains("prepare and split ran 2 time(s) for 4 variants; 6 stage runs saved"),
+        out.contains("prepare and split for 4 variants: 2 run, 6 shared"),
         "{out}"
     );
     let dir = d.join("outputs/heads");
@@ -144,6 +144,118 @@ fn a_sweep_shares_upstream_stages_ranks_its_variants_and_resumes() {
             serde_json::from_slice(&std::fs::read(out.join("predictions.json")).unwrap()).unwrap();
         assert_eq!(preds.as_object().unwrap().len(), 76);
     }
+    // Issue 24 §5: a vote votes on the out-of-fold questions too (each answer is one of the
+    // two runs', where they agree that one), not the mean's; it writes its tallies and n-best.
+    let json = |p: PathBuf| -> serde_json::Value {
+        serde_json::from_slice(
+            &std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+        )
+        .unwrap()
+    };
+    let (a, b) = (
+        json(dir.join("head=cnn+learning_rate=0.001/ensemble/oof_predictions.json")),
+        json(dir.join("head=linear+learning_rate=0.001/ensemble/oof_predictions.json")),
+    );
+    let voted = json(d.join("ens-hard_vote/oof_predictions.json"));
+    let voted = voted.as_object().unwrap();
+    assert!(voted.len() > 300);
+    let mut disagree = 0;
+    for (id, v) in voted {
+        assert!(
+            v == &a[id] || v == &b[id],
+            "{id}: {v} is neither run's answer"
+        );
+        if a[id] != b[id] {
+            disagree += 1;
+        } else {
+            assert_eq!(v, &a[id], "{id}");
+        }
+    }
+    assert!(disagree > 0);
+    assert_ne!(
+        std::fs::read(d.join("ens-hard_vote/oof_predictions.json")).unwrap(),
+        std::fs::read(d.join("ens-mean/oof_predictions.json")).unwrap()
+    );
+    let votes = json(d.join("ens-hard_vote/votes.json"));
+    assert_eq!(votes.as_object().unwrap().len(), 76);
+    let nbest = json(d.join("ens-hard_vote/nbest_predictions.json"));
+    assert_eq!(nbest.as_object().unwrap().len(), 76);
+    assert!(!d.join("ens-mean/votes.json").exists());
+
+    // Issue 24 §6: runs by name (a sweep variant's, resolved under output_dir): the same
+    // ensemble as by folder; a run that does not exist is named as such.
+    let by_name = d.join("ens-by-name");
+    ok(
+        d,
+        &[
+            "ensemble",
+            "--runs",
+            "head=cnn+learning_rate=0.001,heads/head=linear+learning_rate=0.001",
+            "--out",
+            by_name.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read(by_name.join("predictions.json")).unwrap(),
+        std::fs::read(d.join("ens-mean/predictions.json")).unwrap()
+    );
+    let err = fails(d, &["ensemble", "--runs", "outputs/nope"]);
+    assert!(
+        err.contains("outputs/nope: no such run") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+
+    // Issue 24 §1: a run with a fold missing, unfinished or with a file gone is refused, in
+    // one line naming the run and the fold, by every method.
+    let src = dir.join("head=linear+learning_rate=0.001");
+    for (name, remove, says) in [
+        (
+            "gap",
+            "predict/fold-1",
+            "fold 1 of its 2 folds is not predicted",
+        ),
+        (
+            "unfinished",
+            "predict/fold-1/manifest.json",
+            "fold 1 of its 2 folds is not predicted",
+        ),
+        (
+            "no-logits",
+            "predict/fold-1/test_logits.safetensors",
+            "fold 1's predictions are incomplete",
+        ),
+    ] {
+        let copy = d.join("outputs").join(name);
+        let st = std::process::Command::new("cp")
+            .args(["-a", src.to_str().unwrap(), copy.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let p = copy.join(remove);
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+        for method in ["mean", "hard_vote"] {
+            let err = fails(
+                d,
+                &[
+                    "ensemble",
+                    "--runs",
+                    &format!("{runs},{}", copy.display()),
+                    "--method",
+                    method,
+                ],
+            );
+            assert!(
+                err.contains(&format!("run {}", copy.display())) && err.contains(says),
+                "{name} {method}: {err}"
+            );
+            assert_eq!(err.trim().lines().count(), 1, "{err}");
+        }
+    }
+
     // The same ensemble from `[ensemble] runs` and `method` in the config file.
     let listed: Vec<String> = runs.split(',').map(|r| format!("{r:?}")).collect();
     let config = std::fs::read_to_string(d.join("pipeline.toml")).unwrap();
@@ -220,11 +332,20 @@ fn a_sweep_shares_upstream_stages_ranks_its_variants_and_resumes() {
         "{}",
         text(&o)
     );
+    // `sweep status` without the grid: the variants the sweep's folder records.
+    let status = ok(d2, &["sweep", "status"]);
+    assert!(status.contains("4 variants"), "{status}");
+    assert_eq!(status.matches("  head=").count(), 4, "{status}");
     // Resumed two variants at a time.
     let parallel: Vec<&str> = grid.iter().copied().chain(["--parallel", "2"]).collect();
     let o = sweep(d2, &parallel, None);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("resuming at step 10"), "{}", text(&o));
+    assert!(
+        text(&o).contains("0 run, 0 shared, 8 already done"),
+        "{}",
+        text(&o)
+    );
     let csv2 = std::fs::read_to_string(d2.join("outputs/sweep/comparison.csv")).unwrap();
     assert_eq!(numbers(&csv), numbers(&csv2));
 }
@@ -246,4 +367,40 @@ fn a_sweep_without_variants_or_with_a_bad_grid_says_so() {
     );
     let err = fails(ws.path(), &["sweep", "--grid", "train.nope=1,2"]);
     assert!(err.contains("nope"), "{err}");
+    // Issue 24 §4, §6: repeated --grid keys make one axis; a value twice and --parallel 0 are
+    // refused.
+    let out = ok(
+        ws.path(),
+        &[
+            "sweep",
+            "status",
+            "--grid",
+            "model.head=linear",
+            "--grid",
+            "model.head=cnn",
+        ],
+    );
+    assert!(
+        out.contains("2 variants") && out.contains("head=cnn") && out.contains("head=linear"),
+        "{out}"
+    );
+    for grid in ["model.head=linear,linear", "train.learning_rate=1e-3,0.001"] {
+        let err = fails(ws.path(), &["sweep", "--grid", grid]);
+        assert!(err.contains("twice"), "{grid}: {err}");
+    }
+    let err = fails(
+        ws.path(),
+        &[
+            "sweep",
+            "--grid",
+            "model.head=linear,cnn",
+            "--parallel",
+            "0",
+        ],
+    );
+    assert!(
+        err.contains("--parallel") && err.contains("at least 1"),
+        "{err}"
+    );
+    assert!(!ws.path().join("outputs/sweep/head=linear").exists());
 }

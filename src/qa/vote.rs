@@ -63,6 +63,51 @@ pub fn hard_vote(answers: &[(String, f32)]) -> Vec<Vote> {
     votes
 }
 
+/// A vote over every question: each question's tallies, the winning answers, and the tallies
+/// in the n-best shape (probability = the answer's vote share, `start_logit` = its mean score).
+pub struct Tally {
+    pub votes: BTreeMap<String, Vec<Vote>>,
+    pub predictions: BTreeMap<String, String>,
+    pub nbest: BTreeMap<String, Vec<NbestEntry>>,
+}
+
+/// Tallies `voters` ballots (built with [`add_ballot`]).
+pub fn tally(answers: BTreeMap<String, Vec<(String, f32)>>, voters: usize) -> Tally {
+    let votes: BTreeMap<String, Vec<Vote>> = answers
+        .into_iter()
+        .map(|(id, a)| (id, hard_vote(&a)))
+        .collect();
+    let predictions = votes
+        .iter()
+        .map(|(id, v)| {
+            (
+                id.clone(),
+                v.first().map(|v| v.text.clone()).unwrap_or_default(),
+            )
+        })
+        .collect();
+    let nbest = votes
+        .iter()
+        .map(|(id, vs)| {
+            let list = vs
+                .iter()
+                .map(|v| NbestEntry {
+                    text: v.text.clone(),
+                    probability: v.votes as f32 / voters.max(1) as f32,
+                    start_logit: v.mean_score as f32,
+                    end_logit: 0.0,
+                })
+                .collect();
+            (id.clone(), list)
+        })
+        .collect();
+    Tally {
+        votes,
+        predictions,
+        nbest,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

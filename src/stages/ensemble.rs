@@ -13,8 +13,8 @@ use serde_json::json;
 use super::{hash_of, input, Ctx, Plan, Stage};
 use crate::artifacts::{read_examples, Features};
 use crate::artifacts::{read_logits, write_logits};
-use crate::qa::decode::{decode_rows, Logits, NbestEntry};
-use crate::qa::vote::{add_ballot, hard_vote, Vote};
+use crate::qa::decode::{decode_rows, Logits};
+use crate::qa::vote::{add_ballot, tally};
 use crate::run::{fold_summaries, names, Manifest, StageWriter};
 use crate::settings::EnsembleMethod;
 
@@ -23,7 +23,7 @@ type RowLogits = (Logits, Vec<i64>, Vec<i64>);
 
 /// The folds' test logits combined with `weights`, and the feature rows they belong to
 /// (example and feature index per row; `None` without folds); folds must share their windows.
-fn mean_test_logits(at: &crate::run::RunLayout, weights: &[f64]) -> Result<Option<RowLogits>> {
+pub fn mean_test_logits(at: &crate::run::RunLayout, weights: &[f64]) -> Result<Option<RowLogits>> {
     let mut acc: Option<RowLogits> = None;
     for (fold, weight) in weights.iter().enumerate() {
         let weight = *weight as f32;
@@ -118,39 +118,12 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
             let (_, nbest) = decode_rows(&examples, &re, &ro, &lg, &cfg);
             add_ballot(&mut answers, nbest);
         }
-        let tallies: std::collections::BTreeMap<String, Vec<Vote>> = answers
-            .into_iter()
-            .map(|(id, a)| (id, hard_vote(&a)))
-            .collect();
-        let preds: std::collections::BTreeMap<String, String> = tallies
-            .iter()
-            .map(|(id, v)| {
-                (
-                    id.clone(),
-                    v.first().map(|v| v.text.clone()).unwrap_or_default(),
-                )
-            })
-            .collect();
-        w.write_json(names::PREDICTIONS, &preds)?;
-        w.write_json(names::VOTES, &tallies)?;
-        // submit reads an n-best list: the tallies in its shape (probability = vote share).
-        let nbest: std::collections::BTreeMap<String, Vec<NbestEntry>> = tallies
-            .iter()
-            .map(|(id, vs)| {
-                let list = vs
-                    .iter()
-                    .map(|v| NbestEntry {
-                        text: v.text.clone(),
-                        probability: v.votes as f32 / k as f32,
-                        start_logit: v.mean_score as f32,
-                        end_logit: 0.0,
-                    })
-                    .collect();
-                (id.clone(), list)
-            })
-            .collect();
-        w.write_json(names::NBEST_PREDICTIONS, &nbest)?;
-        preds
+        let t = tally(answers, k);
+        w.write_json(names::PREDICTIONS, &t.predictions)?;
+        w.write_json(names::VOTES, &t.votes)?;
+        // submit reads an n-best list: the tallies in its shape.
+        w.write_json(names::NBEST_PREDICTIONS, &t.nbest)?;
+        t.predictions
     } else {
         let (test_lg, test_ex, test_fi) = mean_test_logits(&at, &weights)?.unwrap_or((
             Logits {

@@ -83,6 +83,35 @@ pub fn parse_grid(item: &str) -> Result<(String, Vec<toml::Value>)> {
     Ok((key.trim().to_string(), values))
 }
 
+/// Puts the command line's `--grid` axes into `grid`: each key replaces the file's axis of that
+/// name, and repeated `--grid`s of one key add their values to one axis.
+pub fn merge_grid(
+    grid: &mut std::collections::BTreeMap<String, Vec<toml::Value>>,
+    items: &[String],
+) -> Result<()> {
+    let mut given: std::collections::BTreeMap<String, Vec<toml::Value>> = Default::default();
+    for item in items {
+        let (key, values) = parse_grid(item)?;
+        given.entry(key).or_default().extend(values);
+    }
+    grid.extend(given);
+    Ok(())
+}
+
+/// Refuses an axis that lists one value twice (`linear,linear`, `1e-3,0.001`): the same
+/// variant would train twice.
+fn check_distinct(key: &str, values: &[toml::Value]) -> Result<()> {
+    for (i, v) in values.iter().enumerate() {
+        if values[..i].contains(v) {
+            bail!(
+                "sweep grid {key:?} lists {} twice: each value once",
+                as_set_value(v)
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The variants of `sweep`: the grid's combinations in key order, then the explicit variants.
 pub fn variants(sweep: &SweepSettings) -> Result<Vec<Variant>> {
     let axes = &sweep.grid;
@@ -93,6 +122,7 @@ pub fn variants(sweep: &SweepSettings) -> Result<Vec<Variant>> {
             if values.is_empty() {
                 bail!("sweep grid {key:?} has no values");
             }
+            check_distinct(key, values)?;
             combos = combos
                 .into_iter()
                 .flat_map(|c| {
@@ -249,14 +279,10 @@ fn share(from: &Path, to: &Path, stage: Stage) -> Result<()> {
 
 /// Runs prepare and split once per content key, shared into every variant; returns the stage
 /// runs done and saved.
-fn share_upstream(
-    args: &SweepArgs,
-    base: &Settings,
-    vs: &[Variant],
-    ui: Ui,
-) -> Result<(usize, usize)> {
+fn share_upstream(args: &SweepArgs, base: &Settings, vs: &[Variant], ui: Ui) -> Result<Shared> {
     let mut donors: HashMap<String, PathBuf> = HashMap::new();
     let (mut ran, mut saved) = (0, 0);
+    let mut shared = Shared::default();
     for v in vs {
         let ctx = Ctx::new(args.settings(base, v)?, false, None, ui)?;
         let _lock = run::lock_run(&ctx.run_dir, None)?;
@@ -289,11 +315,67 @@ fn share_upstream(
                         ran += 1;
                     }
                 }
+            } else {
+                shared.done += 1;
             }
             donors.entry(key).or_insert_with(|| ctx.run_dir.clone());
         }
     }
-    Ok((ran, saved))
+    shared.ran = ran;
+    shared.saved = saved;
+    Ok(shared)
+}
+
+/// What sharing the upstream stages did: stage runs done, saved by sharing, and found done.
+#[derive(Default)]
+struct Shared {
+    ran: usize,
+    saved: usize,
+    done: usize,
+}
+
+impl Shared {
+    fn describe(&self, variants: usize) -> String {
+        let mut s = format!(
+            "sweep: prepare and split for {variants} variants: {} run, {} shared",
+            self.ran, self.saved
+        );
+        if self.done > 0 {
+            s.push_str(&format!(
+                ", {} already done (from an earlier sweep run)",
+                self.done
+            ));
+        }
+        s
+    }
+}
+
+/// The sweep's own record of its variants, in its folder: `sweep status` reads it when the
+/// variants are not given again (a `--grid` sweep).
+const SWEEP_RECORD: &str = "sweep.json";
+
+impl SweepArgs {
+    /// The sweep's variants: the given ones, else the ones its folder records.
+    fn sweep_or_recorded(&self, base: &Settings) -> Result<SweepSettings> {
+        if !self.sweep.grid.is_empty() || !self.sweep.variants.is_empty() {
+            return Ok(self.sweep.clone());
+        }
+        let path = self.dir(base).join(SWEEP_RECORD);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("reading the sweep's variants from {}", path.display())),
+            Err(_) => Ok(self.sweep.clone()),
+        }
+    }
+}
+
+/// Variants at once: `--parallel` / `[sweep] parallel` (at least 1), else 1.
+fn parallel_of(sweep: &SweepSettings) -> Result<usize> {
+    match sweep.parallel {
+        Some(0) => bail!("sweep: --parallel (or [sweep] parallel) must be at least 1, got 0"),
+        Some(n) => Ok(n),
+        None => Ok(1),
+    }
 }
 
 /// `pipeline sweep`: shares the upstream stages, runs every variant to the end (`--parallel`
@@ -301,21 +383,19 @@ fn share_upstream(
 pub fn run(args: &SweepArgs, ui: Ui) -> Result<()> {
     let base = Settings::load(&args.config, &args.sets)?;
     let vs = variants(&args.sweep)?;
+    let width = parallel_of(&args.sweep)?;
     let dir = args.dir(&base);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let _lock = run::Lock::acquire(&dir.join(run::LOCK), &format!("sweep {}", dir.display()))?;
+    run::write_json_atomic(&dir.join(SWEEP_RECORD), &args.sweep)?;
     ui.info(&format!(
         "sweep \"{}\": {} variants -> {}",
         args.name(),
         vs.len(),
         dir.display()
     ));
-    let (ran, saved) = share_upstream(args, &base, &vs, ui)?;
-    ui.info(&format!(
-        "sweep: prepare and split ran {ran} time(s) for {} variants; {saved} stage runs saved by sharing",
-        vs.len()
-    ));
-    let width = args.sweep.parallel.unwrap_or(1).max(1);
+    let shared = share_upstream(args, &base, &vs, ui)?;
+    ui.info(&shared.describe(vs.len()));
     let exe = std::env::current_exe().context("locating the pipeline executable")?;
     let failed: Vec<&str> = run::run_processes(vs.iter().collect(), width, |v, _| {
         let mut cmd = std::process::Command::new(&exe);
@@ -401,7 +481,7 @@ pub fn run(args: &SweepArgs, ui: Ui) -> Result<()> {
 /// `pipeline sweep status`: each variant's state (its first stage not done) and best so far.
 pub fn status(args: &SweepArgs, ui: Ui) -> Result<String> {
     let base = Settings::load(&args.config, &args.sets)?;
-    let vs = variants(&args.sweep)?;
+    let vs = variants(&args.sweep_or_recorded(&base)?)?;
     let mut out = format!(
         "sweep \"{}\": {} variants in {}\n",
         args.name(),
