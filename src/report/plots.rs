@@ -72,6 +72,16 @@ fn padded(lo: f64, hi: f64, below: f64, above: f64) -> std::ops::Range<f64> {
     (lo - below * span)..(hi + above * span)
 }
 
+/// Sizes in pixels: text (legible at 100% zoom), the chart's margin, the x axis' label area,
+/// a legend row and margin, and a point's radius.
+const LABEL_FONT: u32 = 16;
+const CAPTION_FONT: u32 = 20;
+const MARGIN: u32 = 12;
+const X_LABEL_AREA: u32 = 48;
+const LEGEND_ROW: u32 = 22;
+const LEGEND_MARGIN: u32 = 10;
+const DOT: u32 = 5;
+
 fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("drawing a chart: {e:?}")
 }
@@ -111,39 +121,66 @@ pub fn svg(chart: &Chart, width: u32, height: u32) -> Result<String> {
         .collect();
     let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
     let max = |v: &[f64]| v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    // Room for the legend: above the data, or right of it on a chart on its side.
-    let legend_room = 0.12 * (chart.series.len() as f64 + 1.0);
-    let (x_range, y_range) = if horizontal {
-        (
-            padded(min(&values), max(&values), 0.05, 2.0 * legend_room),
-            -0.5..(rows as f64 - 0.5),
-        )
-    } else {
-        (
-            padded(min(&steps), max(&steps), 0.03, 0.03),
-            padded(min(&values), max(&values), 0.05, legend_room),
-        )
-    };
     let categories = chart.categories.clone().unwrap_or_default();
     let longest = categories
         .iter()
         .map(|c| c.chars().count())
         .max()
         .unwrap_or(0);
+    let y_label_area = if horizontal {
+        (30 + 8 * longest) as u32
+    } else {
+        64
+    };
+    // Room for the legend (upper right), in pixels, kept free of data: above the data, or
+    // right of it on a chart on its side. A point is drawn with a radius of DOT px.
+    let legend_h = LEGEND_MARGIN * 2 + LEGEND_ROW * chart.series.len() as u32 + DOT;
+    let label_chars = chart
+        .series
+        .iter()
+        .map(|s| s.label.chars().count())
+        .max()
+        .unwrap_or(0) as u32;
+    let legend_w = LEGEND_MARGIN * 2 + 24 + LABEL_FONT * 6 / 10 * label_chars + DOT;
+    let plot_h = height.saturating_sub(2 * MARGIN + CAPTION_FONT + 12 + X_LABEL_AREA);
+    let plot_w = width.saturating_sub(2 * MARGIN + y_label_area);
+    // The share of the axis the legend takes, and the padding that leaves it free when the
+    // data take the rest (below = 5% of the data's span).
+    let room = |legend: u32, plot: u32| -> f64 {
+        let f = (f64::from(legend) / f64::from(plot.max(1))).min(0.8);
+        1.05 * f / (1.0 - f)
+    };
+    let (x_range, y_range) = if horizontal {
+        (
+            padded(min(&values), max(&values), 0.05, room(legend_w, plot_w)),
+            -0.5..(rows as f64 - 0.5),
+        )
+    } else {
+        (
+            padded(min(&steps), max(&steps), 0.03, 0.03),
+            padded(min(&values), max(&values), 0.05, room(legend_h, plot_h)),
+        )
+    };
+    // On a chart on its side, the series of one row sit one above the other, so that equal
+    // values do not hide each other.
+    let n_series = chart.series.len();
+    let offset = |i: usize| -> f64 {
+        if horizontal && n_series > 1 {
+            (i as f64 - (n_series as f64 - 1.0) / 2.0) * (0.75 / n_series as f64)
+        } else {
+            0.0
+        }
+    };
 
     let mut out = String::new();
     {
         let root = SVGBackend::with_string(&mut out, (width, height)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let mut c = ChartBuilder::on(&root)
-            .caption(&chart.title, ("sans-serif", 16))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(if horizontal {
-                (30 + 6 * longest) as u32
-            } else {
-                56
-            })
+            .caption(&chart.title, ("sans-serif", CAPTION_FONT))
+            .margin(MARGIN)
+            .x_label_area_size(X_LABEL_AREA)
+            .y_label_area_size(y_label_area)
             .build_cartesian_2d(x_range, y_range)
             .map_err(err)?;
         let number = |v: &f64| -> String {
@@ -164,6 +201,8 @@ pub fn svg(chart: &Chart, width: u32, height: u32) -> Result<String> {
         };
         let mut mesh = c.configure_mesh();
         mesh.light_line_style(WHITE.mix(0.0))
+            .label_style(("sans-serif", LABEL_FONT))
+            .axis_desc_style(("sans-serif", LABEL_FONT))
             .x_label_formatter(&number);
         if horizontal {
             mesh.x_desc(chart.y_label.as_str())
@@ -177,6 +216,11 @@ pub fn svg(chart: &Chart, width: u32, height: u32) -> Result<String> {
         mesh.draw().map_err(err)?;
         for (i, s) in chart.series.iter().enumerate() {
             let color = COLORS[i % COLORS.len()];
+            let shift = offset(i);
+            let at = |p: (f64, f64)| {
+                let (x, y) = at(p);
+                (x, y + shift)
+            };
             let pts = s
                 .points
                 .iter()
@@ -188,7 +232,7 @@ pub fn svg(chart: &Chart, width: u32, height: u32) -> Result<String> {
                     .draw_series(LineSeries::new(pts, color.stroke_width(2)))
                     .map_err(err)?,
                 Mark::Dots => c
-                    .draw_series(pts.map(|p| Circle::new(p, 5, color.filled())))
+                    .draw_series(pts.map(|p| Circle::new(p, DOT as i32, color.filled())))
                     .map_err(err)?,
                 // An error bar draws its middle point as a circle.
                 Mark::Spread(bars) if horizontal => c
@@ -204,11 +248,13 @@ pub fn svg(chart: &Chart, width: u32, height: u32) -> Result<String> {
                     .map_err(err)?,
             };
             drawn.label(s.label.as_str()).legend(move |(x, y)| {
-                Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled())
+                Rectangle::new([(x, y - 6), (x + 16, y + 6)], color.filled())
             });
         }
         c.configure_series_labels()
             .position(SeriesLabelPosition::UpperRight)
+            .label_font(("sans-serif", LABEL_FONT))
+            .margin(LEGEND_MARGIN)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK.mix(0.4))
             .draw()
@@ -216,4 +262,115 @@ pub fn svg(chart: &Chart, width: u32, height: u32) -> Result<String> {
         root.present().map_err(err)?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn num(n: &roxmltree::Node, attr: &str) -> f64 {
+        n.attribute(attr)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("<{}> has no number {attr}", n.tag_name().name()))
+    }
+
+    /// The circles' centres and radii, the legend's box (its unfilled border rectangle) and
+    /// the font sizes of a chart's SVG.
+    fn parts(svg: &str) -> (Vec<(f64, f64, f64)>, (f64, f64, f64, f64), Vec<f64>) {
+        let doc = roxmltree::Document::parse(svg).unwrap();
+        let circles = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("circle"))
+            .map(|n| (num(&n, "cx"), num(&n, "cy"), num(&n, "r")))
+            .collect();
+        let legend: Vec<_> = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("rect") && n.attribute("fill") == Some("none"))
+            .map(|n| {
+                (
+                    num(&n, "x"),
+                    num(&n, "y"),
+                    num(&n, "width"),
+                    num(&n, "height"),
+                )
+            })
+            .collect();
+        assert_eq!(legend.len(), 1, "one legend border: {legend:?}");
+        let fonts = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("text"))
+            .map(|n| num(&n, "font-size"))
+            .collect();
+        (circles, legend[0], fonts)
+    }
+
+    /// A learning-curve chart whose kept checkpoint is the last step at the best score (the
+    /// upper right corner, where the legend goes).
+    fn curve(points: usize) -> Chart {
+        let line: Vec<(f64, f64)> = (1..=points).map(|s| (s as f64, s as f64 / 2.0)).collect();
+        let last = *line.last().unwrap();
+        Chart {
+            title: "fold 0: validation EM / F1".into(),
+            x_label: "step".into(),
+            y_label: "score".into(),
+            series: vec![
+                Series::line("validation F1", line.clone()),
+                Series::line(
+                    "validation EM",
+                    line.iter().map(|p| (p.0, p.1 / 2.0)).collect(),
+                ),
+                Series::dots("kept checkpoint", vec![last]),
+            ],
+            categories: None,
+        }
+    }
+
+    /// Issue 24 §7: no point is drawn under the legend, whatever the corner it is in.
+    #[test]
+    fn the_legend_covers_no_point() {
+        for points in [1, 2, 10, 300] {
+            let (circles, (x, y, w, h), _) = parts(&svg(&curve(points), 520, 300).unwrap());
+            assert!(!circles.is_empty());
+            for (cx, cy, r) in circles {
+                let outside = cx + r < x || cx - r > x + w || cy + r < y || cy - r > y + h;
+                assert!(
+                    outside,
+                    "{points} points: dot ({cx}, {cy}) r {r} under the legend {x},{y} {w}x{h}"
+                );
+            }
+        }
+    }
+
+    /// Issue 24 §7: in a chart on its side, a row's equal values are drawn apart, so the fold
+    /// mean is not hidden under the out-of-fold dot; and text is legible (at least 12 px).
+    #[test]
+    fn equal_values_of_a_row_are_drawn_apart_and_text_is_legible() {
+        let chart = Chart {
+            title: "sweep".into(),
+            x_label: "variant".into(),
+            y_label: "F1".into(),
+            series: vec![
+                Series {
+                    label: "fold F1, mean ± std".into(),
+                    points: vec![(0.0, 7.0), (1.0, 5.0)],
+                    mark: Mark::Spread(vec![(6.0, 8.0), (4.0, 6.0)]),
+                },
+                Series::dots("out-of-fold F1", vec![(0.0, 7.0), (1.0, 5.0)]),
+                Series::dots("test ensemble F1", vec![(0.0, 7.0), (1.0, 5.0)]),
+            ],
+            categories: Some(vec!["head=cnn".into(), "head=linear".into()]),
+        };
+        let (circles, _, fonts) = parts(&svg(&chart, 900, 190).unwrap());
+        assert_eq!(circles.len(), 6, "{circles:?}");
+        for (i, a) in circles.iter().enumerate() {
+            for b in &circles[..i] {
+                let d = ((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)).sqrt();
+                assert!(d >= a.2.max(b.2) * 1.5, "{a:?} and {b:?} overlap");
+            }
+        }
+        let (_, _, curve_fonts) = parts(&svg(&curve(10), 520, 300).unwrap());
+        for f in fonts.iter().chain(&curve_fonts) {
+            assert!(*f >= 12.0, "font-size {f}");
+        }
+    }
 }
