@@ -182,6 +182,23 @@ fn fused_lstm_equals_the_reference_path() {
     }
 }
 
+/// Issue 25 §4: the fused LSTM at a realistic width (H 512, 128 steps, 8 rows whose lengths run
+/// from full to 1) equals the CPU backend within 1e-4 (outputs and every gradient; f32 sums of
+/// 512 and 2048 terms in another order).
+#[test]
+fn fused_lstm_at_a_realistic_width() {
+    let Some((device, _one_at_a_time)) = gpu() else {
+        return;
+    };
+    let lengths = vec![128, 127, 100, 64, 33, 17, 2, 1];
+    let case = LstmCase::new(1, 512, &lengths, 128, 0.0);
+    let fused = case.run::<Gpu>(&device);
+    let cpu = case.run::<Cpu>(&Default::default());
+    for (name, (f, c)) in names(1).iter().zip(fused.iter().zip(&cpu)) {
+        assert_close(&format!("H 512, lengths {lengths:?}: {name}"), f, c, 1e-4);
+    }
+}
+
 /// Dropout between the layers draws the same masks on both paths (it is outside the kernel),
 /// so the two agree with dropout on too.
 #[test]

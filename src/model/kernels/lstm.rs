@@ -13,7 +13,9 @@
 //! The step's state comes from the previous launch, so a launch per step is the fewest a
 //! recurrence over global memory allows (a grid-wide barrier does not exist on wgpu).
 //!
-//! The backward pass goes through the steps in reverse. Per step and unit:
+//! The backward pass goes through the steps in reverse, reading `w` transposed (`[dirs, 4H, H]`,
+//! made once per pass) so that its loads are coalesced as the forward pass's are. Per step and
+//! unit:
 //! `dh = dy + Σ_k dG_{t+1}[k] w[j, k]`, `dc = dh·o·(1 − tanh²c) + dc_{t+1}·f_{t+1}`, then the
 //! pre-activation gradients `dG_t` of the four gates. `dG` is the gradient of `xp`; the
 //! weight gradient is `Σ_t h_{t−1}ᵀ dG_t`, one batched product.
@@ -131,13 +133,14 @@ mod cube {
     }
 
     /// One backward time step `t`: writes `dG_t` and carries `dc` (`[n, H]`, read only when
-    /// `t + 1 < l`, so it needs no initialisation).
+    /// `t + 1 < l`, so it needs no initialisation). `wt` is `w` transposed, `[dirs, 4H, H]`, so
+    /// that the threads of a warp (neighbouring units `j`) read neighbouring addresses.
     #[cube(launch)]
     pub(super) fn lstm_step_backward<F: Float>(
         dy: &Tensor<F>,
         c: &Tensor<F>,
         gates: &Tensor<F>,
-        w: &Tensor<F>,
+        wt: &Tensor<F>,
         dg: &mut Tensor<F>,
         dc: &mut Tensor<F>,
         t: u32,
@@ -164,11 +167,12 @@ mod cube {
         let mut dh = dy[s_at];
         let mut dc_next = F::new(0.0);
         if t + 1 < l {
-            // Σ_k dG_{t+1}[k] · w[d, j, k]: row j of w against the next step's gate gradients.
+            // Σ_k dG_{t+1}[k] · w[d, j, k] = Σ_k dG_{t+1}[k] · wt[d, k, j]: column j of wt
+            // against the next step's gate gradients (the same sum, in the same order).
             let next = (n * l + t + 1) * h4;
-            let w_at = (d * h + j) * h4;
+            let wt_at = d * h4 * h + j;
             for k in 0..h4 {
-                dh += dg[next + k] * w[w_at + k];
+                dh += dg[next + k] * wt[wt_at + k * h];
             }
             dc_next = dc[n * h + j] * gates[next + h + j];
         }
@@ -260,7 +264,8 @@ where
         rows: usize,
     ) -> CubeTensor<R> {
         let dy = into_contiguous(dy);
-        let w = into_contiguous(w);
+        // `[dirs, 4H, H]`: one transposition per backward pass, for coalesced reads every step.
+        let wt = into_contiguous(burn_cubecl::ops::permute(w, &[0, 2, 1]));
         let (n, l, h) = dims(&gates);
         let h4 = 4 * h;
         let dg = empty(&gates, [n, l, h4]);
@@ -277,7 +282,7 @@ where
                 dy.clone().into_tensor_arg(),
                 c.clone().into_tensor_arg(),
                 gates.clone().into_tensor_arg(),
-                w.clone().into_tensor_arg(),
+                wt.clone().into_tensor_arg(),
                 dg.clone().into_tensor_arg(),
                 dc.clone().into_tensor_arg(),
                 t as u32,
@@ -290,6 +295,26 @@ where
         }
         dg
     }
+}
+
+/// The two step kernels as CUDA C++ for architecture `sm` (see [`super::cuda_source`]), at
+/// `units` = rows × H threads per launch.
+pub(crate) fn cuda_kernels(
+    props: &burn_cubecl::cubecl::ir::DeviceProperties,
+    sm: u32,
+    units: usize,
+) -> anyhow::Result<Vec<super::cuda_source::CudaKernel>> {
+    let dim = super::cuda_source::elementwise_cube_dim(units);
+    let forward = cuda_definition!(props, dim, "lstm_step_forward_f_f32", cube::lstm_step_forward;
+        inputs [xp, w]; outputs [y, c, gates];
+        scalars [t: u32, len: u32, hidden: u32, rows: u32, units: u32]; comptime []);
+    let backward = cuda_definition!(props, dim, "lstm_step_backward_f_f32", cube::lstm_step_backward;
+        inputs [dy, c, gates, wt]; outputs [dg, dc];
+        scalars [t: u32, len: u32, hidden: u32, rows: u32, units: u32]; comptime []);
+    Ok(vec![
+        super::cuda_source::compile("lstm_step_forward", forward, sm)?,
+        super::cuda_source::compile("lstm_step_backward", backward, sm)?,
+    ])
 }
 
 mod fusion {

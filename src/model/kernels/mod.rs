@@ -16,7 +16,37 @@ use burn::tensor::backend::Backend;
 use burn::tensor::FloatDType::F32;
 use burn::tensor::Tensor;
 
+/// The definition of kernel module `$k` (a `#[cube(launch)]` kernel) for f32, built as the
+/// `define()` that the macro generates builds it, without the `ComputeClient` that one needs:
+/// tensor inputs, tensor outputs and scalars in the kernel's order, then its comptime values.
+macro_rules! cuda_definition {
+    ($props:expr, $dim:expr, $name:expr, $($k:ident)::+;
+     inputs [$($i:ident),*]; outputs [$($o:ident),*];
+     scalars [$($s:ident: $t:ty),*]; comptime [$($c:expr),*]) => {{
+        use $($k)::+ as k;
+        use burn_cubecl::cubecl::prelude::{
+            AddressType, DynamicScalar, KernelSettings, LaunchArg, Tensor, TensorCompilationArg,
+        };
+        type T = Tensor<DynamicScalar<k::_F>>;
+        let dtype = $crate::model::kernels::cuda_source::f32_storage();
+        let settings = KernelSettings::default()
+            .cube_dim($dim)
+            .address_type(AddressType::U32)
+            .kernel_name($name);
+        let mut b = $crate::model::kernels::cuda_source::builder($props);
+        b.scope.register_type::<DynamicScalar<k::_F>>(dtype);
+        settings.address_type.register(&mut b.scope);
+        let no_alias = TensorCompilationArg { inplace: None };
+        $(let $i = <T as LaunchArg>::expand(&no_alias, &mut b);)*
+        $(let $o = <T as LaunchArg>::expand_output(&no_alias, &mut b);)*
+        $(let $s = <$t as LaunchArg>::expand(&(), &mut b);)*
+        k::expand::<DynamicScalar<k::_F>>(&mut b.scope, $($i,)* $($o,)* $($s,)* $($c,)* dtype);
+        b.build(settings)
+    }};
+}
+
 pub mod attention;
+pub mod cuda_source;
 pub mod lstm;
 
 /// Whether training on `device` in `precision` runs the fused attention (no `[b, heads, L, L]`

@@ -101,6 +101,35 @@ mod cube;
 use cube::*;
 pub use cube::{kept_host, philox_host, seed_words};
 
+/// The three kernels as CUDA C++ for architecture `sm` at head dimension `dh`, with or without
+/// dropout (each pair is a kernel of its own), launched as [`grid`] launches them.
+pub(crate) fn cuda_kernels(
+    props: &burn_cubecl::cubecl::ir::DeviceProperties,
+    sm: u32,
+    dh: usize,
+    dropout: bool,
+) -> anyhow::Result<Vec<super::cuda_source::CudaKernel>> {
+    let dim = CubeDim::new_1d(ROWS);
+    let tag = format!("dh{dh}{}", if dropout { "_dropout" } else { "" });
+    let forward = cuda_definition!(props, dim, "attention_forward_kernel_f_f32", cube::attention_forward_kernel;
+        inputs [q, k, v, bias, seed]; outputs [out, lse];
+        scalars [len: u32, heads: u32, scale: f32, threshold: u32, keep_scale: f32];
+        comptime [dh, dropout]);
+    let dq = cuda_definition!(props, dim, "attention_dq_kernel_f_f32", cube::attention_dq_kernel;
+        inputs [q, k, v, bias, seed, out, lse, dout]; outputs [delta, dq];
+        scalars [len: u32, heads: u32, scale: f32, threshold: u32, keep_scale: f32];
+        comptime [dh, dropout]);
+    let dkdv = cuda_definition!(props, dim, "attention_dkdv_kernel_f_f32", cube::attention_dkdv_kernel;
+        inputs [q, k, v, bias, seed, lse, dout, delta]; outputs [dk, dv];
+        scalars [len: u32, heads: u32, scale: f32, threshold: u32, keep_scale: f32];
+        comptime [dh, dropout]);
+    Ok(vec![
+        super::cuda_source::compile(&format!("attention_forward_{tag}"), forward, sm)?,
+        super::cuda_source::compile(&format!("attention_dq_{tag}"), dq, sm)?,
+        super::cuda_source::compile(&format!("attention_dkdv_{tag}"), dkdv, sm)?,
+    ])
+}
+
 fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: Vec<usize>) -> CubeTensor<R> {
     empty_device_contiguous_dtype(
         like.client.clone(),
