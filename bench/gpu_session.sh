@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One prepared run for a lent GPU machine (15 minutes of device time in all), in order of what
-# matters most: the default build (no autotuning) on the tiny model with a cold then warm kernel
-# cache, CUDA parity, roberta-base seq 384 against PyTorch in f32 and bf16-mixed (and with
+# matters most (issue 25 §5): our kernels' parity tests on CUDA, per-kernel GPU time at
+# roberta-large width, the competition model and roberta-large linear (fused, reference path,
+# PyTorch), seq 512 x 16; then the default build (no autotuning) on the tiny model with a cold
+# then warm kernel cache, CUDA parity, roberta-base seq 384 against PyTorch in f32 and bf16-mixed (and with
 # AdamW one tensor at a time), CubeCL's
 # per-kernel GPU time for those steps and the BiLSTM head's (PIPELINE_CUDA_PROFILE), the KorQuAD
 # recipe end to end on CUDA (compare with the CPU's scores), roberta-large (linear and BiLSTM
@@ -9,6 +11,8 @@
 #
 # Prepared on the development machine (gpu/ is ignored by git, never committed):
 #   cargo build --release && strip -o gpu/pipeline target/release/pipeline && gzip -f gpu/pipeline
+#   cargo test --release --test kernels --no-run && strip -o gpu/kernels-test \
+#     "$(ls -t target/release/deps/kernels-* | grep -v '\.d$' | head -1)" && gzip -f gpu/kernels-test
 #   gzip -c ../shared/data/korquad/KorQuAD_v1.0_dev.json > gpu/korquad.json.gz   # optional
 #   cp <an earlier $OUT>/kernels.tgz gpu/kernels.tgz   # optional: skip most compilation
 #   # optional, the autotuning build (its cold start took over 80 s a shape on an H100):
@@ -22,7 +26,7 @@
 # one folder per build, kept for later calls while the machine stays warm and packed into
 # $OUT/kernels.tgz.
 set -uo pipefail
-DEADLINE=${DEADLINE:-540}
+DEADLINE=${DEADLINE:-470}
 LOG=log.txt
 source "$(dirname "$0")/gpu_common.sh"
 AT=/tmp/pipeline-autotune
@@ -73,16 +77,36 @@ trap pack EXIT
 RB="--model roberta-base --seq 384 --batch 16"
 export PIPELINE_KERNEL_CACHE=$KC
 
+say "== 1. our kernels' parity tests on CUDA (tests/kernels.rs, TF32 tolerances; CPU backend as reference)"
+if [ -f gpu/kernels-test.gz ]; then
+  gunzip -c gpu/kernels-test.gz >/tmp/kernels-test && chmod +x /tmp/kernels-test
+  PIPELINE_KERNEL_BACKEND=cuda step kernel-tests 150 /tmp/kernels-test --test-threads 1
+else
+  say "SKIP kernel tests (no gpu/kernels-test.gz)"
+fi
+
+say "== 2. per-kernel GPU time at roberta-large width: 2 layers + BiLSTM head, 384 x 8, bf16-mixed"
+PIPELINE_CUDA_PROFILE=$OUT/profile_roberta_large_2l_bilstm.txt ours 90 --model bench/shapes/roberta-large-2layers.json \
+  --head bilstm --seq 384 --batch 8 --steps 2 --warmup 1 --precision bf16-mixed
+
+say "== 3. the competition model: roberta-large + BiLSTM, seq 384 batch 8, bf16-mixed: fused kernels, the tensor-operation path, PyTorch"
+RL="--model roberta-large --seq 384 --batch 8 --steps 5 --warmup 2 --precision bf16-mixed --peak-tflops $PEAK_HALF"
+ours 150 $RL --head bilstm
+torchb 50 $RL --head bilstm
+ours 100 $RL --head bilstm --reference-kernels
+say "== roberta-large linear: fused, reference, PyTorch"
+ours 80 $RL
+ours 80 $RL --reference-kernels
+torchb 50 $RL
+say "== 4. seq 512 x 16, the competition model"
+ours 90 --model roberta-large --seq 512 --batch 16 --steps 3 --warmup 1 --precision bf16-mixed --head bilstm --peak-tflops $PEAK_HALF
+torchb 50 --model roberta-large --seq 512 --batch 16 --steps 3 --warmup 1 --precision bf16-mixed --head bilstm --peak-tflops $PEAK_HALF
+
 say "== tiny model, kernel cache cold (unless carried in), then warm"
 ours 100 --model tiny --seq 64 --batch 8 --steps 20 --warmup 3
 ours 40 --model tiny --seq 64 --batch 8 --steps 20 --warmup 3
 say "== parity: tiny checkpoints, pipeline infer on CUDA vs transformers logits"
 step parity 50 python3 bench/gpu_parity.py $BIN --device cuda
-
-say "== the seed's model first: roberta-large + BiLSTM, seq 384 batch 8, bf16-mixed (fused LSTM and attention kernels)"
-RL="--model roberta-large --seq 384 --batch 8 --steps 5 --warmup 2 --precision bf16-mixed --peak-tflops $PEAK_HALF"
-ours 150 $RL --head bilstm
-torchb 50 $RL --head bilstm
 
 say "== roberta-base seq 384 batch 16: pipeline vs PyTorch, f32 then bf16-mixed"
 ours 110 $RB --steps 6 --warmup 2 --precision f32 --peak-tflops $PEAK_F32
@@ -111,9 +135,7 @@ else
   say "SKIP korquad (no data)"
 fi
 
-say "== roberta-large seq 384 batch 8 (linear head), the tiny BiLSTM fused vs reference, seq 512, while time is left"
-ours 80 $RL
-torchb 50 $RL
+say "== the tiny BiLSTM fused vs reference, roberta-base seq 512, while time is left"
 ours 60 --model tiny --head bilstm --seq 64 --batch 8 --steps 5 --warmup 2
 ours 60 --model tiny --head bilstm --seq 64 --batch 8 --steps 5 --warmup 2 --reference-kernels
 ours 80 --model roberta-base --seq 512 --batch 16 --steps 5 --warmup 2 --precision bf16-mixed --peak-tflops $PEAK_HALF

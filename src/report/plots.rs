@@ -274,9 +274,12 @@ mod tests {
             .unwrap_or_else(|| panic!("<{}> has no number {attr}", n.tag_name().name()))
     }
 
+    /// Circles `(cx, cy, r)`, the legend's box `(x, y, width, height)`, font sizes.
+    type Parts = (Vec<(f64, f64, f64)>, (f64, f64, f64, f64), Vec<f64>);
+
     /// The circles' centres and radii, the legend's box (its unfilled border rectangle) and
     /// the font sizes of a chart's SVG.
-    fn parts(svg: &str) -> (Vec<(f64, f64, f64)>, (f64, f64, f64, f64), Vec<f64>) {
+    fn parts(svg: &str) -> Parts {
         let doc = roxmltree::Document::parse(svg).unwrap();
         let circles = doc
             .descendants()

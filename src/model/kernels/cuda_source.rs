@@ -77,12 +77,17 @@ pub(crate) fn f32_storage() -> StorageType {
     ElemType::Float(FloatKind::F32).into()
 }
 
+/// CubeCL's C++ compiler options (`cubecl_cpp::shared::CompilationOptions`).
+type Options = <CudaCompiler as Compiler>::CompilationOptions;
+
 /// The options CubeCL's CUDA runtime compiles with on architecture `sm` (`cubecl-cuda`'s
 /// device setup: fast math always, grid constants from sm_70, fast tanh from sm_75, clusters
 /// and `elect.sync` from sm_90).
-fn options(sm: u32) -> <CudaCompiler as Compiler>::CompilationOptions {
-    let mut o: <CudaCompiler as Compiler>::CompilationOptions = Default::default();
-    o.warp_size = 32;
+fn options(sm: u32) -> Options {
+    let mut o = Options {
+        warp_size: 32,
+        ..Default::default()
+    };
     o.supports_features.fast_math = true;
     o.supports_features.grid_constants = sm >= 70;
     o.supports_features.fast_tanh = sm >= 75;
