@@ -13,7 +13,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use pipeline::model::kernels::cuda_source;
+use pipeline::model::kernels;
 
 const MAX_SHARED: usize = 48 * 1024;
 
@@ -51,7 +51,7 @@ fn every_kernel_compiles_for_cuda_within_its_spill_and_shared_memory_budget() {
         .into_iter()
         .map(|sm| {
             let dir = tempfile::tempdir().unwrap();
-            for k in cuda_source::all(sm).unwrap() {
+            for k in kernels::cuda_kernels(sm).unwrap() {
                 assert!(
                     k.source.contains("__global__")
                         && k.source

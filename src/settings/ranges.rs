@@ -57,102 +57,33 @@ impl FloatRange {
 
 use Bound::{Excl, Incl};
 
+/// A table row.
+const fn r(key: &'static str, get: fn(&Settings) -> f64, lo: Bound, hi: Bound) -> FloatRange {
+    FloatRange { key, get, lo, hi }
+}
+
 /// Every float setting with its range. `tests` checks that no float setting is missing.
+#[rustfmt::skip]
 pub const FLOAT_RANGES: &[FloatRange] = &[
     // A dropout of 1 would scale the kept values by 1 / 0.
-    FloatRange {
-        key: "model.hidden_dropout_prob",
-        get: |s| s.model.hidden_dropout_prob,
-        lo: Incl(0.0),
-        hi: Excl(1.0),
-    },
-    FloatRange {
-        key: "model.attention_probs_dropout_prob",
-        get: |s| s.model.attention_probs_dropout_prob,
-        lo: Incl(0.0),
-        hi: Excl(1.0),
-    },
-    FloatRange {
-        key: "model.rnn_dropout",
-        get: |s| s.model.rnn_dropout,
-        lo: Incl(0.0),
-        hi: Excl(1.0),
-    },
-    FloatRange {
-        key: "train.learning_rate",
-        get: |s| s.train.learning_rate,
-        lo: Excl(0.0),
-        hi: Bound::None,
-    },
-    FloatRange {
-        key: "train.weight_decay",
-        get: |s| s.train.weight_decay,
-        lo: Incl(0.0),
-        hi: Bound::None,
-    },
+    r("model.hidden_dropout_prob", |s| s.model.hidden_dropout_prob, Incl(0.0), Excl(1.0)),
+    r("model.attention_probs_dropout_prob", |s| s.model.attention_probs_dropout_prob, Incl(0.0), Excl(1.0)),
+    r("model.rnn_dropout", |s| s.model.rnn_dropout, Incl(0.0), Excl(1.0)),
+    r("train.learning_rate", |s| s.train.learning_rate, Excl(0.0), Bound::None),
+    r("train.weight_decay", |s| s.train.weight_decay, Incl(0.0), Bound::None),
     // torch.optim.AdamW: 0 <= beta < 1, 0 <= eps.
-    FloatRange {
-        key: "train.adam_beta1",
-        get: |s| s.train.adam_beta1,
-        lo: Incl(0.0),
-        hi: Excl(1.0),
-    },
-    FloatRange {
-        key: "train.adam_beta2",
-        get: |s| s.train.adam_beta2,
-        lo: Incl(0.0),
-        hi: Excl(1.0),
-    },
-    FloatRange {
-        key: "train.adam_epsilon",
-        get: |s| s.train.adam_epsilon,
-        lo: Incl(0.0),
-        hi: Bound::None,
-    },
-    FloatRange {
-        key: "train.adamp_delta",
-        get: |s| s.train.adamp_delta,
-        lo: Incl(0.0),
-        hi: Bound::None,
-    },
-    FloatRange {
-        key: "train.adamp_wd_ratio",
-        get: |s| s.train.adamp_wd_ratio,
-        lo: Incl(0.0),
-        hi: Bound::None,
-    },
-    FloatRange {
-        key: "train.warmup_ratio",
-        get: |s| s.train.warmup_ratio,
-        lo: Incl(0.0),
-        hi: Incl(1.0),
-    },
+    r("train.adam_beta1", |s| s.train.adam_beta1, Incl(0.0), Excl(1.0)),
+    r("train.adam_beta2", |s| s.train.adam_beta2, Incl(0.0), Excl(1.0)),
+    r("train.adam_epsilon", |s| s.train.adam_epsilon, Incl(0.0), Bound::None),
+    r("train.adamp_delta", |s| s.train.adamp_delta, Incl(0.0), Bound::None),
+    r("train.adamp_wd_ratio", |s| s.train.adamp_wd_ratio, Incl(0.0), Bound::None),
+    r("train.warmup_ratio", |s| s.train.warmup_ratio, Incl(0.0), Incl(1.0)),
     // 0 turns clipping off.
-    FloatRange {
-        key: "train.max_grad_norm",
-        get: |s| s.train.max_grad_norm,
-        lo: Incl(0.0),
-        hi: Bound::None,
-    },
-    FloatRange {
-        key: "train.focal_gamma",
-        get: |s| s.train.focal_gamma,
-        lo: Incl(0.0),
-        hi: Bound::None,
-    },
+    r("train.max_grad_norm", |s| s.train.max_grad_norm, Incl(0.0), Bound::None),
+    r("train.focal_gamma", |s| s.train.focal_gamma, Incl(0.0), Bound::None),
     // torch.nn.CrossEntropyLoss: 0 <= label_smoothing <= 1.
-    FloatRange {
-        key: "train.label_smoothing",
-        get: |s| s.train.label_smoothing,
-        lo: Incl(0.0),
-        hi: Incl(1.0),
-    },
-    FloatRange {
-        key: "split.holdout_fraction",
-        get: |s| s.split.holdout_fraction,
-        lo: Incl(0.0),
-        hi: Excl(0.9),
-    },
+    r("train.label_smoothing", |s| s.train.label_smoothing, Incl(0.0), Incl(1.0)),
+    r("split.holdout_fraction", |s| s.split.holdout_fraction, Incl(0.0), Excl(0.9)),
 ];
 
 /// Refuses the first float setting outside its range.

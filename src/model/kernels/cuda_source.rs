@@ -123,17 +123,3 @@ pub(crate) fn elementwise_cube_dim(units: usize) -> CubeDim {
     let y = 1u32 << (warps.ilog2().min(3));
     CubeDim::new_2d(32, y)
 }
-
-/// Every kernel of ours at the launch shapes of the competition model (roberta-large: H 1024
-/// for the LSTM; head dims 64 and 128, with and without dropout, for the attention), compiled
-/// for architecture `sm`.
-pub fn all(sm: u32) -> anyhow::Result<Vec<CudaKernel>> {
-    let props = properties(sm);
-    let mut out = super::lstm::cuda_kernels(&props, sm, 8 * 2 * 1024)?;
-    for dh in [64, 128] {
-        for dropout in [false, true] {
-            out.extend(super::attention::cuda_kernels(&props, sm, dh, dropout)?);
-        }
-    }
-    Ok(out)
-}

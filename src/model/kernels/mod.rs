@@ -49,6 +49,20 @@ pub mod attention;
 pub mod cuda_source;
 pub mod lstm;
 
+/// Every kernel of ours as CUDA C++ for architecture `sm` (80, 90), at the launch shapes of
+/// the competition model: the LSTM at roberta-large's width (H 1024, 8 rows × 2 directions),
+/// the attention at head dims 64 and 128, with and without dropout (see [`cuda_source`]).
+pub fn cuda_kernels(sm: u32) -> anyhow::Result<Vec<cuda_source::CudaKernel>> {
+    let props = cuda_source::properties(sm);
+    let mut out = lstm::cuda_kernels(&props, sm, 8 * 2 * 1024)?;
+    for dh in [64, 128] {
+        for dropout in [false, true] {
+            out.extend(attention::cuda_kernels(&props, sm, dh, dropout)?);
+        }
+    }
+    Ok(out)
+}
+
 /// Whether training on `device` in `precision` runs the fused attention (no `[b, heads, L, L]`
 /// buffer) for `batch_heads` = batch × heads of `head_dim`: the GPU backends in f32 or mixed
 /// precision (see [`attention`]).
