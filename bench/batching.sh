@@ -41,7 +41,7 @@ if [ -f "$korquad" ]; then
     "$bin" run train --fold 0 -q --force "${k[@]}" --set "train.batching=$strategy" >/dev/null
     row "KorQuAD 1500 q, L 256" outputs/korquad-tiny "$strategy"
   done
-  # The seed's windows (max_seq_length 384, stride 128): many are shorter than 384.
+  # The competition notebook's windows (max_seq_length 384, stride 128): many are shorter than 384.
   k+=(--set run.name=korquad-384 --set prepare.max_seq_length=384 --set prepare.doc_stride=128)
   "$bin" run prepare -q "${k[@]}" >/dev/null
   "$bin" run split -q "${k[@]}" >/dev/null

@@ -1,7 +1,7 @@
 //! `pipeline bench`: training throughput on random inputs for a model shape.
 //!
 //! Runs `warmup` then `steps` full training steps (forward, CE loss, backward, global-norm
-//! clipping, AdamW) of a randomly initialised encoder + head (linear, or the seed's BiLSTM with
+//! clipping, AdamW) of a randomly initialised encoder + head (linear, or the competition notebook's BiLSTM with
 //! `--head bilstm`), synchronising on the loss every step, and reports examples/s, tokens/s,
 //! the step time, peak host memory and model-FLOPs utilisation: training FLOPs per token ≈
 //! 6 × non-embedding parameters + 12 × layers × hidden × seq, divided by the peak given with
@@ -31,7 +31,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "roberta-base")]
     pub model: String,
     /// `linear` (HF's `qa_outputs`), `bilstm` (2 bidirectional LSTM layers of the encoder's
-    /// width, then Linear(2 hidden, 2): the competition seed's head) or `cnn` (Conv1d with
+    /// width, then Linear(2 hidden, 2): the competition notebook's head) or `cnn` (Conv1d with
     /// kernel sizes 1, 3, 5, hidden / 3 channels each, ReLU, then Linear).
     #[arg(long, default_value = "linear")]
     pub head: HeadKind,

@@ -66,7 +66,7 @@ fn bench_on_cuda_without_a_gpu_fails_cleanly() {
     assert!(t.contains("--device cpu") && !t.contains("panicked"), "{t}");
 }
 
-/// `--head bilstm` benches the seed's model: the encoder plus two bidirectional LSTM layers of
+/// `--head bilstm` benches the competition notebook's model: the encoder plus two bidirectional LSTM layers of
 /// the encoder's width (PyTorch's `nn.LSTM` parameter count: 4H × (in + H) weights and two 4H
 /// biases per direction and layer) and Linear(2H, 2). `torch_bench.py --head bilstm` builds the
 /// same count (107,746 for tiny).

@@ -1,4 +1,4 @@
-//! Span heads: HF's linear `qa_outputs`, the competition seed's stacked bidirectional LSTM, and
+//! Span heads: HF's linear `qa_outputs`, the competition notebook's stacked bidirectional LSTM, and
 //! a convolutional head ([`Cnn`]).
 //!
 //! The LSTM keeps PyTorch `nn.LSTM`'s parameter layout and names (`weight_ih_l{k}`,

@@ -40,7 +40,7 @@ pub enum HeadKind {
     /// HF `qa_outputs`: Linear(hidden, 2).
     #[default]
     Linear,
-    /// The seed's: stacked bidirectional LSTM (hidden = encoder hidden), then Linear(2 hidden, 2).
+    /// The competition notebook's: stacked bidirectional LSTM (hidden = encoder hidden), then Linear(2 hidden, 2).
     Bilstm,
     /// Conv1d over the tokens with several kernel sizes (`hidden / 3` channels each), ReLU,
     /// then Linear (see [`heads::Cnn`]).

@@ -47,7 +47,8 @@ pub mod names {
     /// `evaluate/`: scores and the report.
     pub const METRICS: &str = "metrics.json";
     pub const REPORT: &str = "report.md";
-    /// `tb/fold-K/`: TensorBoard event files of each fold's training (logs, read by no stage).
+    /// `tb/fold-K/`: TensorBoard event files of each fold's training (logs in no manifest;
+    /// `evaluate` reads them for the per-step loss curve, and does without them).
     pub const TENSORBOARD: &str = "tb";
     /// The run's report with plots, beside its stage folders (a copy of `evaluate/`'s).
     pub const REPORT_HTML: &str = "report.html";

@@ -106,7 +106,7 @@ pub enum Overflow {
     /// HF behaviour: every window trains, windows without the answer point at CLS.
     #[default]
     Keep,
-    /// The seed's behaviour: train only on first windows and drop examples whose answer is not in it.
+    /// The competition notebook's behaviour: train only on first windows and drop examples whose answer is not in it.
     Drop,
 }
 
@@ -157,7 +157,7 @@ pub struct ModelSettings {
     pub intermediate_size: usize,
     pub hidden_dropout_prob: f64,
     pub attention_probs_dropout_prob: f64,
-    /// `linear` (HF `qa_outputs`), `bilstm` (the seed's head) or `cnn`.
+    /// `linear` (HF `qa_outputs`), `bilstm` (the competition notebook's head) or `cnn`.
     pub head: crate::model::HeadKind,
     /// BiLSTM layers (hidden size = encoder hidden size per direction).
     pub num_rnn_layers: usize,
@@ -265,7 +265,7 @@ pub struct TrainSettings {
     pub warmup_ratio: f64,
     /// Overrides `warmup_ratio` when set and positive.
     pub warmup_steps: Option<usize>,
-    /// Global-norm clipping; 0 = off (the seed's "no-clip").
+    /// Global-norm clipping; 0 = off (the competition notebook's "no-clip").
     pub max_grad_norm: f64,
     pub gradient_accumulation: usize,
     /// Drop each epoch's last, incomplete training batch (HF's `dataloader_drop_last`); on

@@ -1,5 +1,5 @@
 //! Span losses over sequence positions: the start and end losses averaged, as HF's
-//! `*ForQuestionAnswering` does. Cross-entropy, and the competition seed's focal and
+//! `*ForQuestionAnswering` does. Cross-entropy, and the competition notebook's focal and
 //! label-smoothing losses with its exact formulas.
 
 use burn::tensor::activation::log_softmax;
@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 pub enum LossKind {
     #[default]
     Ce,
-    /// `-(1 - p_t)^γ log p_t` (the seed's `FocalLoss`: `nll_loss((1 - p)^γ * log p)`).
+    /// `-(1 - p_t)^γ log p_t` (the competition notebook's `FocalLoss`: `nll_loss((1 - p)^γ * log p)`).
     Focal,
-    /// `-Σ_c q_c log p_c`, `q_t = 1 - ε`, `q_c = ε / (C - 1)` elsewhere (the seed's
+    /// `-Σ_c q_c log p_c`, `q_t = 1 - ε`, `q_c = ε / (C - 1)` elsewhere (the competition notebook's
     /// `LabelSmoothingLoss`; not torch's `label_smoothing`, which spreads ε over all C).
     LabelSmoothing,
 }
