@@ -316,6 +316,17 @@ impl AttentionCase {
         }
     }
 
+    /// The same case with its pads at the start of each row (left padding).
+    fn left_padded(mut self, lengths: &[usize]) -> Self {
+        let l = self.dims[2];
+        let bias: Vec<f32> = lengths
+            .iter()
+            .flat_map(|&n| (0..l).map(move |t| if t >= l - n { 0.0 } else { -1.0e9 }))
+            .collect();
+        self.bias = TensorData::new(bias, [lengths.len(), l]);
+        self
+    }
+
     fn inputs<B: Backend>(&self, device: &B::Device) -> [Tensor<B, 4>; 3] {
         [&self.q, &self.k, &self.v].map(|t| Tensor::from_data(t.clone(), device).require_grad())
     }
@@ -391,6 +402,42 @@ fn fused_attention_equals_the_reference_path_on<B: AttentionKernels>(device: &B:
                 r,
                 tol.values,
             );
+        }
+    }
+}
+
+/// Issue 25 §4: realistic shapes: 8 rows × 16 heads × L 384 × dh 64 with lengths from full to
+/// 1; 2 rows × L 512 × dh 128; left padding with a row of length 0 (every key masked: the
+/// uniform softmax, as the tensor operations give it). Values and the gradients of q, k, v
+/// equal the tensor-operation path's.
+#[test]
+fn fused_attention_at_realistic_shapes() {
+    on_gpu!(attention_realistic)
+}
+
+fn attention_realistic<B: AttentionKernels>(device: &B::Device, tol: Tol) {
+    for (heads, dh, lengths, l, left) in [
+        (16, 64, vec![384, 383, 300, 129, 65, 64, 17, 1], 384, false),
+        (2, 128, vec![512, 300], 512, false),
+        (4, 128, vec![40, 0, 17], 40, true),
+        (3, 64, vec![33, 0, 5], 33, true),
+    ] {
+        let mut case = AttentionCase::new(heads, dh, &lengths, l);
+        if left {
+            case = case.left_padded(&lengths);
+        }
+        let scale = case.scale();
+        let fused = case.run::<B>(device, |[q, k, v], bias| {
+            pipeline::model::kernels::attention(&q, &k, &v, &bias, scale, 0.0)
+                .expect("the GPU backend has the fused attention")
+        });
+        let reference = case.run::<B>(device, |qkv, bias| naive(qkv, bias, scale, None));
+        for (name, (f, r)) in ["ctx", "q.grad", "k.grad", "v.grad"]
+            .iter()
+            .zip(fused.iter().zip(&reference))
+        {
+            let what = format!("H {heads} dh {dh} lengths {lengths:?} left {left}: {name}");
+            assert_close(&what, f, r, tol.at_least(1e-5).values);
         }
     }
 }
@@ -483,8 +530,22 @@ fn attention_dropout_gradients_match_the_same_mask_and_finite_differences_on<
     device: &B::Device,
     tol: Tol,
 ) {
-    let (heads, dh, lengths, l, p) = (2, 32, vec![23, 11], 23, 0.2f32);
-    let case = AttentionCase::new(heads, dh, &lengths, l);
+    // Head dims 32 (one thread a row) and 128 (four threads a row, tiles of 8 rows).
+    for (heads, dh, lengths, l) in [(2, 32, vec![23, 11], 23), (2, 128, vec![21, 9], 21)] {
+        attention_dropout_case::<B>(device, tol, heads, dh, &lengths, l);
+    }
+}
+
+fn attention_dropout_case<B: AttentionKernels>(
+    device: &B::Device,
+    tol: Tol,
+    heads: usize,
+    dh: usize,
+    lengths: &[usize],
+    l: usize,
+) {
+    let p = 0.2f32;
+    let case = AttentionCase::new(heads, dh, lengths, l);
     let seed = [0.123f32, 0.456];
     let params = Params {
         heads,
@@ -510,7 +571,7 @@ fn attention_dropout_gradients_match_the_same_mask_and_finite_differences_on<
         .iter()
         .zip(fused.iter().zip(&reference))
     {
-        assert_close(&format!("dropout {p}: {name}"), f, r, tol.values);
+        assert_close(&format!("dropout {p}, dh {dh}: {name}"), f, r, tol.values);
     }
 
     // f(x) = Σ ctx·w through the fused forward pass, with one input element moved.
@@ -532,7 +593,7 @@ fn attention_dropout_gradients_match_the_same_mask_and_finite_differences_on<
             let analytic = f64::from(fused[1 + which][at]);
             assert!(
                 (numeric - analytic).abs() <= 2e-3 + 1e-2 * analytic.abs(),
-                "input {which} element {at}: finite difference {numeric} vs gradient {analytic}"
+                "dh {dh}, input {which} element {at}: finite difference {numeric} vs gradient {analytic}"
             );
         }
     }

@@ -1,6 +1,6 @@
 //! The CubeCL kernels (kept apart: CubeCL's `Tensor` is not Burn's).
 
-use super::KEYS;
+use super::ROWS;
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 
@@ -86,16 +86,6 @@ fn word(w0: u32, w1: u32, w2: u32, w3: u32, k: usize) -> u32 {
     r
 }
 
-/// The dropout factor of a probability whose keep word is `bits`: `scale` if kept, else 0.
-#[cube]
-fn dropout_factor<F: Float>(bits: u32, threshold: u32, scale: F) -> F {
-    let mut z = F::new(0.0);
-    if bits < threshold {
-        z = scale;
-    }
-    z
-}
-
 /// The Philox key words from the seed tensor `[2]`.
 #[cube]
 fn key_words<F: Float>(seed: &Tensor<F>) -> (u32, u32) {
@@ -105,9 +95,10 @@ fn key_words<F: Float>(seed: &Tensor<F>) -> (u32, u32) {
     )
 }
 
-/// Loads rows `t0 .. t0 + KEYS` of `[.., L, dh]` tensors `a` and `b` (batch·head `base`) into
+/// Loads rows `t0 .. t0 + keys` of `[.., L, dh]` tensors `a` and `b` (batch·head `base`) into
 /// shared tiles, zero past `L`; every thread of the cube takes part.
 #[cube]
+#[allow(clippy::too_many_arguments)]
 fn load_tiles<F: Float>(
     a: &Tensor<F>,
     b: &Tensor<F>,
@@ -117,9 +108,10 @@ fn load_tiles<F: Float>(
     t0: usize,
     l: usize,
     #[comptime] dh: usize,
+    #[comptime] keys: usize,
 ) {
     let mut e = UNIT_POS_X as usize;
-    while e < KEYS * dh {
+    while e < keys * dh {
         let row = t0 + e / dh;
         if row < l {
             let at = base + row * dh + e % dh;
@@ -133,6 +125,140 @@ fn load_tiles<F: Float>(
     }
 }
 
+/// Loads `src[at + t0 .. at + t0 + keys]` (a bias, lse or delta row) into a shared tile, zero
+/// past `L`; the first `keys` threads take part.
+#[cube]
+fn load_row<F: Float>(
+    src: &Tensor<F>,
+    tile: &mut SharedMemory<F>,
+    at: usize,
+    t0: usize,
+    l: usize,
+    #[comptime] keys: usize,
+) {
+    let e = UNIT_POS_X as usize;
+    if e < keys {
+        let j = t0 + e;
+        if j < l {
+            tile[e] = src[at + j];
+        } else {
+            tile[e] = F::new(0.0);
+        }
+    }
+}
+
+/// Loads the pairs `src[at + t0 + e][0..2]` of a `[.., L, 2]` tensor (the rows' maximum and log
+/// denominator) into two shared tiles, zero past `L`; the first `keys` threads take part.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn load_pair_row<F: Float>(
+    src: &Tensor<F>,
+    first: &mut SharedMemory<F>,
+    second: &mut SharedMemory<F>,
+    at: usize,
+    t0: usize,
+    l: usize,
+    #[comptime] keys: usize,
+) {
+    let e = UNIT_POS_X as usize;
+    if e < keys {
+        let j = t0 + e;
+        if j < l {
+            first[e] = src[(at + j) * 2];
+            second[e] = src[(at + j) * 2 + 1];
+        } else {
+            first[e] = F::new(0.0);
+            second[e] = F::new(0.0);
+        }
+    }
+}
+
+/// The sum of the `parts` partial sums that the threads of row `row` wrote for tile row `r`.
+#[cube]
+fn row_sum<F: Float>(
+    partial: &SharedMemory<F>,
+    r: usize,
+    row: usize,
+    #[comptime] threads: usize,
+    #[comptime] parts: usize,
+) -> F {
+    let mut x = F::new(0.0);
+    #[unroll]
+    for p in 0..parts {
+        x += partial[r * threads + row * parts + p];
+    }
+    x
+}
+
+/// The keep bits of query `i` against keys `t0 .. t0 + keys` (bit `r`: key `t0 + r` kept),
+/// four keys per Philox evaluation (`t0` is a multiple of 4). Drawn before the tile's loop, so
+/// the generator's state is not live beside the row's accumulators.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn keep_bits_of_query(
+    i: usize,
+    t0: usize,
+    bh: usize,
+    k0: u32,
+    k1: u32,
+    threshold: u32,
+    #[comptime] keys: usize,
+) -> u32 {
+    let mut bits = 0u32;
+    #[unroll]
+    for q4 in 0..keys / 4 {
+        let j = t0 + q4 * 4;
+        let (a, b, c, d) = philox((j / 4) as u32, i as u32, bh as u32, 0u32, k0, k1);
+        let at = (q4 * 4) as u32;
+        if a < threshold {
+            bits |= 1u32 << at;
+        }
+        if b < threshold {
+            bits |= 1u32 << (at + 1);
+        }
+        if c < threshold {
+            bits |= 1u32 << (at + 2);
+        }
+        if d < threshold {
+            bits |= 1u32 << (at + 3);
+        }
+    }
+    bits
+}
+
+/// The keep bits of key `j` against queries `t0 .. t0 + keys` (bit `r`: query `t0 + r`).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn keep_bits_of_key(
+    j: usize,
+    t0: usize,
+    bh: usize,
+    k0: u32,
+    k1: u32,
+    threshold: u32,
+    #[comptime] keys: usize,
+) -> u32 {
+    let mut bits = 0u32;
+    for r in 0..keys {
+        let (a, b, c, d) = philox((j / 4) as u32, (t0 + r) as u32, bh as u32, 0u32, k0, k1);
+        if word(a, b, c, d, j % 4) < threshold {
+            bits |= 1u32 << r as u32;
+        }
+    }
+    bits
+}
+
+/// The dropout factor of bit `r` of `bits`: `scale` if set, else 0.
+#[cube]
+fn kept_factor<F: Float>(bits: u32, r: usize, scale: F) -> F {
+    let mut z = F::new(0.0);
+    if (bits >> r as u32) & 1u32 == 1u32 {
+        z = scale;
+    }
+    z
+}
+
+/// Forward, `parts` threads per query row, each owning `dh / parts` of its dimensions.
 #[cube(launch)]
 // `if dropout { if .. }` stays nested: `dropout` is comptime, the inner test is not.
 #[allow(clippy::too_many_arguments, clippy::collapsible_if)]
@@ -150,59 +276,65 @@ pub(super) fn attention_forward_kernel<F: Float>(
     threshold: u32,
     keep_scale: f32,
     #[comptime] dh: usize,
+    #[comptime] parts: usize,
+    #[comptime] keys: usize,
     #[comptime] dropout: bool,
     #[define(F)] _dtype: StorageType,
 ) {
+    let slice = comptime!(dh / parts);
+    let threads = comptime!(ROWS as usize * parts);
     let bh = CUBE_POS_Y as usize;
     let l = len as usize;
-    let i = (CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X) as usize;
+    let t = UNIT_POS_X as usize;
+    let row = t / parts;
+    let off = (t % parts) * slice;
+    let i = CUBE_POS_X as usize * (ROWS as usize) + row;
     let valid = i < l;
     let base = bh * l * dh;
     let bias_at = (bh / heads as usize) * l;
     let (k0, k1) = key_words::<F>(seed);
     let z_kept = F::cast_from(keep_scale);
-    let mut qr = Array::<F>::new(dh);
-    let mut acc = Array::<F>::new(dh);
+    let mut qr = Array::<F>::new(slice);
+    let mut acc = Array::<F>::new(slice);
     let s = F::cast_from(scale);
     #[unroll]
-    for d in 0..dh {
+    for d in 0..slice {
         acc[d] = F::new(0.0);
         qr[d] = F::new(0.0);
         if valid {
-            qr[d] = q[base + i * dh + d] * s;
+            qr[d] = q[base + i * dh + off + d] * s;
         }
     }
     let mut m = F::new(-1.0e30);
     let mut denom = F::new(0.0);
-    let mut k_tile = SharedMemory::<F>::new(KEYS * dh);
-    let mut v_tile = SharedMemory::<F>::new(KEYS * dh);
+    let mut k_tile = SharedMemory::<F>::new(keys * dh);
+    let mut v_tile = SharedMemory::<F>::new(keys * dh);
+    let mut b_tile = SharedMemory::<F>::new(keys);
+    let mut px = SharedMemory::<F>::new(keys * threads);
     let mut t0 = 0usize;
     while t0 < l {
-        load_tiles::<F>(k, v, &mut k_tile, &mut v_tile, base, t0, l, dh);
+        load_tiles::<F>(k, v, &mut k_tile, &mut v_tile, base, t0, l, dh, keys);
+        load_row::<F>(bias, &mut b_tile, bias_at, t0, l, keys);
+        sync_cube();
+        // This thread's share of every score of the tile.
+        for r in 0..keys {
+            let mut x = F::new(0.0);
+            #[unroll]
+            for d in 0..slice {
+                x += qr[d] * k_tile[r * dh + off + d];
+            }
+            px[r * threads + t] = x;
+        }
         sync_cube();
         if valid {
-            let mut w0 = 0u32;
-            let mut w1 = 0u32;
-            let mut w2 = 0u32;
-            let mut w3 = 0u32;
-            for r in 0..KEYS {
+            let mut bits = 0u32;
+            if dropout {
+                bits = keep_bits_of_query(i, t0, bh, k0, k1, threshold, keys);
+            }
+            for r in 0..keys {
                 let j = t0 + r;
-                if dropout {
-                    if r % 4 == 0 {
-                        let (a, b, c, d) =
-                            philox((j / 4) as u32, i as u32, bh as u32, 0u32, k0, k1);
-                        w0 = a;
-                        w1 = b;
-                        w2 = c;
-                        w3 = d;
-                    }
-                }
                 if j < l {
-                    let mut x = bias[bias_at + j];
-                    #[unroll]
-                    for d in 0..dh {
-                        x += qr[d] * k_tile[r * dh + d];
-                    }
+                    let x = b_tile[r] + row_sum::<F>(&px, r, row, threads, parts);
                     let mut m_new = m;
                     if x > m {
                         m_new = x;
@@ -212,30 +344,32 @@ pub(super) fn attention_forward_kernel<F: Float>(
                     denom = denom * corr + p;
                     let mut pz = p;
                     if dropout {
-                        pz =
-                            p * dropout_factor::<F>(word(w0, w1, w2, w3, r % 4), threshold, z_kept);
+                        pz = p * kept_factor::<F>(bits, r, z_kept);
                     }
                     #[unroll]
-                    for d in 0..dh {
-                        acc[d] = acc[d] * corr + pz * v_tile[r * dh + d];
+                    for d in 0..slice {
+                        acc[d] = acc[d] * corr + pz * v_tile[r * dh + off + d];
                     }
                     m = m_new;
                 }
             }
         }
         sync_cube();
-        t0 += KEYS;
+        t0 += keys;
     }
     if valid {
         #[unroll]
-        for d in 0..dh {
-            out[base + i * dh + d] = acc[d] / denom;
+        for d in 0..slice {
+            out[base + i * dh + off + d] = acc[d] / denom;
         }
-        lse[bh * l + i] = m + F::ln(denom);
+        if off == 0 {
+            lse[(bh * l + i) * 2] = m;
+            lse[(bh * l + i) * 2 + 1] = F::ln(denom);
+        }
     }
 }
 
-/// Backward, one thread per query row: `D_i = dO_i·O_i` (written to `delta`) and `dQ`.
+/// Backward, `parts` threads per query row: `D_i = dO_i·O_i` (written to `delta`) and `dQ`.
 #[cube(launch)]
 // `if dropout { if .. }` stays nested: `dropout` is comptime, the inner test is not.
 #[allow(clippy::too_many_arguments, clippy::collapsible_if)]
@@ -256,94 +390,111 @@ pub(super) fn attention_dq_kernel<F: Float>(
     threshold: u32,
     keep_scale: f32,
     #[comptime] dh: usize,
+    #[comptime] parts: usize,
+    #[comptime] keys: usize,
     #[comptime] dropout: bool,
     #[define(F)] _dtype: StorageType,
 ) {
+    let slice = comptime!(dh / parts);
+    let threads = comptime!(ROWS as usize * parts);
     let bh = CUBE_POS_Y as usize;
     let l = len as usize;
-    let i = (CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X) as usize;
+    let t = UNIT_POS_X as usize;
+    let row = t / parts;
+    let off = (t % parts) * slice;
+    let i = CUBE_POS_X as usize * (ROWS as usize) + row;
     let valid = i < l;
     let base = bh * l * dh;
     let bias_at = (bh / heads as usize) * l;
     let (k0, k1) = key_words::<F>(seed);
     let z_kept = F::cast_from(keep_scale);
     let s = F::cast_from(scale);
-    let mut qr = Array::<F>::new(dh);
-    let mut dor = Array::<F>::new(dh);
-    let mut acc = Array::<F>::new(dh);
-    let mut d_i = F::new(0.0);
-    let mut lse_i = F::new(0.0);
+    let mut qr = Array::<F>::new(slice);
+    let mut dor = Array::<F>::new(slice);
+    let mut acc = Array::<F>::new(slice);
+    let mut d_part = F::new(0.0);
+    let mut max_i = F::new(0.0);
+    let mut log_denom_i = F::new(0.0);
     #[unroll]
-    for d in 0..dh {
+    for d in 0..slice {
         acc[d] = F::new(0.0);
         qr[d] = F::new(0.0);
         dor[d] = F::new(0.0);
         if valid {
-            let at = base + i * dh + d;
+            let at = base + i * dh + off + d;
             qr[d] = q[at] * s;
             dor[d] = dout[at];
-            d_i += dor[d] * out[at];
+            d_part += dor[d] * out[at];
         }
     }
+    let mut k_tile = SharedMemory::<F>::new(keys * dh);
+    let mut v_tile = SharedMemory::<F>::new(keys * dh);
+    let mut b_tile = SharedMemory::<F>::new(keys);
+    let mut px = SharedMemory::<F>::new(keys * threads);
+    let mut pdp = SharedMemory::<F>::new(keys * threads);
+    // D_i from the row's partial sums.
+    px[t] = d_part;
+    sync_cube();
+    let d_i = row_sum::<F>(&px, 0, row, threads, parts);
     if valid {
-        delta[bh * l + i] = d_i;
-        lse_i = lse[bh * l + i];
+        if off == 0 {
+            delta[bh * l + i] = d_i;
+        }
+        max_i = lse[(bh * l + i) * 2];
+        log_denom_i = lse[(bh * l + i) * 2 + 1];
     }
-    let mut k_tile = SharedMemory::<F>::new(KEYS * dh);
-    let mut v_tile = SharedMemory::<F>::new(KEYS * dh);
+    sync_cube();
     let mut t0 = 0usize;
     while t0 < l {
-        load_tiles::<F>(k, v, &mut k_tile, &mut v_tile, base, t0, l, dh);
+        load_tiles::<F>(k, v, &mut k_tile, &mut v_tile, base, t0, l, dh, keys);
+        load_row::<F>(bias, &mut b_tile, bias_at, t0, l, keys);
+        sync_cube();
+        for r in 0..keys {
+            let mut x = F::new(0.0);
+            let mut dp = F::new(0.0);
+            #[unroll]
+            for d in 0..slice {
+                x += qr[d] * k_tile[r * dh + off + d];
+                dp += dor[d] * v_tile[r * dh + off + d];
+            }
+            px[r * threads + t] = x;
+            pdp[r * threads + t] = dp;
+        }
         sync_cube();
         if valid {
-            let mut w0 = 0u32;
-            let mut w1 = 0u32;
-            let mut w2 = 0u32;
-            let mut w3 = 0u32;
-            for r in 0..KEYS {
+            let mut bits = 0u32;
+            if dropout {
+                bits = keep_bits_of_query(i, t0, bh, k0, k1, threshold, keys);
+            }
+            for r in 0..keys {
                 let j = t0 + r;
-                if dropout {
-                    if r % 4 == 0 {
-                        let (a, b, c, d) =
-                            philox((j / 4) as u32, i as u32, bh as u32, 0u32, k0, k1);
-                        w0 = a;
-                        w1 = b;
-                        w2 = c;
-                        w3 = d;
-                    }
-                }
                 if j < l {
-                    let mut x = bias[bias_at + j];
-                    let mut dp = F::new(0.0);
-                    #[unroll]
-                    for d in 0..dh {
-                        x += qr[d] * k_tile[r * dh + d];
-                        dp += dor[d] * v_tile[r * dh + d];
-                    }
-                    let p = F::exp(x - lse_i);
+                    let x = b_tile[r] + row_sum::<F>(&px, r, row, threads, parts);
+                    let mut dp = row_sum::<F>(&pdp, r, row, threads, parts);
+                    let p = F::exp((x - max_i) - log_denom_i);
                     if dropout {
-                        dp *= dropout_factor::<F>(word(w0, w1, w2, w3, r % 4), threshold, z_kept);
+                        dp *= kept_factor::<F>(bits, r, z_kept);
                     }
                     let ds = p * (dp - d_i);
                     #[unroll]
-                    for d in 0..dh {
-                        acc[d] += ds * k_tile[r * dh + d];
+                    for d in 0..slice {
+                        acc[d] += ds * k_tile[r * dh + off + d];
                     }
                 }
             }
         }
         sync_cube();
-        t0 += KEYS;
+        t0 += keys;
     }
     if valid {
         #[unroll]
-        for d in 0..dh {
-            dq[base + i * dh + d] = acc[d] * s;
+        for d in 0..slice {
+            dq[base + i * dh + off + d] = acc[d] * s;
         }
     }
 }
 
-/// Backward, one thread per key row: `dK` and `dV`, with the query side (`q`, `dO`, `lse`,
+/// Backward, `parts` threads per key row: `dK` and `dV`, with the query side (`q`, `dO`, `lse`,
 /// `D`) in shared tiles.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
@@ -364,79 +515,102 @@ pub(super) fn attention_dkdv_kernel<F: Float>(
     threshold: u32,
     keep_scale: f32,
     #[comptime] dh: usize,
+    #[comptime] parts: usize,
+    #[comptime] keys: usize,
     #[comptime] dropout: bool,
     #[define(F)] _dtype: StorageType,
 ) {
+    let slice = comptime!(dh / parts);
+    let threads = comptime!(ROWS as usize * parts);
     let bh = CUBE_POS_Y as usize;
     let l = len as usize;
-    let j = (CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X) as usize;
+    let t = UNIT_POS_X as usize;
+    let row = t / parts;
+    let off = (t % parts) * slice;
+    let j = CUBE_POS_X as usize * (ROWS as usize) + row;
     let valid = j < l;
     let base = bh * l * dh;
     let (k0, k1) = key_words::<F>(seed);
     let z_kept = F::cast_from(keep_scale);
     let s = F::cast_from(scale);
-    let mut kr = Array::<F>::new(dh);
-    let mut vr = Array::<F>::new(dh);
-    let mut dk_acc = Array::<F>::new(dh);
-    let mut dv_acc = Array::<F>::new(dh);
+    let mut kr = Array::<F>::new(slice);
+    let mut vr = Array::<F>::new(slice);
+    let mut dk_acc = Array::<F>::new(slice);
+    let mut dv_acc = Array::<F>::new(slice);
     let mut bias_j = F::new(0.0);
     #[unroll]
-    for d in 0..dh {
+    for d in 0..slice {
         dk_acc[d] = F::new(0.0);
         dv_acc[d] = F::new(0.0);
         kr[d] = F::new(0.0);
         vr[d] = F::new(0.0);
         if valid {
-            kr[d] = k[base + j * dh + d] * s;
-            vr[d] = v[base + j * dh + d];
+            kr[d] = k[base + j * dh + off + d] * s;
+            vr[d] = v[base + j * dh + off + d];
         }
     }
     if valid {
         bias_j = bias[(bh / heads as usize) * l + j];
     }
-    let mut q_tile = SharedMemory::<F>::new(KEYS * dh);
-    let mut do_tile = SharedMemory::<F>::new(KEYS * dh);
+    let mut q_tile = SharedMemory::<F>::new(keys * dh);
+    let mut do_tile = SharedMemory::<F>::new(keys * dh);
+    let mut max_tile = SharedMemory::<F>::new(keys);
+    let mut log_denom_tile = SharedMemory::<F>::new(keys);
+    let mut delta_tile = SharedMemory::<F>::new(keys);
+    let mut px = SharedMemory::<F>::new(keys * threads);
+    let mut pdp = SharedMemory::<F>::new(keys * threads);
     let mut t0 = 0usize;
     while t0 < l {
-        load_tiles::<F>(q, dout, &mut q_tile, &mut do_tile, base, t0, l, dh);
+        load_tiles::<F>(q, dout, &mut q_tile, &mut do_tile, base, t0, l, dh, keys);
+        load_pair_row::<F>(lse, &mut max_tile, &mut log_denom_tile, bh * l, t0, l, keys);
+        load_row::<F>(delta, &mut delta_tile, bh * l, t0, l, keys);
+        sync_cube();
+        for r in 0..keys {
+            let mut x = F::new(0.0);
+            let mut dp = F::new(0.0);
+            #[unroll]
+            for d in 0..slice {
+                x += kr[d] * q_tile[r * dh + off + d];
+                dp += vr[d] * do_tile[r * dh + off + d];
+            }
+            px[r * threads + t] = x;
+            pdp[r * threads + t] = dp;
+        }
         sync_cube();
         if valid {
-            for r in 0..KEYS {
+            let mut bits = 0u32;
+            if dropout {
+                bits = keep_bits_of_key(j, t0, bh, k0, k1, threshold, keys);
+            }
+            for r in 0..keys {
                 let i = t0 + r;
                 if i < l {
-                    let mut x = bias_j;
-                    let mut dp = F::new(0.0);
-                    #[unroll]
-                    for d in 0..dh {
-                        x += kr[d] * q_tile[r * dh + d];
-                        dp += vr[d] * do_tile[r * dh + d];
-                    }
-                    let p = F::exp(x - lse[bh * l + i]);
+                    let x = bias_j + row_sum::<F>(&px, r, row, threads, parts);
+                    let mut dp = row_sum::<F>(&pdp, r, row, threads, parts);
+                    let p = F::exp((x - max_tile[r]) - log_denom_tile[r]);
                     let mut pz = p;
                     if dropout {
-                        let (a, b, c, d) =
-                            philox((j / 4) as u32, i as u32, bh as u32, 0u32, k0, k1);
-                        let z = dropout_factor::<F>(word(a, b, c, d, j % 4), threshold, z_kept);
+                        let z = kept_factor::<F>(bits, r, z_kept);
                         pz = p * z;
                         dp *= z;
                     }
-                    let ds = p * (dp - delta[bh * l + i]);
+                    let ds = p * (dp - delta_tile[r]);
                     #[unroll]
-                    for d in 0..dh {
-                        dv_acc[d] += pz * do_tile[r * dh + d];
-                        dk_acc[d] += ds * q_tile[r * dh + d];
+                    for d in 0..slice {
+                        dv_acc[d] += pz * do_tile[r * dh + off + d];
+                        dk_acc[d] += ds * q_tile[r * dh + off + d];
                     }
                 }
             }
         }
         sync_cube();
-        t0 += KEYS;
+        t0 += keys;
     }
     if valid {
         #[unroll]
-        for d in 0..dh {
-            dk[base + j * dh + d] = dk_acc[d] * s;
-            dv[base + j * dh + d] = dv_acc[d];
+        for d in 0..slice {
+            dk[base + j * dh + off + d] = dk_acc[d] * s;
+            dv[base + j * dh + off + d] = dv_acc[d];
         }
     }
 }

@@ -5,11 +5,18 @@
 //!
 //! Layouts (contiguous f32): `q`, `k`, `v`, `ctx` `[b·heads, L, dh]`; `bias` `[b, L]`, added to
 //! every query's scores (HF's additive padding mask: 0 at real keys, −1e9 at pads; any padding
-//! side); the row log-sum-exp `lse` `[b·heads, L]` kept for the backward pass.
+//! side); the row log-sum-exp `lse` `[b·heads, L, 2]` kept for the backward pass as its two
+//! terms, the row's running maximum and the log of its denominator: their sum would lose the
+//! denominator where the maximum is −1e9 (a row whose every key is masked), and the backward
+//! pass would then see probabilities of 1 instead of 1/L.
 //!
-//! Forward: a cube owns [`ROWS`] query rows of one (batch, head); each thread one row, with the
-//! scaled query and the output accumulator in registers; the cube walks the keys in tiles of
-//! [`KEYS`] rows of `k` and `v` loaded cooperatively into shared memory.
+//! Forward: a cube owns [`ROWS`] query rows of one (batch, head); [`parts`] threads share a
+//! row, each with its slice of the scaled query and of the output accumulator in registers; the
+//! cube walks the keys in tiles of [`tile_keys`] rows of `k` and `v` (and the bias) loaded
+//! cooperatively into shared memory. Each thread writes its slice's share of every score of the
+//! tile to shared memory; after a barrier each sums its row's shares (the online softmax runs
+//! on every thread of the row, identically). The backward kernels split their rows the same
+//! way, and stage `lse` and `D` with the tile.
 //!
 //! Dropout on the probabilities (PyTorch's: zero with probability p, scale the rest by
 //! 1/(1−p)) draws each element's keep bit from Philox-4x32-10 ([`philox`]), a counter-based
@@ -19,7 +26,7 @@
 //! bits instead of storing a mask. The softmax's denominator counts every key (dropout comes
 //! after the softmax), as in PyTorch.
 //!
-//! Backward (FA2): `D_i = dO_i·O_i`; with `p_ij = exp(x_ij − lse_i)` recomputed,
+//! Backward (FA2): `D_i = dO_i·O_i`; with `p_ij = exp((x_ij − m_i) − ln Σ_i)` recomputed,
 //! `dV_j = Σ_i z_ij p_ij dO_i`, `dp_ij = z_ij dO_i·v_j`, `ds_ij = p_ij (dp_ij − D_i)`,
 //! `dQ_i = s Σ_j ds_ij k_j`, `dK_j = s Σ_i ds_ij q_i` (z: the dropout scale or 0). One launch
 //! per query block writes `D` and `dQ`; one per key block writes `dK` and `dV`.
@@ -38,10 +45,33 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
-/// Query (or key) rows per cube: one thread each.
+/// Query (or key) rows per cube, each taken by [`parts`] threads.
 pub const ROWS: u32 = 64;
-/// Rows of the other side per shared-memory tile (`2 · KEYS · dh` floats: 16 KiB at dh 128).
-pub const KEYS: usize = 16;
+
+/// Threads per row for head dimension `dh`: each owns `dh / parts` of the row's dimensions
+/// (32 at dh 64 and 128), so a thread keeps at most 4 × 32 floats of state (`dK`'s kernel:
+/// k, v, dK, dV) instead of 4 × dh, which spilled registers at dh 64 (ptxas, see
+/// `bench/RESULTS.md`). Blocks are `ROWS · parts` threads: 128 at dh 64, 256 at dh 128.
+pub fn parts(dh: usize) -> usize {
+    if dh > 64 && dh.is_multiple_of(4) {
+        4
+    } else if dh > 32 && dh.is_multiple_of(2) {
+        2
+    } else {
+        1
+    }
+}
+
+/// Rows of the other side per shared-memory tile: with the tiles (`2 · keys · dh` floats) and
+/// the partial sums (`2 · keys · ROWS · parts`), 24 KiB at dh 64 and 128, under the 32 KiB a
+/// Vulkan device may have (lavapipe's).
+pub fn tile_keys(dh: usize) -> usize {
+    if parts(dh) == 4 {
+        8
+    } else {
+        16
+    }
+}
 /// The largest head dimension the kernels take (registers per thread grow with it).
 pub const MAX_HEAD_DIM: usize = 128;
 /// The most batch × heads the kernels take: one row of cubes each, at most 65,535 on wgpu.
@@ -109,20 +139,21 @@ pub(crate) fn cuda_kernels(
     dh: usize,
     dropout: bool,
 ) -> anyhow::Result<Vec<super::cuda_source::CudaKernel>> {
-    let dim = CubeDim::new_1d(ROWS);
+    let dim = CubeDim::new_1d(ROWS * parts(dh) as u32);
+    let (parts, keys) = (parts(dh), tile_keys(dh));
     let tag = format!("dh{dh}{}", if dropout { "_dropout" } else { "" });
     let forward = cuda_definition!(props, dim, "attention_forward_kernel_f_f32", cube::attention_forward_kernel;
         inputs [q, k, v, bias, seed]; outputs [out, lse];
         scalars [len: u32, heads: u32, scale: f32, threshold: u32, keep_scale: f32];
-        comptime [dh, dropout]);
+        comptime [dh, parts, keys, dropout]);
     let dq = cuda_definition!(props, dim, "attention_dq_kernel_f_f32", cube::attention_dq_kernel;
         inputs [q, k, v, bias, seed, out, lse, dout]; outputs [delta, dq];
         scalars [len: u32, heads: u32, scale: f32, threshold: u32, keep_scale: f32];
-        comptime [dh, dropout]);
+        comptime [dh, parts, keys, dropout]);
     let dkdv = cuda_definition!(props, dim, "attention_dkdv_kernel_f_f32", cube::attention_dkdv_kernel;
         inputs [q, k, v, bias, seed, lse, dout, delta]; outputs [dk, dv];
         scalars [len: u32, heads: u32, scale: f32, threshold: u32, keep_scale: f32];
-        comptime [dh, dropout]);
+        comptime [dh, parts, keys, dropout]);
     Ok(vec![
         super::cuda_source::compile(&format!("attention_forward_{tag}"), forward, sm)?,
         super::cuda_source::compile(&format!("attention_dq_{tag}"), dq, sm)?,
@@ -145,11 +176,11 @@ fn dims3<R: CubeRuntime>(t: &CubeTensor<R>) -> (usize, usize, usize) {
     (s[0], s[1], s[2])
 }
 
-/// Cubes: blocks of [`ROWS`] rows along x, batch·heads along y.
-fn grid(bh: usize, l: usize) -> (CubeCount, CubeDim) {
+/// Cubes: blocks of [`ROWS`] rows ([`parts`] threads each) along x, batch·heads along y.
+fn grid(bh: usize, l: usize, dh: usize) -> (CubeCount, CubeDim) {
     (
         CubeCount::Static(l.div_ceil(ROWS as usize) as u32, bh as u32, 1),
-        CubeDim::new_1d(ROWS),
+        CubeDim::new_1d(ROWS * parts(dh) as u32),
     )
 }
 
@@ -172,9 +203,9 @@ where
         let (bias, seed) = (into_contiguous(bias), into_contiguous(seed));
         let (bh, l, dh) = dims3(&q);
         let out = empty(&q, vec![bh, l, dh]);
-        let lse = empty(&q, vec![bh, l]);
+        let lse = empty(&q, vec![bh, l, 2]);
         let (threshold, keep_scale) = params.keep().unwrap_or((u32::MAX, 1.0));
-        let (count, dim) = grid(bh, l);
+        let (count, dim) = grid(bh, l, dh);
         let dtype = q.dtype;
         attention_forward_kernel::launch::<R>(
             &q.client.clone(),
@@ -193,6 +224,8 @@ where
             threshold,
             keep_scale,
             dh,
+            parts(dh),
+            tile_keys(dh),
             params.dropout > 0.0,
             dtype.into(),
         );
@@ -226,7 +259,7 @@ where
         let client = q.client.clone();
         let dtype = q.dtype;
         let dropout = params.dropout > 0.0;
-        let (count, dim) = grid(bh, l);
+        let (count, dim) = grid(bh, l, dh);
         attention_dq_kernel::launch::<R>(
             &client,
             count.clone(),
@@ -247,6 +280,8 @@ where
             threshold,
             keep_scale,
             dh,
+            parts(dh),
+            tile_keys(dh),
             dropout,
             dtype.into(),
         );
@@ -270,6 +305,8 @@ where
             threshold,
             keep_scale,
             dh,
+            parts(dh),
+            tile_keys(dh),
             dropout,
             dtype.into(),
         );
