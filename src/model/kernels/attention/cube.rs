@@ -173,6 +173,37 @@ fn load_pair_row<F: Float>(
     }
 }
 
+/// This thread's shares (its slice `off .. off + slice`) of two dot products with every row
+/// `r` of a tile: `a · a_tile[r]` into `pa[r · threads + t]`, `b · b_tile[r]` into `pb`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn partial_dots<F: Float>(
+    a: &Array<F>,
+    b: &Array<F>,
+    a_tile: &SharedMemory<F>,
+    b_tile: &SharedMemory<F>,
+    pa: &mut SharedMemory<F>,
+    pb: &mut SharedMemory<F>,
+    t: usize,
+    off: usize,
+    #[comptime] dh: usize,
+    #[comptime] slice: usize,
+    #[comptime] keys: usize,
+    #[comptime] threads: usize,
+) {
+    for r in 0..keys {
+        let mut x = F::new(0.0);
+        let mut y = F::new(0.0);
+        #[unroll]
+        for d in 0..slice {
+            x += a[d] * a_tile[r * dh + off + d];
+            y += b[d] * b_tile[r * dh + off + d];
+        }
+        pa[r * threads + t] = x;
+        pb[r * threads + t] = y;
+    }
+}
+
 /// The sum of the `parts` partial sums that the threads of row `row` wrote for tile row `r`.
 #[cube]
 fn row_sum<F: Float>(
@@ -449,17 +480,9 @@ pub(super) fn attention_dq_kernel<F: Float>(
         load_tiles::<F>(k, v, &mut k_tile, &mut v_tile, base, t0, l, dh, keys);
         load_row::<F>(bias, &mut b_tile, bias_at, t0, l, keys);
         sync_cube();
-        for r in 0..keys {
-            let mut x = F::new(0.0);
-            let mut dp = F::new(0.0);
-            #[unroll]
-            for d in 0..slice {
-                x += qr[d] * k_tile[r * dh + off + d];
-                dp += dor[d] * v_tile[r * dh + off + d];
-            }
-            px[r * threads + t] = x;
-            pdp[r * threads + t] = dp;
-        }
+        partial_dots::<F>(
+            &qr, &dor, &k_tile, &v_tile, &mut px, &mut pdp, t, off, dh, slice, keys, threads,
+        );
         sync_cube();
         if valid {
             let mut bits = 0u32;
@@ -565,17 +588,9 @@ pub(super) fn attention_dkdv_kernel<F: Float>(
         load_pair_row::<F>(lse, &mut max_tile, &mut log_denom_tile, bh * l, t0, l, keys);
         load_row::<F>(delta, &mut delta_tile, bh * l, t0, l, keys);
         sync_cube();
-        for r in 0..keys {
-            let mut x = F::new(0.0);
-            let mut dp = F::new(0.0);
-            #[unroll]
-            for d in 0..slice {
-                x += kr[d] * q_tile[r * dh + off + d];
-                dp += vr[d] * do_tile[r * dh + off + d];
-            }
-            px[r * threads + t] = x;
-            pdp[r * threads + t] = dp;
-        }
+        partial_dots::<F>(
+            &kr, &vr, &q_tile, &do_tile, &mut px, &mut pdp, t, off, dh, slice, keys, threads,
+        );
         sync_cube();
         if valid {
             let mut bits = 0u32;
