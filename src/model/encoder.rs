@@ -42,6 +42,12 @@ fn hf_embedding<B: Backend>(n: usize, d: usize, std: f64, device: &B::Device) ->
     e
 }
 
+/// `ln.forward(x)`, through the fused kernel where the backend has it (see
+/// [`super::kernels::layer_norm`]).
+fn layer_norm_forward<B: Backend>(ln: &LayerNorm<B>, x: Tensor<B, 3>, eps: f64) -> Tensor<B, 3> {
+    super::kernels::layer_norm(ln, x, eps)
+}
+
 fn layer_norm<B: Backend>(cfg: &EncoderConfig, device: &B::Device) -> LayerNorm<B> {
     LayerNormConfig::new(cfg.hidden_size)
         .with_epsilon(cfg.layer_norm_eps)
@@ -98,11 +104,12 @@ impl<B: Backend> Embeddings<B> {
         input_ids: Tensor<B, 2, Int>,
         token_type_ids: Tensor<B, 2, Int>,
         position_ids: Tensor<B, 2, Int>,
+        eps: f64,
     ) -> Tensor<B, 3> {
         let x = self.word_embeddings.forward(input_ids)
             + self.token_type_embeddings.forward(token_type_ids)
             + self.position_embeddings.forward(position_ids);
-        dropout(&self.dropout, self.layer_norm.forward(x))
+        dropout(&self.dropout, layer_norm_forward(&self.layer_norm, x, eps))
     }
 }
 
@@ -240,13 +247,15 @@ impl<B: Backend> Layer<B> {
         }
     }
 
-    fn forward(&self, x: Tensor<B, 3>, mask: &KeyMask<B>) -> Tensor<B, 3> {
+    fn forward(&self, x: Tensor<B, 3>, mask: &KeyMask<B>, eps: f64) -> Tensor<B, 3> {
         let a = &self.attention;
         let ctx = a.self_attention.forward(x.clone(), mask);
         let o = &a.output;
-        let attn = o
-            .layer_norm
-            .forward(dropout(&o.dropout, amp::linear(&o.dense, ctx)) + x);
+        let attn = layer_norm_forward(
+            &o.layer_norm,
+            dropout(&o.dropout, amp::linear(&o.dense, ctx)) + x,
+            eps,
+        );
         let inter = amp::linear(&self.intermediate.dense, attn.clone());
         let inter = if self.intermediate.approximate_gelu {
             gelu_approximate(inter)
@@ -254,8 +263,11 @@ impl<B: Backend> Layer<B> {
             gelu(inter)
         };
         let out = &self.output;
-        out.layer_norm
-            .forward(dropout(&out.dropout, amp::linear(&out.dense, inter)) + attn)
+        layer_norm_forward(
+            &out.layer_norm,
+            dropout(&out.dropout, amp::linear(&out.dense, inter)) + attn,
+            eps,
+        )
     }
 }
 
@@ -273,6 +285,8 @@ pub struct EncoderModel<B: Backend> {
     /// RoBERTa's position rule (cumsum of the non-pad mask) when true, BERT's arange otherwise.
     pub roberta_positions: bool,
     pub pad_token_id: usize,
+    /// The layer norms' ε (`layer_norm_eps`; Burn's `LayerNorm` keeps its own private).
+    pub layer_norm_eps: f64,
 }
 
 impl<B: Backend> EncoderModel<B> {
@@ -287,6 +301,7 @@ impl<B: Backend> EncoderModel<B> {
             },
             roberta_positions: cfg.family()? == Family::Roberta,
             pad_token_id: cfg.pad_token_id,
+            layer_norm_eps: cfg.layer_norm_eps,
         })
     }
 
@@ -323,9 +338,9 @@ impl<B: Backend> EncoderModel<B> {
         } else {
             token_type_ids
         };
-        let mut x = self
-            .embeddings
-            .forward(input_ids, token_type_ids, positions);
+        let mut x =
+            self.embeddings
+                .forward(input_ids, token_type_ids, positions, self.layer_norm_eps);
         let padded = attention_mask.equal_elem(0).reshape([b, 1, 1, l]);
         let mask = if B::ad_enabled(&x.device()) || !amp::fused_attention() {
             // HF adds finfo(dtype).min at padded keys; any value that underflows exp() is the
@@ -348,7 +363,7 @@ impl<B: Backend> EncoderModel<B> {
             KeyMask::Padded(padded)
         };
         for layer in &self.encoder.layer {
-            x = layer.forward(x, &mask);
+            x = layer.forward(x, &mask, self.layer_norm_eps);
         }
         x
     }

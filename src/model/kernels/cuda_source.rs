@@ -12,9 +12,7 @@ use burn_cubecl::cubecl::ir::{
     AddressType, DeviceProperties, ElemType, FloatKind, HardwareProperties, MemoryDeviceProperties,
     StorageType, VectorSize,
 };
-use burn_cubecl::cubecl::prelude::{
-    CubeDim, ExecutionMode, KernelBuilder, KernelDefinition, Runtime,
-};
+use burn_cubecl::cubecl::prelude::{ExecutionMode, KernelBuilder, KernelDefinition, Runtime};
 use burn_cubecl::cubecl::profile::TimingMethod;
 use burn_cubecl::cubecl::Compiler;
 
@@ -96,15 +94,15 @@ fn options(sm: u32) -> Options {
     o
 }
 
-/// Compiles a definition to CUDA C++ for `sm`, in the mode our launches use (`Checked`: the
-/// kernels go through `launch`, which bounds-checks).
+/// Compiles a definition to CUDA C++ for `sm`, in the mode our launches use outside tests
+/// (`Unchecked`, see [`super::checked_launches`]).
 pub(crate) fn compile(name: &str, def: KernelDefinition, sm: u32) -> anyhow::Result<CudaKernel> {
     let threads = def.cube_dim.num_elems();
     let repr = CudaCompiler::default()
         .compile(
             def,
             &options(sm),
-            ExecutionMode::Checked,
+            ExecutionMode::Unchecked,
             AddressType::U32.unsigned_type(),
         )
         .map_err(|e| anyhow::anyhow!("CubeCL could not compile {name} to CUDA: {e:?}"))?;
@@ -114,12 +112,4 @@ pub(crate) fn compile(name: &str, def: KernelDefinition, sm: u32) -> anyhow::Res
         source: repr.to_string(),
         threads,
     })
-}
-
-/// The cube dimension CubeCL's `CubeDim::new(client, units)` picks on a CUDA device for
-/// `units` elementwise threads: 32 wide, up to 8 high.
-pub(crate) fn elementwise_cube_dim(units: usize) -> CubeDim {
-    let warps = (units / 32).max(1);
-    let y = 1u32 << (warps.ilog2().min(3));
-    CubeDim::new_2d(32, y)
 }

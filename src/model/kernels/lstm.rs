@@ -28,8 +28,7 @@ use burn::backend::autodiff::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
-use burn_cubecl::cubecl::calculate_cube_count_elemwise;
-use burn_cubecl::cubecl::prelude::{ComputeClient, CubeCount, CubeDim};
+use burn_cubecl::cubecl::prelude::{CubeCount, CubeDim};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
@@ -56,8 +55,16 @@ pub trait LstmKernels: Backend {
     ) -> FloatTensor<Self>;
 }
 
+/// Hidden units per cube: one warp's lanes, reading neighbouring columns of the weights.
+pub const UNITS: usize = 32;
+/// Warps per cube, each summing every `SPLIT`-th term of the recurrent product.
+pub const SPLIT: usize = 8;
+/// Rows per cube: each weight loaded serves this many rows (of one direction).
+pub const ROW_CHUNK: usize = 4;
+
 /// The CubeCL kernels (kept apart: CubeCL's `Tensor` is not Burn's).
 mod cube {
+    use super::{ROW_CHUNK, SPLIT, UNITS};
     use burn_cubecl::cubecl;
     use burn_cubecl::cubecl::prelude::*;
 
@@ -73,8 +80,24 @@ mod cube {
         r
     }
 
-    /// One forward time step `t` for every row and hidden unit.
-    #[cube(launch)]
+    /// This thread's place in its cube: unit `j` (lane), split `s` (warp), the cube's first row
+    /// `r0` within its direction `d`.
+    #[cube]
+    fn place() -> (usize, usize, usize, usize) {
+        let j = CUBE_POS_X as usize * UNITS + UNIT_POS_X as usize;
+        let s = UNIT_POS_Y as usize;
+        let r0 = CUBE_POS_Y as usize * ROW_CHUNK;
+        let d = CUBE_POS_Z as usize;
+        (j, s, r0, d)
+    }
+
+    /// One forward time step `t`. A cube owns [`UNITS`] hidden units of [`ROW_CHUNK`] rows of
+    /// one direction: each of its [`SPLIT`] warps sums a slice of the recurrent product
+    /// (`m ≡ s mod SPLIT`) for every row at once, so each weight it loads (a row of `w`,
+    /// contiguous across the warp's lanes) serves all the rows; the partial sums meet in shared
+    /// memory, and the first `ROW_CHUNK` warps finish one row each (gates, cell, output).
+    #[cube(launch, launch_unchecked)]
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn lstm_step_forward<F: Float>(
         xp: &Tensor<F>,
         w: &Tensor<F>,
@@ -85,57 +108,91 @@ mod cube {
         len: u32,
         hidden: u32,
         rows: u32,
-        units: u32,
         #[define(F)] _dtype: StorageType,
     ) {
-        let pos = ABSOLUTE_POS;
-        if pos >= units as usize {
-            terminate!();
-        }
+        let (j, s, r0, d) = place();
         let h = hidden as usize;
         let l = len as usize;
         let t = t as usize;
-        let n = pos / h;
-        let j = pos % h;
-        let d = n / rows as usize;
+        let rows = rows as usize;
         let h4 = 4 * h;
-        let x_at = (n * l + t) * h4 + j;
-        let mut a_i = xp[x_at];
-        let mut a_f = xp[x_at + h];
-        let mut a_g = xp[x_at + 2 * h];
-        let mut a_o = xp[x_at + 3 * h];
-        let mut c_prev = F::new(0.0);
-        if t > 0 {
-            let h_at = (n * l + t - 1) * h;
-            let w_at = d * h * h4 + j;
-            for m in 0..h {
-                let hm = y[h_at + m];
-                let wm = w_at + m * h4;
-                a_i += hm * w[wm];
-                a_f += hm * w[wm + h];
-                a_g += hm * w[wm + 2 * h];
-                a_o += hm * w[wm + 3 * h];
-            }
-            c_prev = c[h_at + j];
+        let lane = UNIT_POS_X as usize;
+        // part[((p · 4 + gate) · ROW_CHUNK + r) · UNITS + lane]
+        let mut part = SharedMemory::<F>::new(comptime!(SPLIT * 4 * ROW_CHUNK * UNITS));
+        let mut acc = Array::<F>::new(comptime!(4 * ROW_CHUNK));
+        #[unroll]
+        for e in 0..comptime!(4 * ROW_CHUNK) {
+            acc[e] = F::new(0.0);
         }
-        let i = sigmoid::<F>(a_i);
-        let f = sigmoid::<F>(a_f);
-        let g = F::tanh(a_g);
-        let o = sigmoid::<F>(a_o);
-        let c_t = f * c_prev + i * g;
-        let s_at = (n * l + t) * h + j;
-        c[s_at] = c_t;
-        y[s_at] = o * F::tanh(c_t);
-        gates[x_at] = i;
-        gates[x_at + h] = f;
-        gates[x_at + 2 * h] = g;
-        gates[x_at + 3 * h] = o;
+        if t > 0 && j < h {
+            let w_at = d * h * h4 + j;
+            let mut m = s;
+            while m < h {
+                let wm = w_at + m * h4;
+                let w_i = w[wm];
+                let w_f = w[wm + h];
+                let w_g = w[wm + 2 * h];
+                let w_o = w[wm + 3 * h];
+                #[unroll]
+                for r in 0..ROW_CHUNK {
+                    let row = r0 + r;
+                    if row < rows {
+                        let n = d * rows + row;
+                        let hm = y[(n * l + t - 1) * h + m];
+                        acc[r] += hm * w_i;
+                        acc[ROW_CHUNK + r] += hm * w_f;
+                        acc[2 * ROW_CHUNK + r] += hm * w_g;
+                        acc[3 * ROW_CHUNK + r] += hm * w_o;
+                    }
+                }
+                m += SPLIT;
+            }
+        }
+        #[unroll]
+        for e in 0..comptime!(4 * ROW_CHUNK) {
+            part[(s * 4usize * ROW_CHUNK + e) * UNITS + lane] = acc[e];
+        }
+        sync_cube();
+        let row = r0 + s;
+        if s < ROW_CHUNK && row < rows && j < h {
+            let n = d * rows + row;
+            let x_at = (n * l + t) * h4 + j;
+            let mut a = Array::<F>::new(4usize);
+            #[unroll]
+            for g in 0..4usize {
+                let mut sum = xp[x_at + g * h];
+                #[unroll]
+                for p in 0..SPLIT {
+                    sum += part[((p * 4usize + g) * ROW_CHUNK + s) * UNITS + lane];
+                }
+                a[g] = sum;
+            }
+            let mut c_prev = F::new(0.0);
+            if t > 0 {
+                c_prev = c[(n * l + t - 1) * h + j];
+            }
+            let i = sigmoid::<F>(a[0]);
+            let f = sigmoid::<F>(a[1]);
+            let g = F::tanh(a[2]);
+            let o = sigmoid::<F>(a[3]);
+            let c_t = f * c_prev + i * g;
+            let s_at = (n * l + t) * h + j;
+            c[s_at] = c_t;
+            y[s_at] = o * F::tanh(c_t);
+            gates[x_at] = i;
+            gates[x_at + h] = f;
+            gates[x_at + 2 * h] = g;
+            gates[x_at + 3 * h] = o;
+        }
     }
 
     /// One backward time step `t`: writes `dG_t` and carries `dc` (`[n, H]`, read only when
-    /// `t + 1 < l`, so it needs no initialisation). `wt` is `w` transposed, `[dirs, 4H, H]`, so
-    /// that the threads of a warp (neighbouring units `j`) read neighbouring addresses.
-    #[cube(launch)]
+    /// `t + 1 < l`, so it needs no initialisation). `wt` is `w` transposed, `[dirs, 4H, H]`:
+    /// the cube is laid out as the forward one, each warp summing its slice of
+    /// `Σ_k dG_{t+1}[k] · wt[k, j]` (`k ≡ s mod SPLIT`) for all its rows from one contiguous
+    /// load of `wt` per `k`.
+    #[cube(launch, launch_unchecked)]
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn lstm_step_backward<F: Float>(
         dy: &Tensor<F>,
         c: &Tensor<F>,
@@ -147,50 +204,73 @@ mod cube {
         len: u32,
         hidden: u32,
         rows: u32,
-        units: u32,
         #[define(F)] _dtype: StorageType,
     ) {
-        let pos = ABSOLUTE_POS;
-        if pos >= units as usize {
-            terminate!();
-        }
+        let (j, s, r0, d) = place();
         let h = hidden as usize;
         let l = len as usize;
         let t = t as usize;
-        let n = pos / h;
-        let j = pos % h;
-        let d = n / rows as usize;
+        let rows = rows as usize;
         let h4 = 4 * h;
+        let lane = UNIT_POS_X as usize;
         let one = F::new(1.0);
-        let s_at = (n * l + t) * h + j;
-        let g_at = (n * l + t) * h4 + j;
-        let mut dh = dy[s_at];
-        let mut dc_next = F::new(0.0);
-        if t + 1 < l {
-            // Σ_k dG_{t+1}[k] · w[d, j, k] = Σ_k dG_{t+1}[k] · wt[d, k, j]: column j of wt
-            // against the next step's gate gradients (the same sum, in the same order).
-            let next = (n * l + t + 1) * h4;
+        let mut part = SharedMemory::<F>::new(comptime!(SPLIT * ROW_CHUNK * UNITS));
+        let mut acc = Array::<F>::new(ROW_CHUNK);
+        #[unroll]
+        for r in 0..ROW_CHUNK {
+            acc[r] = F::new(0.0);
+        }
+        if t + 1 < l && j < h {
             let wt_at = d * h4 * h + j;
-            for k in 0..h4 {
-                dh += dg[next + k] * wt[wt_at + k * h];
+            let mut k = s;
+            while k < h4 {
+                let wk = wt[wt_at + k * h];
+                #[unroll]
+                for r in 0..ROW_CHUNK {
+                    let row = r0 + r;
+                    if row < rows {
+                        let n = d * rows + row;
+                        acc[r] += dg[(n * l + t + 1) * h4 + k] * wk;
+                    }
+                }
+                k += SPLIT;
             }
-            dc_next = dc[n * h + j] * gates[next + h + j];
         }
-        let i = gates[g_at];
-        let f = gates[g_at + h];
-        let g = gates[g_at + 2 * h];
-        let o = gates[g_at + 3 * h];
-        let tc = F::tanh(c[s_at]);
-        let dc_t = dh * o * (one - tc * tc) + dc_next;
-        let mut c_prev = F::new(0.0);
-        if t > 0 {
-            c_prev = c[s_at - h];
+        #[unroll]
+        for r in 0..ROW_CHUNK {
+            part[(s * ROW_CHUNK + r) * UNITS + lane] = acc[r];
         }
-        dg[g_at] = dc_t * g * i * (one - i);
-        dg[g_at + h] = dc_t * c_prev * f * (one - f);
-        dg[g_at + 2 * h] = dc_t * i * (one - g * g);
-        dg[g_at + 3 * h] = dh * tc * o * (one - o);
-        dc[n * h + j] = dc_t;
+        sync_cube();
+        let row = r0 + s;
+        if s < ROW_CHUNK && row < rows && j < h {
+            let n = d * rows + row;
+            let s_at = (n * l + t) * h + j;
+            let g_at = (n * l + t) * h4 + j;
+            let mut dh = dy[s_at];
+            #[unroll]
+            for p in 0..SPLIT {
+                dh += part[(p * ROW_CHUNK + s) * UNITS + lane];
+            }
+            let mut dc_next = F::new(0.0);
+            if t + 1 < l {
+                dc_next = dc[n * h + j] * gates[(n * l + t + 1) * h4 + h + j];
+            }
+            let i = gates[g_at];
+            let f = gates[g_at + h];
+            let g = gates[g_at + 2 * h];
+            let o = gates[g_at + 3 * h];
+            let tc = F::tanh(c[s_at]);
+            let dc_t = dh * o * (one - tc * tc) + dc_next;
+            let mut c_prev = F::new(0.0);
+            if t > 0 {
+                c_prev = c[s_at - h];
+            }
+            dg[g_at] = dc_t * g * i * (one - i);
+            dg[g_at + h] = dc_t * c_prev * f * (one - f);
+            dg[g_at + 2 * h] = dc_t * i * (one - g * g);
+            dg[g_at + 3 * h] = dh * tc * o * (one - o);
+            dc[n * h + j] = dc_t;
+        }
     }
 }
 
@@ -211,10 +291,20 @@ fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: [usize; 3]) -> CubeTensor<
     )
 }
 
-/// Threads per cube and cubes for `units` threads.
-fn grid<R: CubeRuntime>(client: &ComputeClient<R>, units: usize) -> (CubeCount, CubeDim) {
-    let dim = CubeDim::new(client, units);
-    (calculate_cube_count_elemwise(client, units, dim), dim)
+/// The cube of both step kernels: [`UNITS`] lanes × [`SPLIT`] warps (256 threads).
+pub(crate) fn cube_dim() -> CubeDim {
+    CubeDim::new_2d(UNITS as u32, SPLIT as u32)
+}
+
+/// Cubes for `n` rows (`rows` per direction) of `h` units: units along x, row chunks along y,
+/// directions along z.
+fn grid(n: usize, h: usize, rows: usize) -> (CubeCount, CubeDim) {
+    let count = CubeCount::Static(
+        h.div_ceil(UNITS) as u32,
+        rows.div_ceil(ROW_CHUNK) as u32,
+        (n / rows) as u32,
+    );
+    (count, cube_dim())
 }
 
 impl<R, F, I, BT> LstmKernels for CubeBackend<R, F, I, BT>
@@ -231,12 +321,11 @@ where
         let y = empty(&xp, [n, l, h]);
         let c = empty(&xp, [n, l, h]);
         let gates = empty(&xp, [n, l, 4 * h]);
-        let units = n * h;
         let client = xp.client.clone();
-        let (count, dim) = grid(&client, units);
+        let (count, dim) = grid(n, h, rows);
         let dtype = xp.dtype;
         for t in 0..l {
-            lstm_step_forward::launch::<R>(
+            launch!(lstm_step_forward::<R>(
                 &client,
                 count.clone(),
                 dim,
@@ -249,9 +338,8 @@ where
                 l as u32,
                 h as u32,
                 rows as u32,
-                units as u32,
                 dtype.into(),
-            );
+            ));
         }
         [y, c, gates]
     }
@@ -270,12 +358,11 @@ where
         let h4 = 4 * h;
         let dg = empty(&gates, [n, l, h4]);
         let dc = empty(&gates, [n, 1, h]);
-        let units = n * h;
         let client = gates.client.clone();
-        let (count, dim) = grid(&client, units);
+        let (count, dim) = grid(n, h, rows);
         let dtype = gates.dtype;
         for t in (0..l).rev() {
-            lstm_step_backward::launch::<R>(
+            launch!(lstm_step_backward::<R>(
                 &client,
                 count.clone(),
                 dim,
@@ -289,28 +376,25 @@ where
                 l as u32,
                 h as u32,
                 rows as u32,
-                units as u32,
                 dtype.into(),
-            );
+            ));
         }
         dg
     }
 }
 
-/// The two step kernels as CUDA C++ for architecture `sm` (see [`super::cuda_source`]), at
-/// `units` = rows × H threads per launch.
+/// The two step kernels as CUDA C++ for architecture `sm` (see [`super::cuda_source`]).
 pub(crate) fn cuda_kernels(
     props: &burn_cubecl::cubecl::ir::DeviceProperties,
     sm: u32,
-    units: usize,
 ) -> anyhow::Result<Vec<super::cuda_source::CudaKernel>> {
-    let dim = super::cuda_source::elementwise_cube_dim(units);
+    let dim = cube_dim();
     let forward = cuda_definition!(props, dim, "lstm_step_forward_f_f32", cube::lstm_step_forward;
         inputs [xp, w]; outputs [y, c, gates];
-        scalars [t: u32, len: u32, hidden: u32, rows: u32, units: u32]; comptime []);
+        scalars [t: u32, len: u32, hidden: u32, rows: u32]; comptime []);
     let backward = cuda_definition!(props, dim, "lstm_step_backward_f_f32", cube::lstm_step_backward;
         inputs [dy, c, gates, wt]; outputs [dg, dc];
-        scalars [t: u32, len: u32, hidden: u32, rows: u32, units: u32]; comptime []);
+        scalars [t: u32, len: u32, hidden: u32, rows: u32]; comptime []);
     Ok(vec![
         super::cuda_source::compile("lstm_step_forward", forward, sm)?,
         super::cuda_source::compile("lstm_step_backward", backward, sm)?,

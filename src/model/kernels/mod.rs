@@ -45,8 +45,25 @@ macro_rules! cuda_definition {
     }};
 }
 
+/// Launches `$kernel` checked (every global index bounds-checked, out-of-bounds accesses
+/// dropped) where [`checked_launches`] says so, else unchecked (the kernels' indices are held
+/// in bounds by their own guards; the kernel tests run both ways and compare).
+macro_rules! launch {
+    ($($k:ident)::+ ::<$r:ty>($($arg:expr),* $(,)?)) => {{
+        if $crate::model::kernels::checked_launches() {
+            $($k)::+::launch::<$r>($($arg),*)
+        } else {
+            // SAFETY: every index of our kernels is guarded by its shape arguments (rows,
+            // lengths, units), which the launch computes from the tensors it passes; the
+            // kernel tests compare checked and unchecked launches bit for bit.
+            unsafe { $($k)::+::launch_unchecked::<$r>($($arg),*) }
+        }
+    }};
+}
+
 pub mod attention;
 pub mod cuda_source;
+pub mod layer_norm;
 pub mod lstm;
 
 /// Every kernel of ours as CUDA C++ for architecture `sm` (80, 90), at the launch shapes of
@@ -54,13 +71,39 @@ pub mod lstm;
 /// the attention at head dims 64 and 128, with and without dropout (see [`cuda_source`]).
 pub fn cuda_kernels(sm: u32) -> anyhow::Result<Vec<cuda_source::CudaKernel>> {
     let props = cuda_source::properties(sm);
-    let mut out = lstm::cuda_kernels(&props, sm, 8 * 2 * 1024)?;
+    let mut out = lstm::cuda_kernels(&props, sm)?;
+    out.extend(layer_norm::cuda_kernels(&props, sm)?);
     for dh in [64, 128] {
         for dropout in [false, true] {
             out.extend(attention::cuda_kernels(&props, sm, dh, dropout)?);
         }
     }
     Ok(out)
+}
+
+/// Set to `1` to launch our kernels with bounds checks (tests; slower).
+pub const CHECKED_ENV: &str = "PIPELINE_CHECKED_KERNELS";
+
+static CHECKED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(UNSET);
+const UNSET: u8 = 2;
+
+/// Whether our kernels launch bounds-checked: [`set_checked_launches`] if called, else
+/// whether [`CHECKED_ENV`] is `1`. Unchecked by default (no check per global index).
+pub fn checked_launches() -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    match CHECKED.load(Relaxed) {
+        UNSET => {
+            let on = std::env::var(CHECKED_ENV).is_ok_and(|v| v == "1");
+            CHECKED.store(u8::from(on), Relaxed);
+            on
+        }
+        v => v == 1,
+    }
+}
+
+/// Launches our kernels bounds-checked (`true`) or not from now on, in this process.
+pub fn set_checked_launches(on: bool) {
+    CHECKED.store(u8::from(on), std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Whether training on `device` in `precision` runs the fused attention (no `[b, heads, L, L]`
@@ -119,6 +162,44 @@ pub fn lstm<B: Backend>(xp: &Tensor<B, 3>, w: &Tensor<B, 3>, rows: usize) -> Opt
     on!(crate::device::WgpuBackend);
     on!(crate::device::CudaBackend);
     None
+}
+
+/// `ln.forward(x)` through the fused layer norm ([`layer_norm`]) where backend `B` has it,
+/// [`super::amp::fused_kernels`] is on, `x` is f32 and `ln` has a bias; else Burn's layer
+/// norm. `eps` is `ln`'s (Burn keeps it private; the caller has it from the model config).
+pub fn layer_norm<B: Backend, const D: usize>(
+    ln: &burn::nn::LayerNorm<B>,
+    x: Tensor<B, D>,
+    eps: f64,
+) -> Tensor<B, D> {
+    let Some(beta) = ln
+        .beta
+        .as_ref()
+        .filter(|_| super::amp::fused_kernels() && x.dtype() == burn::tensor::DType::F32)
+    else {
+        return ln.forward(x);
+    };
+    let (gamma, beta) = (ln.gamma.val(), beta.val());
+    macro_rules! on {
+        ($T:ty) => {
+            if is::<B, Autodiff<$T>>() {
+                let y = layer_norm::forward_autodiff::<$T, D>(
+                    same(x),
+                    same(gamma),
+                    same(beta),
+                    eps as f32,
+                );
+                return same(y);
+            }
+            if is::<B, $T>() {
+                let y = layer_norm::forward::<$T, D>(same(x), same(gamma), same(beta), eps as f32);
+                return same(y);
+            }
+        };
+    }
+    on!(crate::device::WgpuBackend);
+    on!(crate::device::CudaBackend);
+    ln.forward(x)
 }
 
 /// The fused attention ([`attention`]'s semantics: `dropout(softmax(q kᵀ·scale + bias)) v`)

@@ -1,6 +1,5 @@
 //! The CubeCL kernels (kept apart: CubeCL's `Tensor` is not Burn's).
 
-use super::ROWS;
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 
@@ -221,23 +220,27 @@ fn row_sum<F: Float>(
     x
 }
 
-/// The keep bits of query `i` against keys `t0 .. t0 + keys` (bit `r`: key `t0 + r` kept),
-/// four keys per Philox evaluation (`t0` is a multiple of 4). Drawn before the tile's loop, so
+/// Thread `p`'s share (of `parts` sharing the row) of the keep bits of query `i` against keys
+/// `t0 .. t0 + keys` (bit `r`: key `t0 + r` kept): the Philox evaluations `q4 ≡ p mod parts`,
+/// four keys each (`t0` is a multiple of 4). The row's threads OR their shares through shared
+/// memory ([`row_bits`]), so each evaluation runs once per row, and before the tile's loop, so
 /// the generator's state is not live beside the row's accumulators.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn keep_bits_of_query(
+fn keep_share_of_query(
     i: usize,
     t0: usize,
     bh: usize,
     k0: u32,
     k1: u32,
     threshold: u32,
+    p: usize,
+    #[comptime] parts: usize,
     #[comptime] keys: usize,
 ) -> u32 {
     let mut bits = 0u32;
-    #[unroll]
-    for q4 in 0..keys / 4 {
+    let mut q4 = p;
+    while q4 < comptime!(keys / 4) {
         let j = t0 + q4 * 4;
         let (a, b, c, d) = philox((j / 4) as u32, i as u32, bh as u32, 0u32, k0, k1);
         let at = (q4 * 4) as u32;
@@ -253,28 +256,45 @@ fn keep_bits_of_query(
         if d < threshold {
             bits |= 1u32 << (at + 3);
         }
+        q4 += parts;
     }
     bits
 }
 
-/// The keep bits of key `j` against queries `t0 .. t0 + keys` (bit `r`: query `t0 + r`).
+/// Thread `p`'s share of the keep bits of key `j` against queries `t0 .. t0 + keys` (bit `r`:
+/// query `t0 + r`): the queries `r ≡ p mod parts`, one Philox evaluation each.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn keep_bits_of_key(
+fn keep_share_of_key(
     j: usize,
     t0: usize,
     bh: usize,
     k0: u32,
     k1: u32,
     threshold: u32,
+    p: usize,
+    #[comptime] parts: usize,
     #[comptime] keys: usize,
 ) -> u32 {
     let mut bits = 0u32;
-    for r in 0..keys {
+    let mut r = p;
+    while r < keys {
         let (a, b, c, d) = philox((j / 4) as u32, (t0 + r) as u32, bh as u32, 0u32, k0, k1);
         if word(a, b, c, d, j % 4) < threshold {
             bits |= 1u32 << r as u32;
         }
+        r += parts;
+    }
+    bits
+}
+
+/// The keep bits of row `row`: the OR of its `parts` threads' shares in `shares`.
+#[cube]
+fn row_bits(shares: &SharedMemory<u32>, row: usize, #[comptime] parts: usize) -> u32 {
+    let mut bits = 0u32;
+    #[unroll]
+    for p in 0..parts {
+        bits |= shares[row * parts + p];
     }
     bits
 }
@@ -290,7 +310,7 @@ fn kept_factor<F: Float>(bits: u32, r: usize, scale: F) -> F {
 }
 
 /// Forward, `parts` threads per query row, each owning `dh / parts` of its dimensions.
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 // `if dropout { if .. }` stays nested: `dropout` is comptime, the inner test is not.
 #[allow(clippy::too_many_arguments, clippy::collapsible_if)]
 pub(super) fn attention_forward_kernel<F: Float>(
@@ -307,19 +327,20 @@ pub(super) fn attention_forward_kernel<F: Float>(
     threshold: u32,
     keep_scale: f32,
     #[comptime] dh: usize,
+    #[comptime] rows: usize,
     #[comptime] parts: usize,
     #[comptime] keys: usize,
     #[comptime] dropout: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let slice = comptime!(dh / parts);
-    let threads = comptime!(ROWS as usize * parts);
+    let threads = comptime!(rows * parts);
     let bh = CUBE_POS_Y as usize;
     let l = len as usize;
     let t = UNIT_POS_X as usize;
     let row = t / parts;
     let off = (t % parts) * slice;
-    let i = CUBE_POS_X as usize * (ROWS as usize) + row;
+    let i = CUBE_POS_X as usize * rows + row;
     let valid = i < l;
     let base = bh * l * dh;
     let bias_at = (bh / heads as usize) * l;
@@ -342,10 +363,15 @@ pub(super) fn attention_forward_kernel<F: Float>(
     let mut v_tile = SharedMemory::<F>::new(keys * dh);
     let mut b_tile = SharedMemory::<F>::new(keys);
     let mut px = SharedMemory::<F>::new(keys * threads);
+    let mut kb = SharedMemory::<u32>::new(threads);
+    let mut xs = Array::<F>::new(keys);
     let mut t0 = 0usize;
     while t0 < l {
         load_tiles::<F>(k, v, &mut k_tile, &mut v_tile, base, t0, l, dh, keys);
         load_row::<F>(bias, &mut b_tile, bias_at, t0, l, keys);
+        if dropout {
+            kb[t] = keep_share_of_query(i, t0, bh, k0, k1, threshold, t % parts, parts, keys);
+        }
         sync_cube();
         // This thread's share of every score of the tile.
         for r in 0..keys {
@@ -360,30 +386,44 @@ pub(super) fn attention_forward_kernel<F: Float>(
         if valid {
             let mut bits = 0u32;
             if dropout {
-                bits = keep_bits_of_query(i, t0, bh, k0, k1, threshold, keys);
+                bits = row_bits(&kb, row, parts);
             }
+            // The tile's scores and their maximum, then one rescale of the running sums per
+            // tile (one `exp` per key, not two).
+            let mut m_new = m;
+            #[unroll]
             for r in 0..keys {
-                let j = t0 + r;
-                if j < l {
-                    let x = b_tile[r] + row_sum::<F>(&px, r, row, threads, parts);
-                    let mut m_new = m;
-                    if x > m {
-                        m_new = x;
-                    }
-                    let corr = F::exp(m - m_new);
-                    let p = F::exp(x - m_new);
-                    denom = denom * corr + p;
+                let mut x = F::new(-1.0e30);
+                if t0 + r < l {
+                    x = b_tile[r] + row_sum::<F>(&px, r, row, threads, parts);
+                }
+                xs[r] = x;
+                if x > m_new {
+                    m_new = x;
+                }
+            }
+            let corr = F::exp(m - m_new);
+            denom *= corr;
+            #[unroll]
+            for d in 0..slice {
+                acc[d] *= corr;
+            }
+            #[unroll]
+            for r in 0..keys {
+                if t0 + r < l {
+                    let p = F::exp(xs[r] - m_new);
+                    denom += p;
                     let mut pz = p;
                     if dropout {
                         pz = p * kept_factor::<F>(bits, r, z_kept);
                     }
                     #[unroll]
                     for d in 0..slice {
-                        acc[d] = acc[d] * corr + pz * v_tile[r * dh + off + d];
+                        acc[d] += pz * v_tile[r * dh + off + d];
                     }
-                    m = m_new;
                 }
             }
+            m = m_new;
         }
         sync_cube();
         t0 += keys;
@@ -401,7 +441,7 @@ pub(super) fn attention_forward_kernel<F: Float>(
 }
 
 /// Backward, `parts` threads per query row: `D_i = dO_i·O_i` (written to `delta`) and `dQ`.
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 // `if dropout { if .. }` stays nested: `dropout` is comptime, the inner test is not.
 #[allow(clippy::too_many_arguments, clippy::collapsible_if)]
 pub(super) fn attention_dq_kernel<F: Float>(
@@ -421,19 +461,20 @@ pub(super) fn attention_dq_kernel<F: Float>(
     threshold: u32,
     keep_scale: f32,
     #[comptime] dh: usize,
+    #[comptime] rows: usize,
     #[comptime] parts: usize,
     #[comptime] keys: usize,
     #[comptime] dropout: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let slice = comptime!(dh / parts);
-    let threads = comptime!(ROWS as usize * parts);
+    let threads = comptime!(rows * parts);
     let bh = CUBE_POS_Y as usize;
     let l = len as usize;
     let t = UNIT_POS_X as usize;
     let row = t / parts;
     let off = (t % parts) * slice;
-    let i = CUBE_POS_X as usize * (ROWS as usize) + row;
+    let i = CUBE_POS_X as usize * rows + row;
     let valid = i < l;
     let base = bh * l * dh;
     let bias_at = (bh / heads as usize) * l;
@@ -463,6 +504,7 @@ pub(super) fn attention_dq_kernel<F: Float>(
     let mut b_tile = SharedMemory::<F>::new(keys);
     let mut px = SharedMemory::<F>::new(keys * threads);
     let mut pdp = SharedMemory::<F>::new(keys * threads);
+    let mut kb = SharedMemory::<u32>::new(threads);
     // D_i from the row's partial sums.
     px[t] = d_part;
     sync_cube();
@@ -479,6 +521,9 @@ pub(super) fn attention_dq_kernel<F: Float>(
     while t0 < l {
         load_tiles::<F>(k, v, &mut k_tile, &mut v_tile, base, t0, l, dh, keys);
         load_row::<F>(bias, &mut b_tile, bias_at, t0, l, keys);
+        if dropout {
+            kb[t] = keep_share_of_query(i, t0, bh, k0, k1, threshold, t % parts, parts, keys);
+        }
         sync_cube();
         partial_dots::<F>(
             &qr, &dor, &k_tile, &v_tile, &mut px, &mut pdp, t, off, dh, slice, keys, threads,
@@ -487,7 +532,7 @@ pub(super) fn attention_dq_kernel<F: Float>(
         if valid {
             let mut bits = 0u32;
             if dropout {
-                bits = keep_bits_of_query(i, t0, bh, k0, k1, threshold, keys);
+                bits = row_bits(&kb, row, parts);
             }
             for r in 0..keys {
                 let j = t0 + r;
@@ -519,7 +564,7 @@ pub(super) fn attention_dq_kernel<F: Float>(
 
 /// Backward, `parts` threads per key row: `dK` and `dV`, with the query side (`q`, `dO`, `lse`,
 /// `D`) in shared tiles.
-#[cube(launch)]
+#[cube(launch, launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn attention_dkdv_kernel<F: Float>(
     q: &Tensor<F>,
@@ -538,19 +583,20 @@ pub(super) fn attention_dkdv_kernel<F: Float>(
     threshold: u32,
     keep_scale: f32,
     #[comptime] dh: usize,
+    #[comptime] rows: usize,
     #[comptime] parts: usize,
     #[comptime] keys: usize,
     #[comptime] dropout: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let slice = comptime!(dh / parts);
-    let threads = comptime!(ROWS as usize * parts);
+    let threads = comptime!(rows * parts);
     let bh = CUBE_POS_Y as usize;
     let l = len as usize;
     let t = UNIT_POS_X as usize;
     let row = t / parts;
     let off = (t % parts) * slice;
-    let j = CUBE_POS_X as usize * (ROWS as usize) + row;
+    let j = CUBE_POS_X as usize * rows + row;
     let valid = j < l;
     let base = bh * l * dh;
     let (k0, k1) = key_words::<F>(seed);
@@ -582,11 +628,15 @@ pub(super) fn attention_dkdv_kernel<F: Float>(
     let mut delta_tile = SharedMemory::<F>::new(keys);
     let mut px = SharedMemory::<F>::new(keys * threads);
     let mut pdp = SharedMemory::<F>::new(keys * threads);
+    let mut kb = SharedMemory::<u32>::new(threads);
     let mut t0 = 0usize;
     while t0 < l {
         load_tiles::<F>(q, dout, &mut q_tile, &mut do_tile, base, t0, l, dh, keys);
         load_pair_row::<F>(lse, &mut max_tile, &mut log_denom_tile, bh * l, t0, l, keys);
         load_row::<F>(delta, &mut delta_tile, bh * l, t0, l, keys);
+        if dropout {
+            kb[t] = keep_share_of_key(j, t0, bh, k0, k1, threshold, t % parts, parts, keys);
+        }
         sync_cube();
         partial_dots::<F>(
             &kr, &vr, &q_tile, &do_tile, &mut px, &mut pdp, t, off, dh, slice, keys, threads,
@@ -595,7 +645,7 @@ pub(super) fn attention_dkdv_kernel<F: Float>(
         if valid {
             let mut bits = 0u32;
             if dropout {
-                bits = keep_bits_of_key(j, t0, bh, k0, k1, threshold, keys);
+                bits = row_bits(&kb, row, parts);
             }
             for r in 0..keys {
                 let i = t0 + r;

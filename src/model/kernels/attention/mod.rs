@@ -10,13 +10,13 @@
 //! denominator where the maximum is −1e9 (a row whose every key is masked), and the backward
 //! pass would then see probabilities of 1 instead of 1/L.
 //!
-//! Forward: a cube owns [`ROWS`] query rows of one (batch, head); [`parts`] threads share a
-//! row, each with its slice of the scaled query and of the output accumulator in registers; the
-//! cube walks the keys in tiles of [`tile_keys`] rows of `k` and `v` (and the bias) loaded
+//! Forward: a cube owns [`Layout::rows`] query rows of one (batch, head); [`Layout::parts`]
+//! threads share a row, each with its slice of the scaled query and of the output accumulator
+//! in registers; the cube walks the keys in tiles of [`Layout::keys`] rows of `k` and `v` (and the bias) loaded
 //! cooperatively into shared memory. Each thread writes its slice's share of every score of the
 //! tile to shared memory; after a barrier each sums its row's shares (the online softmax runs
 //! on every thread of the row, identically). The backward kernels split their rows the same
-//! way, and stage `lse` and `D` with the tile.
+//! way , and stage `lse` and `D` with the tile.
 //!
 //! Dropout on the probabilities (PyTorch's: zero with probability p, scale the rest by
 //! 1/(1−p)) draws each element's keep bit from Philox-4x32-10 ([`philox`]), a counter-based
@@ -45,33 +45,53 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
-/// Query (or key) rows per cube, each taken by [`parts`] threads.
-pub const ROWS: u32 = 64;
+/// How a kernel's cube is laid out: `rows` query (or key) rows of one batch·head, `parts`
+/// threads to a row, each owning `dh / parts` of its dimensions, and `keys` rows of the other
+/// side per shared-memory tile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub rows: usize,
+    pub parts: usize,
+    pub keys: usize,
+}
 
-/// Threads per row for head dimension `dh`: each owns `dh / parts` of the row's dimensions
-/// (32 at dh 64 and 128), so a thread keeps at most 4 × 32 floats of state (`dK`'s kernel:
-/// k, v, dK, dV) instead of 4 × dh, which spilled registers at dh 64 (ptxas, see
-/// `bench/RESULTS.md`). Blocks are `ROWS · parts` threads: 128 at dh 64, 256 at dh 128.
-pub fn parts(dh: usize) -> usize {
-    if dh > 64 && dh.is_multiple_of(4) {
-        4
-    } else if dh > 32 && dh.is_multiple_of(2) {
-        2
-    } else {
-        1
+impl Layout {
+    /// Every kernel's: 32 rows, 16 dimensions a thread. A thread keeps two (forward: the query
+    /// and the accumulator, with the tile's scores), three (`dQ`: q, dO, dQ) or four (`dK`/`dV`:
+    /// k, v, dK, dV) arrays of its slice of the row; at 32 dimensions a slice these needed up to
+    /// 141 and 166–180 registers (ptxas, `bench/RESULTS.md`), at 16 they stay at or under 128.
+    /// Blocks of 128 threads at dh 64, 256 at dh 128.
+    pub fn of(dh: usize) -> Self {
+        Self::with(dh, 32, 16)
+    }
+
+    /// `rows` rows of `dh / slice` threads (fewer where `dh` does not divide), and tiles of
+    /// keys that keep the shared memory at 24 KiB at dh 64 and 128: the tiles (`2 · keys ·
+    /// dh` floats) and the partial sums (`2 · keys · threads`), under the 32 KiB a Vulkan
+    /// device may have (lavapipe's).
+    fn with(dh: usize, rows: usize, slice: usize) -> Self {
+        let mut parts = 1;
+        while parts * 2 <= dh.div_ceil(slice) && dh.is_multiple_of(parts * 2) {
+            parts *= 2;
+        }
+        let keys = if rows * parts > 128 { 8 } else { 16 };
+        Self { rows, parts, keys }
+    }
+
+    /// Threads per cube.
+    pub fn threads(&self) -> u32 {
+        (self.rows * self.parts) as u32
+    }
+
+    /// Cubes for `bh` batch·heads of `l` rows: blocks of rows along x, batch·heads along y.
+    fn grid(&self, bh: usize, l: usize) -> (CubeCount, CubeDim) {
+        (
+            CubeCount::Static(l.div_ceil(self.rows) as u32, bh as u32, 1),
+            CubeDim::new_1d(self.threads()),
+        )
     }
 }
 
-/// Rows of the other side per shared-memory tile: with the tiles (`2 · keys · dh` floats) and
-/// the partial sums (`2 · keys · ROWS · parts`), 24 KiB at dh 64 and 128, under the 32 KiB a
-/// Vulkan device may have (lavapipe's).
-pub fn tile_keys(dh: usize) -> usize {
-    if parts(dh) == 4 {
-        8
-    } else {
-        16
-    }
-}
 /// The largest head dimension the kernels take (registers per thread grow with it).
 pub const MAX_HEAD_DIM: usize = 128;
 /// The most batch × heads the kernels take: one row of cubes each, at most 65,535 on wgpu.
@@ -139,21 +159,22 @@ pub(crate) fn cuda_kernels(
     dh: usize,
     dropout: bool,
 ) -> anyhow::Result<Vec<super::cuda_source::CudaKernel>> {
-    let dim = CubeDim::new_1d(ROWS * parts(dh) as u32);
-    let (parts, keys) = (parts(dh), tile_keys(dh));
+    let layout = Layout::of(dh);
     let tag = format!("dh{dh}{}", if dropout { "_dropout" } else { "" });
+    let dim = CubeDim::new_1d(layout.threads());
+    let (rows, parts, keys) = (layout.rows, layout.parts, layout.keys);
     let forward = cuda_definition!(props, dim, "attention_forward_kernel_f_f32", cube::attention_forward_kernel;
         inputs [q, k, v, bias, seed]; outputs [out, lse];
         scalars [len: u32, heads: u32, scale: f32, threshold: u32, keep_scale: f32];
-        comptime [dh, parts, keys, dropout]);
+        comptime [dh, rows, parts, keys, dropout]);
     let dq = cuda_definition!(props, dim, "attention_dq_kernel_f_f32", cube::attention_dq_kernel;
         inputs [q, k, v, bias, seed, out, lse, dout]; outputs [delta, dq];
         scalars [len: u32, heads: u32, scale: f32, threshold: u32, keep_scale: f32];
-        comptime [dh, parts, keys, dropout]);
+        comptime [dh, rows, parts, keys, dropout]);
     let dkdv = cuda_definition!(props, dim, "attention_dkdv_kernel_f_f32", cube::attention_dkdv_kernel;
         inputs [q, k, v, bias, seed, lse, dout, delta]; outputs [dk, dv];
         scalars [len: u32, heads: u32, scale: f32, threshold: u32, keep_scale: f32];
-        comptime [dh, parts, keys, dropout]);
+        comptime [dh, rows, parts, keys, dropout]);
     Ok(vec![
         super::cuda_source::compile(&format!("attention_forward_{tag}"), forward, sm)?,
         super::cuda_source::compile(&format!("attention_dq_{tag}"), dq, sm)?,
@@ -174,14 +195,6 @@ fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: Vec<usize>) -> CubeTensor<
 fn dims3<R: CubeRuntime>(t: &CubeTensor<R>) -> (usize, usize, usize) {
     let s = t.meta.shape();
     (s[0], s[1], s[2])
-}
-
-/// Cubes: blocks of [`ROWS`] rows ([`parts`] threads each) along x, batch·heads along y.
-fn grid(bh: usize, l: usize, dh: usize) -> (CubeCount, CubeDim) {
-    (
-        CubeCount::Static(l.div_ceil(ROWS as usize) as u32, bh as u32, 1),
-        CubeDim::new_1d(ROWS * parts(dh) as u32),
-    )
 }
 
 impl<R, F, I, BT> AttentionKernels for CubeBackend<R, F, I, BT>
@@ -205,9 +218,10 @@ where
         let out = empty(&q, vec![bh, l, dh]);
         let lse = empty(&q, vec![bh, l, 2]);
         let (threshold, keep_scale) = params.keep().unwrap_or((u32::MAX, 1.0));
-        let (count, dim) = grid(bh, l, dh);
+        let layout = Layout::of(dh);
+        let (count, dim) = layout.grid(bh, l);
         let dtype = q.dtype;
-        attention_forward_kernel::launch::<R>(
+        launch!(attention_forward_kernel::<R>(
             &q.client.clone(),
             count,
             dim,
@@ -224,11 +238,12 @@ where
             threshold,
             keep_scale,
             dh,
-            parts(dh),
-            tile_keys(dh),
+            layout.rows,
+            layout.parts,
+            layout.keys,
             params.dropout > 0.0,
             dtype.into(),
-        );
+        ));
         [out, lse]
     }
 
@@ -259,8 +274,9 @@ where
         let client = q.client.clone();
         let dtype = q.dtype;
         let dropout = params.dropout > 0.0;
-        let (count, dim) = grid(bh, l, dh);
-        attention_dq_kernel::launch::<R>(
+        let layout = Layout::of(dh);
+        let (count, dim) = layout.grid(bh, l);
+        launch!(attention_dq_kernel::<R>(
             &client,
             count.clone(),
             dim,
@@ -280,12 +296,13 @@ where
             threshold,
             keep_scale,
             dh,
-            parts(dh),
-            tile_keys(dh),
+            layout.rows,
+            layout.parts,
+            layout.keys,
             dropout,
             dtype.into(),
-        );
-        attention_dkdv_kernel::launch::<R>(
+        ));
+        launch!(attention_dkdv_kernel::<R>(
             &client,
             count,
             dim,
@@ -305,11 +322,12 @@ where
             threshold,
             keep_scale,
             dh,
-            parts(dh),
-            tile_keys(dh),
+            layout.rows,
+            layout.parts,
+            layout.keys,
             dropout,
             dtype.into(),
-        );
+        ));
         [dq, dk, dv]
     }
 }
