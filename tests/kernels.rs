@@ -287,6 +287,47 @@ fn fused_lstm_with_dropout_between_layers_on<B: AttentionKernels>(device: &B::De
 
 use pipeline::model::kernels::attention::{self, kept_host, seed_words, Params};
 
+/// `[b, heads, L, dh]` -> the linear layers' `[b, L, heads·dh]`, which the kernels read.
+fn token_major<B: Backend>(t: Tensor<B, 4>) -> Tensor<B, 3> {
+    let [b, heads, l, dh] = t.dims();
+    t.swap_dims(1, 2).reshape([b, l, heads * dh])
+}
+
+/// `[b, L, heads·dh]` -> `[b, heads, L, dh]`.
+fn head_major<B: Backend>(t: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
+    let [b, l, h] = t.dims();
+    t.reshape([b, l, heads, h / heads]).swap_dims(1, 2)
+}
+
+/// The fused attention (through [`pipeline::model::kernels::attention`]) of `[b, heads, L, dh]`
+/// inputs, handed over in the linear layers' layout.
+fn fused<B: Backend>(
+    [q, k, v]: [Tensor<B, 4>; 3],
+    bias: Tensor<B, 2>,
+    scale: f32,
+    p: f32,
+) -> Tensor<B, 4> {
+    let heads = q.dims()[1];
+    let (q, k, v) = (token_major(q), token_major(k), token_major(v));
+    let ctx = pipeline::model::kernels::attention(&q, &k, &v, &bias, heads, scale, p)
+        .expect("the GPU backend has the fused attention");
+    head_major(ctx, heads)
+}
+
+/// [`attention::forward_with_seed`] of `[b, heads, L, dh]` inputs.
+fn fused_with_seed<B: AttentionKernels>(
+    [q, k, v]: [Tensor<Autodiff<B>, 4>; 3],
+    bias: Tensor<B, 2>,
+    seed: Tensor<B, 1>,
+    params: Params,
+) -> Tensor<Autodiff<B>, 4> {
+    let (q, k, v) = (token_major(q), token_major(k), token_major(v));
+    head_major(
+        attention::forward_with_seed(q, k, v, bias, seed, params),
+        params.heads,
+    )
+}
+
 /// `y` and the gradients of x, γ and β of `Σ layer_norm(x)·w` with Burn's `LayerNorm` (through
 /// the fused kernel where the backend has it and fused kernels are on), `x` `[b, l, h]`.
 fn layer_norm_run<B: burn::tensor::backend::AutodiffBackend>(
@@ -393,10 +434,7 @@ fn checked_and_unchecked_on<B: AttentionKernels>(device: &B::Device, _: Tol) {
     let run = |checked: bool| {
         set_checked_launches(checked);
         let mut out = lstm.run::<Autodiff<B>>(device);
-        out.extend(attention.run::<B>(device, |[q, k, v], bias| {
-            pipeline::model::kernels::attention(&q, &k, &v, &bias, scale, 0.0)
-                .expect("the GPU backend has the fused attention")
-        }));
+        out.extend(attention.run::<B>(device, |qkv, bias| fused(qkv, bias, scale, 0.0)));
         out
     };
     let checked = run(true);
@@ -509,10 +547,7 @@ fn fused_attention_equals_the_reference_path_on<B: AttentionKernels>(device: &B:
     ] {
         let case = AttentionCase::new(heads, dh, &lengths, l);
         let scale = case.scale();
-        let fused = case.run::<B>(device, |[q, k, v], bias| {
-            pipeline::model::kernels::attention(&q, &k, &v, &bias, scale, 0.0)
-                .expect("the wgpu backend has the fused attention")
-        });
+        let fused = case.run::<B>(device, |qkv, bias| fused(qkv, bias, scale, 0.0));
         let reference = case.run::<B>(device, |qkv, bias| naive(qkv, bias, scale, None));
         for (name, (f, r)) in ["ctx", "q.grad", "k.grad", "v.grad"]
             .iter()
@@ -549,10 +584,7 @@ fn attention_realistic<B: AttentionKernels>(device: &B::Device, tol: Tol) {
             case = case.left_padded(&lengths);
         }
         let scale = case.scale();
-        let fused = case.run::<B>(device, |[q, k, v], bias| {
-            pipeline::model::kernels::attention(&q, &k, &v, &bias, scale, 0.0)
-                .expect("the GPU backend has the fused attention")
-        });
+        let fused = case.run::<B>(device, |qkv, bias| fused(qkv, bias, scale, 0.0));
         let reference = case.run::<B>(device, |qkv, bias| naive(qkv, bias, scale, None));
         for (name, (f, r)) in ["ctx", "q.grad", "k.grad", "v.grad"]
             .iter()
@@ -614,10 +646,8 @@ fn attention_dropout_has_the_right_rate_scale_and_generator_on<B: AttentionKerne
         scale: case.scale(),
         dropout: p,
     };
-    let ctx = attention::forward_with_seed(
-        zeros.clone(),
-        zeros,
-        eye,
+    let ctx = fused_with_seed(
+        [zeros.clone(), zeros, eye],
         Tensor::zeros([b, l], device),
         Tensor::from_floats(seed, device),
         params,
@@ -674,15 +704,8 @@ fn attention_dropout_case<B: AttentionKernels>(
         scale: case.scale(),
         dropout: p,
     };
-    let fused_at = |[q, k, v]: [Tensor<Autodiff<B>, 4>; 3], bias: Tensor<Autodiff<B>, 2>| {
-        attention::forward_with_seed(
-            q,
-            k,
-            v,
-            bias.inner(),
-            Tensor::from_floats(seed, device),
-            params,
-        )
+    let fused_at = |qkv: [Tensor<Autodiff<B>, 4>; 3], bias: Tensor<Autodiff<B>, 2>| {
+        fused_with_seed(qkv, bias.inner(), Tensor::from_floats(seed, device), params)
     };
     let fused = case.run::<B>(device, fused_at);
     let mask = Tensor::<Autodiff<B>, 4>::from_data(host_mask(&case, seed, p), device);

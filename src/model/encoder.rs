@@ -128,22 +128,25 @@ impl<B: Backend> SelfAttention<B> {
         let [b, l, h] = x.dims();
         let nh = self.num_heads;
         let dh = h / nh;
-        let heads = |t: Tensor<B, 3>| t.reshape([b, l, nh, dh]).swap_dims(1, 2);
-        let q = heads(amp::linear(&self.query, x.clone()));
-        let k = heads(amp::linear(&self.key, x.clone()));
-        let v = heads(amp::linear(&self.value, x));
-        let pad_mask = match mask {
-            KeyMask::Additive(m) if m.dims()[2] == 1 => {
+        let q = amp::linear(&self.query, x.clone());
+        let k = amp::linear(&self.key, x.clone());
+        let v = amp::linear(&self.value, x);
+        if let KeyMask::Additive(m) = mask {
+            if m.dims()[2] == 1 {
                 // On a GPU backend: our fused attention (flash-attention style, dropout
-                // inside), which never writes the [b, heads, l, l] scores.
+                // inside), which reads q, k, v in the linear layers' layout and never writes
+                // the [b, heads, l, l] scores.
                 let bias = m.clone().reshape([b, l]);
                 let scale = 1.0 / (dh as f32).sqrt();
                 let p = self.dropout.prob as f32;
-                if let Some(ctx) = super::kernels::attention(&q, &k, &v, &bias, scale, p) {
-                    return ctx.swap_dims(1, 2).reshape([b, l, h]);
+                if let Some(ctx) = super::kernels::attention(&q, &k, &v, &bias, nh, scale, p) {
+                    return ctx;
                 }
-                m.clone()
             }
+        }
+        let heads = |t: Tensor<B, 3>| t.reshape([b, l, nh, dh]).swap_dims(1, 2);
+        let (q, k, v) = (heads(q), heads(k), heads(v));
+        let pad_mask = match mask {
             KeyMask::Additive(m) => m.clone(),
             KeyMask::Padded(keys) => {
                 // Without dropout (no autodiff): Burn's fused attention, softmax(q kᵀ/√dh) v

@@ -202,8 +202,10 @@ mod cube {
         let s = UNIT_POS_Y as usize;
         let col = CUBE_POS_X as usize * COLUMNS + lane;
         let w = width as usize;
-        let mut pg = SharedMemory::<F>::new(comptime!(COLUMNS * ROW_LANES));
-        let mut pb = SharedMemory::<F>::new(comptime!(COLUMNS * ROW_LANES));
+        // One shared array (γ's partial sums, then β's): separate arrays are laid out in an
+        // order that changes from process to process (see the attention kernels).
+        let mut part = SharedMemory::<F>::new(comptime!(2 * COLUMNS * ROW_LANES));
+        let pb = comptime!(COLUMNS * ROW_LANES);
         let mut ag = F::new(0.0);
         let mut ab = F::new(0.0);
         if col < w {
@@ -215,16 +217,16 @@ mod cube {
                 r += ROW_LANES;
             }
         }
-        pg[s * COLUMNS + lane] = ag;
-        pb[s * COLUMNS + lane] = ab;
+        part[s * COLUMNS + lane] = ag;
+        part[pb + s * COLUMNS + lane] = ab;
         sync_cube();
         if s == 0 && col < w {
             let mut g = F::new(0.0);
             let mut b = F::new(0.0);
             #[unroll]
             for p in 0..ROW_LANES {
-                g += pg[p * COLUMNS + lane];
-                b += pb[p * COLUMNS + lane];
+                g += part[p * COLUMNS + lane];
+                b += part[pb + p * COLUMNS + lane];
             }
             dgamma[col] = g;
             dbeta[col] = b;

@@ -205,21 +205,23 @@ pub fn layer_norm<B: Backend, const D: usize>(
 /// The fused attention ([`attention`]'s semantics: `dropout(softmax(q kᵀ·scale + bias)) v`)
 /// where backend `B` has it, [`super::amp::fused_kernels`] is on, the head dimension is at most
 /// [`attention::MAX_HEAD_DIM`] and batch × heads at most [`attention::MAX_BATCH_HEADS`]; else
-/// `None`. `q`, `k`, `v` `[b, heads, L, dh]`, `bias` `[b, L]`. Dropout `p` applies only with
+/// `None`. `q`, `k`, `v` `[b, L, heads·dh]` (the linear layers' outputs, read in place), `bias`
+/// `[b, L]`; the context comes back as `[b, L, heads·dh]`. Dropout `p` applies only with
 /// autodiff (training), as `nn.Dropout` does.
 pub fn attention<B: Backend>(
-    q: &Tensor<B, 4>,
-    k: &Tensor<B, 4>,
-    v: &Tensor<B, 4>,
+    q: &Tensor<B, 3>,
+    k: &Tensor<B, 3>,
+    v: &Tensor<B, 3>,
     bias: &Tensor<B, 2>,
+    heads: usize,
     scale: f32,
     p: f32,
-) -> Option<Tensor<B, 4>> {
-    let [b, heads, _, dh] = q.dims();
-    if !attention_takes(b * heads, dh) {
+) -> Option<Tensor<B, 3>> {
+    let [b, _, h] = q.dims();
+    if heads == 0 || !h.is_multiple_of(heads) || !attention_takes(b * heads, h / heads) {
         return None;
     }
-    let f32 = |t: &Tensor<B, 4>| t.clone().cast(F32);
+    let f32 = |t: &Tensor<B, 3>| t.clone().cast(F32);
     let (q, k, v, bias) = (f32(q), f32(k), f32(v), bias.clone().cast(F32));
     macro_rules! on {
         ($T:ty) => {
@@ -229,13 +231,15 @@ pub fn attention<B: Backend>(
                     same(k),
                     same(v),
                     same(bias),
+                    heads,
                     scale,
                     p,
                 );
                 return Some(same(y));
             }
             if is::<B, $T>() {
-                let y = attention::forward::<$T>(same(q), same(k), same(v), same(bias), scale);
+                let y =
+                    attention::forward::<$T>(same(q), same(k), same(v), same(bias), heads, scale);
                 return Some(same(y));
             }
         };

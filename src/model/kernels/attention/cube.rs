@@ -94,16 +94,27 @@ fn key_words<F: Float>(seed: &Tensor<F>) -> (u32, u32) {
     )
 }
 
-/// Loads rows `t0 .. t0 + keys` of `[.., L, dh]` tensors `a` and `b` (batch·head `base`) into
-/// shared tiles, zero past `L`; every thread of the cube takes part.
+/// Where batch·head `bh`'s rows start in a `[b, L, heads·dh]` tensor (the linear layers'
+/// output, read in place: row `i` of the head is at `base + i · stride`), and the stride.
+#[cube]
+fn head_of(bh: usize, l: usize, heads: usize, #[comptime] dh: usize) -> (usize, usize) {
+    let stride = heads * dh;
+    ((bh / heads) * l * stride + (bh % heads) * dh, stride)
+}
+
+/// Loads rows `t0 .. t0 + keys` of the head at `base` of `[b, L, heads·dh]` tensors `a` and `b`
+/// (rows `stride` = heads·dh apart) into the shared tiles at `a_at` and `b_at` of `smem`, zero
+/// past `L`; every thread of the cube takes part.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn load_tiles<F: Float>(
     a: &Tensor<F>,
     b: &Tensor<F>,
-    a_tile: &mut SharedMemory<F>,
-    b_tile: &mut SharedMemory<F>,
+    smem: &mut SharedMemory<F>,
+    a_at: usize,
+    b_at: usize,
     base: usize,
+    stride: usize,
     t0: usize,
     l: usize,
     #[comptime] dh: usize,
@@ -113,23 +124,25 @@ fn load_tiles<F: Float>(
     while e < keys * dh {
         let row = t0 + e / dh;
         if row < l {
-            let at = base + row * dh + e % dh;
-            a_tile[e] = a[at];
-            b_tile[e] = b[at];
+            let at = base + row * stride + e % dh;
+            smem[a_at + e] = a[at];
+            smem[b_at + e] = b[at];
         } else {
-            a_tile[e] = F::new(0.0);
-            b_tile[e] = F::new(0.0);
+            smem[a_at + e] = F::new(0.0);
+            smem[b_at + e] = F::new(0.0);
         }
         e += CUBE_DIM_X as usize;
     }
 }
 
-/// Loads `src[at + t0 .. at + t0 + keys]` (a bias, lse or delta row) into a shared tile, zero
-/// past `L`; the first `keys` threads take part.
+/// Loads `src[at + t0 .. at + t0 + keys]` (a bias, lse or delta row) into the shared tile at
+/// `tile` of `smem`, zero past `L`; the first `keys` threads take part.
 #[cube]
+#[allow(clippy::too_many_arguments)]
 fn load_row<F: Float>(
     src: &Tensor<F>,
-    tile: &mut SharedMemory<F>,
+    smem: &mut SharedMemory<F>,
+    tile: usize,
     at: usize,
     t0: usize,
     l: usize,
@@ -139,21 +152,23 @@ fn load_row<F: Float>(
     if e < keys {
         let j = t0 + e;
         if j < l {
-            tile[e] = src[at + j];
+            smem[tile + e] = src[at + j];
         } else {
-            tile[e] = F::new(0.0);
+            smem[tile + e] = F::new(0.0);
         }
     }
 }
 
 /// Loads the pairs `src[at + t0 + e][0..2]` of a `[.., L, 2]` tensor (the rows' maximum and log
-/// denominator) into two shared tiles, zero past `L`; the first `keys` threads take part.
+/// denominator) into the shared tiles at `first` and `second`, zero past `L`; the first `keys`
+/// threads take part.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn load_pair_row<F: Float>(
     src: &Tensor<F>,
-    first: &mut SharedMemory<F>,
-    second: &mut SharedMemory<F>,
+    smem: &mut SharedMemory<F>,
+    first: usize,
+    second: usize,
     at: usize,
     t0: usize,
     l: usize,
@@ -163,26 +178,28 @@ fn load_pair_row<F: Float>(
     if e < keys {
         let j = t0 + e;
         if j < l {
-            first[e] = src[(at + j) * 2];
-            second[e] = src[(at + j) * 2 + 1];
+            smem[first + e] = src[(at + j) * 2];
+            smem[second + e] = src[(at + j) * 2 + 1];
         } else {
-            first[e] = F::new(0.0);
-            second[e] = F::new(0.0);
+            smem[first + e] = F::new(0.0);
+            smem[second + e] = F::new(0.0);
         }
     }
 }
 
 /// This thread's shares (its slice `off .. off + slice`) of two dot products with every row
-/// `r` of a tile: `a · a_tile[r]` into `pa[r · threads + t]`, `b · b_tile[r]` into `pb`.
+/// `r` of two tiles of `smem`: `a · a_tile[r]` into `pa[r · threads + t]`, `b · b_tile[r]`
+/// into `pb` (tile and partial-sum offsets in `smem`).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn partial_dots<F: Float>(
     a: &Array<F>,
     b: &Array<F>,
-    a_tile: &SharedMemory<F>,
-    b_tile: &SharedMemory<F>,
-    pa: &mut SharedMemory<F>,
-    pb: &mut SharedMemory<F>,
+    smem: &mut SharedMemory<F>,
+    a_tile: usize,
+    b_tile: usize,
+    pa: usize,
+    pb: usize,
     t: usize,
     off: usize,
     #[comptime] dh: usize,
@@ -195,18 +212,20 @@ fn partial_dots<F: Float>(
         let mut y = F::new(0.0);
         #[unroll]
         for d in 0..slice {
-            x += a[d] * a_tile[r * dh + off + d];
-            y += b[d] * b_tile[r * dh + off + d];
+            x += a[d] * smem[a_tile + r * dh + off + d];
+            y += b[d] * smem[b_tile + r * dh + off + d];
         }
-        pa[r * threads + t] = x;
-        pb[r * threads + t] = y;
+        smem[pa + r * threads + t] = x;
+        smem[pb + r * threads + t] = y;
     }
 }
 
-/// The sum of the `parts` partial sums that the threads of row `row` wrote for tile row `r`.
+/// The sum of the `parts` partial sums that the threads of row `row` wrote for tile row `r`
+/// into the partial sums at `partial` of `smem`.
 #[cube]
 fn row_sum<F: Float>(
-    partial: &SharedMemory<F>,
+    smem: &SharedMemory<F>,
+    partial: usize,
     r: usize,
     row: usize,
     #[comptime] threads: usize,
@@ -215,7 +234,7 @@ fn row_sum<F: Float>(
     let mut x = F::new(0.0);
     #[unroll]
     for p in 0..parts {
-        x += partial[r * threads + row * parts + p];
+        x += smem[partial + r * threads + row * parts + p];
     }
     x
 }
@@ -288,13 +307,19 @@ fn keep_share_of_key(
     bits
 }
 
-/// The keep bits of row `row`: the OR of its `parts` threads' shares in `shares`.
+/// The keep bits of row `row`: the OR of its `parts` threads' shares at `shares` of `smem`
+/// (kept as floats, exact: a tile has at most 16 keys, so a share is below 2¹⁶).
 #[cube]
-fn row_bits(shares: &SharedMemory<u32>, row: usize, #[comptime] parts: usize) -> u32 {
+fn row_bits<F: Float>(
+    smem: &SharedMemory<F>,
+    shares: usize,
+    row: usize,
+    #[comptime] parts: usize,
+) -> u32 {
     let mut bits = 0u32;
     #[unroll]
     for p in 0..parts {
-        bits |= shares[row * parts + p];
+        bits |= u32::cast_from(smem[shares + row * parts + p]);
     }
     bits
 }
@@ -342,7 +367,7 @@ pub(super) fn attention_forward_kernel<F: Float>(
     let off = (t % parts) * slice;
     let i = CUBE_POS_X as usize * rows + row;
     let valid = i < l;
-    let base = bh * l * dh;
+    let (base, stride) = head_of(bh, l, heads as usize, dh);
     let bias_at = (bh / heads as usize) * l;
     let (k0, k1) = key_words::<F>(seed);
     let z_kept = F::cast_from(keep_scale);
@@ -354,23 +379,39 @@ pub(super) fn attention_forward_kernel<F: Float>(
         acc[d] = F::new(0.0);
         qr[d] = F::new(0.0);
         if valid {
-            qr[d] = q[base + i * dh + off + d] * s;
+            qr[d] = q[base + i * stride + off + d] * s;
         }
     }
     let mut m = F::new(-1.0e30);
     let mut denom = F::new(0.0);
-    let mut k_tile = SharedMemory::<F>::new(keys * dh);
-    let mut v_tile = SharedMemory::<F>::new(keys * dh);
-    let mut b_tile = SharedMemory::<F>::new(keys);
-    let mut px = SharedMemory::<F>::new(keys * threads);
-    let mut kb = SharedMemory::<u32>::new(threads);
-    let mut xs = Array::<F>::new(keys);
+    // One shared array carved at fixed offsets: CubeCL places separate shared arrays in an
+    // order that changes from process to process, and ptxas's register allocation (spills
+    // included) changes with the layout.
+    let k_tile = 0usize;
+    let v_tile = comptime!(keys * dh);
+    let b_tile = comptime!(2 * keys * dh);
+    let px = comptime!(2 * keys * dh + keys);
+    let kb = comptime!(2 * keys * dh + keys + keys * threads);
+    let mut smem =
+        SharedMemory::<F>::new(comptime!(2 * keys * dh + keys + keys * threads + threads));
     let mut t0 = 0usize;
     while t0 < l {
-        load_tiles::<F>(k, v, &mut k_tile, &mut v_tile, base, t0, l, dh, keys);
-        load_row::<F>(bias, &mut b_tile, bias_at, t0, l, keys);
+        load_tiles::<F>(
+            k, v, &mut smem, k_tile, v_tile, base, stride, t0, l, dh, keys,
+        );
+        load_row::<F>(bias, &mut smem, b_tile, bias_at, t0, l, keys);
         if dropout {
-            kb[t] = keep_share_of_query(i, t0, bh, k0, k1, threshold, t % parts, parts, keys);
+            smem[kb + t] = F::cast_from(keep_share_of_query(
+                i,
+                t0,
+                bh,
+                k0,
+                k1,
+                threshold,
+                t % parts,
+                parts,
+                keys,
+            ));
         }
         sync_cube();
         // This thread's share of every score of the tile.
@@ -378,28 +419,27 @@ pub(super) fn attention_forward_kernel<F: Float>(
             let mut x = F::new(0.0);
             #[unroll]
             for d in 0..slice {
-                x += qr[d] * k_tile[r * dh + off + d];
+                x += qr[d] * smem[k_tile + r * dh + off + d];
             }
-            px[r * threads + t] = x;
+            smem[px + r * threads + t] = x;
         }
         sync_cube();
         if valid {
             let mut bits = 0u32;
             if dropout {
-                bits = row_bits(&kb, row, parts);
+                bits = row_bits::<F>(&smem, kb, row, parts);
             }
-            // The tile's scores and their maximum, then one rescale of the running sums per
-            // tile (one `exp` per key, not two).
+            // The tile's maximum score, then one rescale of the running sums per tile (one
+            // `exp` per key, not two). The scores are summed again from shared memory in the
+            // second pass rather than kept: 16 registers fewer, which ptxas needs to spill
+            // nothing at 128 threads a block.
             let mut m_new = m;
-            #[unroll]
             for r in 0..keys {
-                let mut x = F::new(-1.0e30);
                 if t0 + r < l {
-                    x = b_tile[r] + row_sum::<F>(&px, r, row, threads, parts);
-                }
-                xs[r] = x;
-                if x > m_new {
-                    m_new = x;
+                    let x = smem[b_tile + r] + row_sum::<F>(&smem, px, r, row, threads, parts);
+                    if x > m_new {
+                        m_new = x;
+                    }
                 }
             }
             let corr = F::exp(m - m_new);
@@ -408,10 +448,10 @@ pub(super) fn attention_forward_kernel<F: Float>(
             for d in 0..slice {
                 acc[d] *= corr;
             }
-            #[unroll]
             for r in 0..keys {
                 if t0 + r < l {
-                    let p = F::exp(xs[r] - m_new);
+                    let x = smem[b_tile + r] + row_sum::<F>(&smem, px, r, row, threads, parts);
+                    let p = F::exp(x - m_new);
                     denom += p;
                     let mut pz = p;
                     if dropout {
@@ -419,7 +459,7 @@ pub(super) fn attention_forward_kernel<F: Float>(
                     }
                     #[unroll]
                     for d in 0..slice {
-                        acc[d] += pz * v_tile[r * dh + off + d];
+                        acc[d] += pz * smem[v_tile + r * dh + off + d];
                     }
                 }
             }
@@ -431,7 +471,7 @@ pub(super) fn attention_forward_kernel<F: Float>(
     if valid {
         #[unroll]
         for d in 0..slice {
-            out[base + i * dh + off + d] = acc[d] / denom;
+            out[base + i * stride + off + d] = acc[d] / denom;
         }
         if off == 0 {
             lse[(bh * l + i) * 2] = m;
@@ -476,7 +516,7 @@ pub(super) fn attention_dq_kernel<F: Float>(
     let off = (t % parts) * slice;
     let i = CUBE_POS_X as usize * rows + row;
     let valid = i < l;
-    let base = bh * l * dh;
+    let (base, stride) = head_of(bh, l, heads as usize, dh);
     let bias_at = (bh / heads as usize) * l;
     let (k0, k1) = key_words::<F>(seed);
     let z_kept = F::cast_from(keep_scale);
@@ -493,22 +533,28 @@ pub(super) fn attention_dq_kernel<F: Float>(
         qr[d] = F::new(0.0);
         dor[d] = F::new(0.0);
         if valid {
-            let at = base + i * dh + off + d;
+            let at = base + i * stride + off + d;
             qr[d] = q[at] * s;
             dor[d] = dout[at];
             d_part += dor[d] * out[at];
         }
     }
-    let mut k_tile = SharedMemory::<F>::new(keys * dh);
-    let mut v_tile = SharedMemory::<F>::new(keys * dh);
-    let mut b_tile = SharedMemory::<F>::new(keys);
-    let mut px = SharedMemory::<F>::new(keys * threads);
-    let mut pdp = SharedMemory::<F>::new(keys * threads);
-    let mut kb = SharedMemory::<u32>::new(threads);
+    // One shared array carved at fixed offsets: CubeCL places separate shared arrays in an
+    // order that changes from process to process, and ptxas's register allocation (spills
+    // included) changes with the layout.
+    let k_tile = 0usize;
+    let v_tile = comptime!(keys * dh);
+    let b_tile = comptime!(2 * keys * dh);
+    let px = comptime!(2 * keys * dh + keys);
+    let pdp = comptime!(2 * keys * dh + keys + keys * threads);
+    let kb = comptime!(2 * keys * dh + keys + 2 * keys * threads);
+    let mut smem = SharedMemory::<F>::new(comptime!(
+        2 * keys * dh + keys + 2 * keys * threads + threads
+    ));
     // D_i from the row's partial sums.
-    px[t] = d_part;
+    smem[px + t] = d_part;
     sync_cube();
-    let d_i = row_sum::<F>(&px, 0, row, threads, parts);
+    let d_i = row_sum::<F>(&smem, px, 0, row, threads, parts);
     if valid {
         if off == 0 {
             delta[bh * l + i] = d_i;
@@ -519,26 +565,38 @@ pub(super) fn attention_dq_kernel<F: Float>(
     sync_cube();
     let mut t0 = 0usize;
     while t0 < l {
-        load_tiles::<F>(k, v, &mut k_tile, &mut v_tile, base, t0, l, dh, keys);
-        load_row::<F>(bias, &mut b_tile, bias_at, t0, l, keys);
+        load_tiles::<F>(
+            k, v, &mut smem, k_tile, v_tile, base, stride, t0, l, dh, keys,
+        );
+        load_row::<F>(bias, &mut smem, b_tile, bias_at, t0, l, keys);
         if dropout {
-            kb[t] = keep_share_of_query(i, t0, bh, k0, k1, threshold, t % parts, parts, keys);
+            smem[kb + t] = F::cast_from(keep_share_of_query(
+                i,
+                t0,
+                bh,
+                k0,
+                k1,
+                threshold,
+                t % parts,
+                parts,
+                keys,
+            ));
         }
         sync_cube();
         partial_dots::<F>(
-            &qr, &dor, &k_tile, &v_tile, &mut px, &mut pdp, t, off, dh, slice, keys, threads,
+            &qr, &dor, &mut smem, k_tile, v_tile, px, pdp, t, off, dh, slice, keys, threads,
         );
         sync_cube();
         if valid {
             let mut bits = 0u32;
             if dropout {
-                bits = row_bits(&kb, row, parts);
+                bits = row_bits::<F>(&smem, kb, row, parts);
             }
             for r in 0..keys {
                 let j = t0 + r;
                 if j < l {
-                    let x = b_tile[r] + row_sum::<F>(&px, r, row, threads, parts);
-                    let mut dp = row_sum::<F>(&pdp, r, row, threads, parts);
+                    let x = smem[b_tile + r] + row_sum::<F>(&smem, px, r, row, threads, parts);
+                    let mut dp = row_sum::<F>(&smem, pdp, r, row, threads, parts);
                     let p = F::exp((x - max_i) - log_denom_i);
                     if dropout {
                         dp *= kept_factor::<F>(bits, r, z_kept);
@@ -546,7 +604,7 @@ pub(super) fn attention_dq_kernel<F: Float>(
                     let ds = p * (dp - d_i);
                     #[unroll]
                     for d in 0..slice {
-                        acc[d] += ds * k_tile[r * dh + off + d];
+                        acc[d] += ds * smem[k_tile + r * dh + off + d];
                     }
                 }
             }
@@ -557,7 +615,7 @@ pub(super) fn attention_dq_kernel<F: Float>(
     if valid {
         #[unroll]
         for d in 0..slice {
-            dq[base + i * dh + off + d] = acc[d] * s;
+            dq[base + i * stride + off + d] = acc[d] * s;
         }
     }
 }
@@ -598,7 +656,7 @@ pub(super) fn attention_dkdv_kernel<F: Float>(
     let off = (t % parts) * slice;
     let j = CUBE_POS_X as usize * rows + row;
     let valid = j < l;
-    let base = bh * l * dh;
+    let (base, stride) = head_of(bh, l, heads as usize, dh);
     let (k0, k1) = key_words::<F>(seed);
     let z_kept = F::cast_from(keep_scale);
     let s = F::cast_from(scale);
@@ -614,56 +672,83 @@ pub(super) fn attention_dkdv_kernel<F: Float>(
         kr[d] = F::new(0.0);
         vr[d] = F::new(0.0);
         if valid {
-            kr[d] = k[base + j * dh + off + d] * s;
-            vr[d] = v[base + j * dh + off + d];
+            kr[d] = k[base + j * stride + off + d] * s;
+            vr[d] = v[base + j * stride + off + d];
         }
     }
     if valid {
         bias_j = bias[(bh / heads as usize) * l + j];
     }
-    let mut q_tile = SharedMemory::<F>::new(keys * dh);
-    let mut do_tile = SharedMemory::<F>::new(keys * dh);
-    let mut max_tile = SharedMemory::<F>::new(keys);
-    let mut log_denom_tile = SharedMemory::<F>::new(keys);
-    let mut delta_tile = SharedMemory::<F>::new(keys);
-    let mut px = SharedMemory::<F>::new(keys * threads);
-    let mut pdp = SharedMemory::<F>::new(keys * threads);
-    let mut kb = SharedMemory::<u32>::new(threads);
+    // One shared array carved at fixed offsets: CubeCL places separate shared arrays in an
+    // order that changes from process to process, and ptxas's register allocation (spills
+    // included) changes with the layout.
+    let q_tile = 0usize;
+    let do_tile = comptime!(keys * dh);
+    let max_tile = comptime!(2 * keys * dh);
+    let log_denom_tile = comptime!(2 * keys * dh + keys);
+    let delta_tile = comptime!(2 * keys * dh + 2 * keys);
+    let px = comptime!(2 * keys * dh + 3 * keys);
+    let pdp = comptime!(2 * keys * dh + 3 * keys + keys * threads);
+    let kb = comptime!(2 * keys * dh + 3 * keys + 2 * keys * threads);
+    let mut smem = SharedMemory::<F>::new(comptime!(
+        2 * keys * dh + 3 * keys + 2 * keys * threads + threads
+    ));
     let mut t0 = 0usize;
     while t0 < l {
-        load_tiles::<F>(q, dout, &mut q_tile, &mut do_tile, base, t0, l, dh, keys);
-        load_pair_row::<F>(lse, &mut max_tile, &mut log_denom_tile, bh * l, t0, l, keys);
-        load_row::<F>(delta, &mut delta_tile, bh * l, t0, l, keys);
+        load_tiles::<F>(
+            q, dout, &mut smem, q_tile, do_tile, base, stride, t0, l, dh, keys,
+        );
+        load_pair_row::<F>(
+            lse,
+            &mut smem,
+            max_tile,
+            log_denom_tile,
+            bh * l,
+            t0,
+            l,
+            keys,
+        );
+        load_row::<F>(delta, &mut smem, delta_tile, bh * l, t0, l, keys);
         if dropout {
-            kb[t] = keep_share_of_key(j, t0, bh, k0, k1, threshold, t % parts, parts, keys);
+            smem[kb + t] = F::cast_from(keep_share_of_key(
+                j,
+                t0,
+                bh,
+                k0,
+                k1,
+                threshold,
+                t % parts,
+                parts,
+                keys,
+            ));
         }
         sync_cube();
         partial_dots::<F>(
-            &kr, &vr, &q_tile, &do_tile, &mut px, &mut pdp, t, off, dh, slice, keys, threads,
+            &kr, &vr, &mut smem, q_tile, do_tile, px, pdp, t, off, dh, slice, keys, threads,
         );
         sync_cube();
         if valid {
             let mut bits = 0u32;
             if dropout {
-                bits = row_bits(&kb, row, parts);
+                bits = row_bits::<F>(&smem, kb, row, parts);
             }
             for r in 0..keys {
                 let i = t0 + r;
                 if i < l {
-                    let x = bias_j + row_sum::<F>(&px, r, row, threads, parts);
-                    let mut dp = row_sum::<F>(&pdp, r, row, threads, parts);
-                    let p = F::exp((x - max_tile[r]) - log_denom_tile[r]);
+                    let x = bias_j + row_sum::<F>(&smem, px, r, row, threads, parts);
+                    let mut dp = row_sum::<F>(&smem, pdp, r, row, threads, parts);
+                    let p = F::exp((x - smem[max_tile + r]) - smem[log_denom_tile + r]);
                     let mut pz = p;
                     if dropout {
                         let z = kept_factor::<F>(bits, r, z_kept);
                         pz = p * z;
                         dp *= z;
                     }
-                    let ds = p * (dp - delta_tile[r]);
+                    let ds = p * (dp - smem[delta_tile + r]);
                     #[unroll]
                     for d in 0..slice {
-                        dv_acc[d] += pz * do_tile[r * dh + off + d];
-                        dk_acc[d] += ds * q_tile[r * dh + off + d];
+                        dv_acc[d] += pz * smem[do_tile + r * dh + off + d];
+                        dk_acc[d] += ds * smem[q_tile + r * dh + off + d];
                     }
                 }
             }
@@ -674,8 +759,8 @@ pub(super) fn attention_dkdv_kernel<F: Float>(
     if valid {
         #[unroll]
         for d in 0..slice {
-            dk[base + j * dh + off + d] = dk_acc[d] * s;
-            dv[base + j * dh + off + d] = dv_acc[d];
+            dk[base + j * stride + off + d] = dk_acc[d] * s;
+            dv[base + j * stride + off + d] = dv_acc[d];
         }
     }
 }

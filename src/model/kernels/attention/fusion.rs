@@ -79,7 +79,7 @@ impl<B: FusionBackend + AttentionKernels> AttentionKernels for Fusion<B> {
         params: Params,
     ) -> [FloatTensor<Self>; 2] {
         let shape = q.shape();
-        let rows = Shape::new([shape[0], shape[1], 2]);
+        let rows = Shape::new([shape[0] * params.heads, shape[1], 2]);
         register::<B>(
             "attention_forward",
             vec![q, k, v, bias, seed],

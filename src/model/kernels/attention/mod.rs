@@ -3,7 +3,9 @@
 //! tile by tile with an online softmax, so no `[b, heads, L, L]` tensor is ever written to
 //! global memory.
 //!
-//! Layouts (contiguous f32): `q`, `k`, `v`, `ctx` `[b·heads, L, dh]`; `bias` `[b, L]`, added to
+//! Layouts (contiguous f32): `q`, `k`, `v`, `ctx` and their gradients `[b, L, heads·dh]`, the
+//! linear layers' own layout, read and written in place (head `h` of a row is its dimensions
+//! `h·dh .. (h+1)·dh`), so no copy goes into or out of the kernels; `bias` `[b, L]`, added to
 //! every query's scores (HF's additive padding mask: 0 at real keys, −1e9 at pads; any padding
 //! side); the row log-sum-exp `lse` `[b·heads, L, 2]` kept for the backward pass as its two
 //! terms, the row's running maximum and the log of its denominator: their sum would lose the
@@ -191,10 +193,10 @@ fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: Vec<usize>) -> CubeTensor<
     )
 }
 
-/// `[bh, l, dh]` of `q`.
-fn dims3<R: CubeRuntime>(t: &CubeTensor<R>) -> (usize, usize, usize) {
+/// `(b·heads, L, dh)` of `q` `[b, L, heads·dh]`.
+fn dims3<R: CubeRuntime>(t: &CubeTensor<R>, heads: usize) -> (usize, usize, usize) {
     let s = t.meta.shape();
-    (s[0], s[1], s[2])
+    (s[0] * heads, s[1], s[2] / heads)
 }
 
 impl<R, F, I, BT> AttentionKernels for CubeBackend<R, F, I, BT>
@@ -214,8 +216,8 @@ where
     ) -> [CubeTensor<R>; 2] {
         let (q, k, v) = (into_contiguous(q), into_contiguous(k), into_contiguous(v));
         let (bias, seed) = (into_contiguous(bias), into_contiguous(seed));
-        let (bh, l, dh) = dims3(&q);
-        let out = empty(&q, vec![bh, l, dh]);
+        let (bh, l, dh) = dims3(&q, params.heads);
+        let out = empty(&q, q.meta.shape().to_vec());
         let lse = empty(&q, vec![bh, l, 2]);
         let (threshold, keep_scale) = params.keep().unwrap_or((u32::MAX, 1.0));
         let layout = Layout::of(dh);
@@ -265,10 +267,11 @@ where
             into_contiguous(lse),
             into_contiguous(dout),
         );
-        let (bh, l, dh) = dims3(&q);
-        let dq = empty(&q, vec![bh, l, dh]);
-        let dk = empty(&q, vec![bh, l, dh]);
-        let dv = empty(&q, vec![bh, l, dh]);
+        let (bh, l, dh) = dims3(&q, params.heads);
+        let shape = q.meta.shape().to_vec();
+        let dq = empty(&q, shape.clone());
+        let dk = empty(&q, shape.clone());
+        let dv = empty(&q, shape);
         let delta = empty(&q, vec![bh, l]);
         let (threshold, keep_scale) = params.keep().unwrap_or((u32::MAX, 1.0));
         let client = q.client.clone();
@@ -338,22 +341,16 @@ fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
-/// `[b, heads, L, dh]` -> `[b·heads, L, dh]` primitive.
-fn flat<B: Backend>(t: Tensor<B, 4>) -> FloatTensor<B> {
-    let [b, h, l, dh] = t.dims();
-    t.reshape([b * h, l, dh]).into_primitive().tensor()
-}
-
-/// The attention without autodiff (prediction: no dropout). `q`, `k`, `v` `[b, heads, L, dh]`,
-/// `bias` `[b, L]` -> `[b, heads, L, dh]`.
+/// The attention without autodiff (prediction: no dropout). `q`, `k`, `v` `[b, L, heads·dh]`,
+/// `bias` `[b, L]` -> `[b, L, heads·dh]`.
 pub fn forward<B: AttentionKernels>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
     bias: Tensor<B, 2>,
+    heads: usize,
     scale: f32,
-) -> Tensor<B, 4> {
-    let [b, heads, l, dh] = q.dims();
+) -> Tensor<B, 3> {
     let seed = Tensor::<B, 1>::zeros([2], &q.device())
         .into_primitive()
         .tensor();
@@ -362,15 +359,16 @@ pub fn forward<B: AttentionKernels>(
         scale,
         dropout: 0.0,
     };
+    let prim = |t: Tensor<B, 3>| t.into_primitive().tensor();
     let [out, _] = B::attention_forward(
-        flat(q),
-        flat(k),
-        flat(v),
+        prim(q),
+        prim(k),
+        prim(v),
         bias.into_primitive().tensor(),
         seed,
         params,
     );
-    float::<B, 3>(out).reshape([b, heads, l, dh])
+    float(out)
 }
 
 /// The attention with its backward pass and, with `dropout` > 0, dropout on the
@@ -378,13 +376,14 @@ pub fn forward<B: AttentionKernels>(
 /// reproducible, with no transfer to the host). Shapes as [`forward`]; gradients reach `q`, `k`
 /// and `v` (the mask takes none).
 pub fn forward_autodiff<B: AttentionKernels>(
-    q: Tensor<Autodiff<B>, 4>,
-    k: Tensor<Autodiff<B>, 4>,
-    v: Tensor<Autodiff<B>, 4>,
+    q: Tensor<Autodiff<B>, 3>,
+    k: Tensor<Autodiff<B>, 3>,
+    v: Tensor<Autodiff<B>, 3>,
     bias: Tensor<Autodiff<B>, 2>,
+    heads: usize,
     scale: f32,
     dropout: f32,
-) -> Tensor<Autodiff<B>, 4> {
+) -> Tensor<Autodiff<B>, 3> {
     let device = bias.device();
     let seed: Tensor<B, 1> = if dropout > 0.0 {
         Tensor::random([2], Distribution::Default, &device)
@@ -392,7 +391,7 @@ pub fn forward_autodiff<B: AttentionKernels>(
         Tensor::zeros([2], &device)
     };
     let params = Params {
-        heads: q.dims()[1],
+        heads,
         scale,
         dropout,
     };
@@ -401,34 +400,32 @@ pub fn forward_autodiff<B: AttentionKernels>(
 
 /// [`forward_autodiff`] with the seed given (`[2]` uniform floats in [0, 1)).
 pub fn forward_with_seed<B: AttentionKernels>(
-    q: Tensor<Autodiff<B>, 4>,
-    k: Tensor<Autodiff<B>, 4>,
-    v: Tensor<Autodiff<B>, 4>,
+    q: Tensor<Autodiff<B>, 3>,
+    k: Tensor<Autodiff<B>, 3>,
+    v: Tensor<Autodiff<B>, 3>,
     bias: Tensor<B, 2>,
     seed: Tensor<B, 1>,
     params: Params,
-) -> Tensor<Autodiff<B>, 4> {
+) -> Tensor<Autodiff<B>, 3> {
     #[derive(Debug)]
     struct AttentionBackward;
 
     impl<B: AttentionKernels> Backward<B, 3> for AttentionBackward {
-        /// q, k, v (flattened), bias, seed, out, lse; the constants; `[b, heads, L, dh]`.
-        type State = ([FloatTensor<B>; 7], Params, [usize; 4]);
+        /// q, k, v, bias, seed, out, lse; the constants.
+        type State = ([FloatTensor<B>; 7], Params);
 
         fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-            let ([q, k, v, bias, seed, out, lse], params, dims) = ops.state;
-            let dout = flat(float::<B, 4>(grads.consume::<B>(&ops.node)));
+            let ([q, k, v, bias, seed, out, lse], params) = ops.state;
+            let dout = grads.consume::<B>(&ops.node);
             let qkv = B::attention_backward(q, k, v, bias, seed, out, lse, dout, params);
             for (node, g) in ops.parents.into_iter().zip(qkv) {
                 if let Some(node) = node {
-                    let g = float::<B, 3>(g).reshape(dims).into_primitive().tensor();
                     grads.register::<B>(node.id, g);
                 }
             }
         }
     }
 
-    let dims = q.dims();
     let (q, k, v) = (
         q.into_primitive().tensor(),
         k.into_primitive().tensor(),
@@ -440,12 +437,7 @@ pub fn forward_with_seed<B: AttentionKernels>(
         .prepare::<NoCheckpointing>([q.node.clone(), k.node.clone(), v.node.clone()])
         .compute_bound()
         .stateful();
-    let flat_inner = |t: FloatTensor<B>| flat(float::<B, 4>(t));
-    let (q, k, v) = (
-        flat_inner(q.primitive),
-        flat_inner(k.primitive),
-        flat_inner(v.primitive),
-    );
+    let (q, k, v) = (q.primitive, k.primitive, v.primitive);
     let [out, lse] = B::attention_forward(
         q.clone(),
         k.clone(),
@@ -454,15 +446,11 @@ pub fn forward_with_seed<B: AttentionKernels>(
         seed.clone(),
         params,
     );
-    let out4 = float::<B, 3>(out.clone())
-        .reshape(dims)
-        .into_primitive()
-        .tensor();
     let out = match prep {
         OpsKind::Tracked(prep) => {
-            prep.finish(([q, k, v, bias, seed, out, lse], params, dims), out4)
+            prep.finish(([q, k, v, bias, seed, out.clone(), lse], params), out)
         }
-        OpsKind::UnTracked(prep) => prep.finish(out4),
+        OpsKind::UnTracked(prep) => prep.finish(out),
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
