@@ -328,6 +328,39 @@ fn fused_with_seed<B: AttentionKernels>(
     )
 }
 
+/// Issue 25 §3: `Σ t²` in one launch: the partial sums' total equals the CPU's `Σ t²` for sizes
+/// of 1, one cube's block, more blocks than cubes, and a million elements; an empty tensor
+/// gives 0.
+#[test]
+fn one_launch_sum_of_squares_equals_the_cpu() {
+    on_gpu!(sum_of_squares_on)
+}
+
+fn sum_of_squares_on<B: AttentionKernels>(device: &B::Device, tol: Tol) {
+    use pipeline::model::kernels::{sum_squares::PARTS, sum_squares_parts};
+    for n in [0usize, 1, 256, 64 * 256 + 3, 1_000_000] {
+        let data =
+            Tensor::<Flex, 1>::random([n], Distribution::Normal(0.0, 1.0), &Default::default())
+                .into_data();
+        let t = Tensor::<B, 1>::from_data(data.clone(), device);
+        let parts = sum_squares_parts(t);
+        assert_eq!(parts.dims(), [PARTS], "n {n}");
+        let got = values(parts.sum());
+        let want: f64 = data
+            .to_vec::<f32>()
+            .unwrap()
+            .iter()
+            .map(|&x| f64::from(x) * f64::from(x))
+            .sum();
+        let err = (f64::from(got[0]) - want).abs() / want.max(1.0);
+        assert!(
+            err <= f64::from(tol.values.max(1e-6)),
+            "n {n}: {} vs {want}",
+            got[0]
+        );
+    }
+}
+
 /// `y` and the gradients of x, γ and β of `Σ layer_norm(x)·w` with Burn's `LayerNorm` (through
 /// the fused kernel where the backend has it and fused kernels are on), `x` `[b, l, h]`.
 fn layer_norm_run<B: burn::tensor::backend::AutodiffBackend>(

@@ -25,20 +25,22 @@ pub fn clip_coefficient(total_norm: f32, max_norm: f64) -> Option<f32> {
     (coef < 1.0).then_some(coef)
 }
 
-/// `Σ t²` of one tensor, as a `[1]` tensor (no host read). A reduction along one axis, which
-/// Burn's fusion backend compiles together with the squaring into one kernel on a GPU (the full
-/// `sum()` takes three there: a zeroed output, an atomic sum and the square).
+/// `Σ t²` of one tensor as partial sums to add element-wise to the others' (no host read): one
+/// launch of our kernel on a GPU backend (`[PARTS]` partial sums), `(t·t).sum_dim(0)` (`[1]`)
+/// elsewhere. (Burn's full `sum()` takes three kernels on a GPU, `sum_dim` two.)
 fn sum_sq<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
-    let flat: Tensor<B, 1> = t.flatten(0, D - 1);
-    (flat.clone() * flat).sum_dim(0)
+    crate::model::kernels::sum_squares_parts(t.flatten(0, D - 1))
 }
 
-/// The global L2 norm from each tensor's `Σ g²`: `sqrt(Σ_i Σ g_i²)`, the norm of the
-/// per-tensor norms that torch takes, up to rounding. Summed by a chain of element-wise adds
-/// (which fuse into a kernel or a few), not by concatenating, which costs one copy per tensor.
-/// `None` for no tensors.
+/// The global L2 norm from each tensor's `Σ g²` (partial sums, [`sum_sq`]):
+/// `sqrt(Σ_i Σ g_i²)`, the norm of the per-tensor norms that torch takes, up to rounding. The
+/// partial sums are added by a chain of element-wise adds (which fuse into a kernel or a few),
+/// not by concatenating, which costs one copy per tensor, then summed once. `None` for no
+/// tensors.
 fn total_norm<B: Backend>(sums: Vec<Tensor<B, 1>>) -> Option<Tensor<B, 1>> {
-    sums.into_iter().reduce(|a, b| a + b).map(Tensor::sqrt)
+    sums.into_iter()
+        .reduce(|a, b| a + b)
+        .map(|s| s.sum_dim(0).sqrt())
 }
 
 /// [`total_norm`] read back once; 0 for no tensors.

@@ -16,6 +16,7 @@
 //! row for its column (neighbouring lanes read neighbouring addresses), the 8 partial sums
 //! added in shared memory.
 
+use crate::model::kernels::empty;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -26,7 +27,6 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Shape, Tensor, TensorPrimitive};
 use burn_cubecl::cubecl::prelude::{CubeCount, CubeDim};
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
@@ -236,15 +236,6 @@ mod cube {
 
 use cube::*;
 
-fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: Vec<usize>) -> CubeTensor<R> {
-    empty_device_contiguous_dtype(
-        like.client.clone(),
-        like.device.clone(),
-        shape.into(),
-        like.dtype,
-    )
-}
-
 /// `[rows, H]` of a 2-D tensor.
 fn dims2<R: CubeRuntime>(t: &CubeTensor<R>) -> (usize, usize) {
     let s = t.meta.shape();
@@ -380,73 +371,31 @@ mod fusion {
     //! The ops as custom operations of Burn's `Fusion` stream.
 
     use super::LayerNormKernels;
-    use burn::backend::ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
+    use crate::model::kernels::fusion_op::{register, take, Kernel};
     use burn::tensor::ops::FloatTensor;
     use burn::tensor::{Shape, TensorMetadata};
-    use burn_fusion::stream::{Operation, OperationStreams};
-    use burn_fusion::{Fusion, FusionBackend, FusionRuntime};
+    use burn_fusion::{Fusion, FusionBackend};
 
     #[derive(Clone, Debug)]
-    struct Op<B> {
-        desc: CustomOpIr,
-        /// `Some(ε)` forward, `None` backward.
-        eps: Option<f32>,
-        _b: std::marker::PhantomData<B>,
+    enum Call {
+        /// With ε.
+        Forward(f32),
+        Backward,
     }
 
-    impl<B: FusionBackend + LayerNormKernels> Operation<B::FusionRuntime> for Op<B> {
-        fn execute(
-            &self,
-            handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>,
-        ) {
-            let inputs: Vec<_> = self
-                .desc
-                .inputs
-                .iter()
-                .map(|t| handles.get_float_tensor::<B>(t))
-                .collect();
-            let outputs: Vec<FloatTensor<B>> = match self.eps {
-                Some(eps) => {
-                    let [x, gamma, beta]: [FloatTensor<B>; 3] = inputs
-                        .try_into()
-                        .unwrap_or_else(|_| unreachable!("three inputs"));
+    impl<B: FusionBackend + LayerNormKernels> Kernel<B> for Call {
+        fn run(&self, inputs: Vec<FloatTensor<B>>) -> Vec<FloatTensor<B>> {
+            match *self {
+                Call::Forward(eps) => {
+                    let [x, gamma, beta] = take(inputs);
                     B::layer_norm_forward(x, gamma, beta, eps).into()
                 }
-                None => {
-                    let [dy, x, gamma, stats]: [FloatTensor<B>; 4] = inputs
-                        .try_into()
-                        .unwrap_or_else(|_| unreachable!("four inputs"));
+                Call::Backward => {
+                    let [dy, x, gamma, stats] = take(inputs);
                     B::layer_norm_backward(dy, x, gamma, stats).into()
                 }
-            };
-            for (ir, t) in self.desc.outputs.iter().zip(outputs) {
-                handles.register_float_tensor::<B>(&ir.id, t);
             }
         }
-    }
-
-    /// Registers `inputs` -> outputs of `shapes` as one custom operation.
-    fn register<B: FusionBackend + LayerNormKernels>(
-        name: &'static str,
-        inputs: Vec<FloatTensor<Fusion<B>>>,
-        shapes: Vec<Shape>,
-        eps: Option<f32>,
-    ) -> Vec<FloatTensor<Fusion<B>>> {
-        let client = inputs[0].client.clone();
-        let dtype = inputs[0].dtype();
-        let outs: Vec<TensorIr> = shapes
-            .into_iter()
-            .map(|s| TensorIr::uninit(client.create_empty_handle(), s, dtype))
-            .collect();
-        let streams = OperationStreams::with_inputs(inputs.iter());
-        let irs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
-        let desc = CustomOpIr::new(name, &irs, &outs);
-        let op = Op::<B> {
-            desc: desc.clone(),
-            eps,
-            _b: std::marker::PhantomData,
-        };
-        client.register(streams, OperationIr::Custom(desc), op)
     }
 
     impl<B: FusionBackend + LayerNormKernels> LayerNormKernels for Fusion<B> {
@@ -458,14 +407,12 @@ mod fusion {
         ) -> [FloatTensor<Self>; 2] {
             let shape = x.shape();
             let stats = Shape::new([shape[0], 2]);
-            register::<B>(
+            register::<B, _, 2>(
                 "layer_norm_forward",
                 vec![x, gamma, beta],
-                vec![shape, stats],
-                Some(eps),
+                [shape, stats],
+                Call::Forward(eps),
             )
-            .try_into()
-            .unwrap_or_else(|_| unreachable!("two outputs"))
         }
 
         fn layer_norm_backward(
@@ -476,14 +423,12 @@ mod fusion {
         ) -> [FloatTensor<Self>; 3] {
             let shape = x.shape();
             let width = gamma.shape();
-            register::<B>(
+            register::<B, _, 3>(
                 "layer_norm_backward",
                 vec![dy, x, gamma, stats],
-                vec![shape, width.clone(), width],
-                None,
+                [shape, width.clone(), width],
+                Call::Backward,
             )
-            .try_into()
-            .unwrap_or_else(|_| unreachable!("three outputs"))
         }
     }
 }

@@ -20,6 +20,7 @@
 //! pre-activation gradients `dG_t` of the four gates. `dG` is the gradient of `xp`; the
 //! weight gradient is `Σ_t h_{t−1}ᵀ dG_t`, one batched product.
 
+use super::empty;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -30,7 +31,6 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
 use burn_cubecl::cubecl::prelude::{CubeCount, CubeDim};
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
@@ -282,15 +282,6 @@ fn dims<R: CubeRuntime>(t: &CubeTensor<R>) -> (usize, usize, usize) {
     (s[0], s[1], s[2] / 4)
 }
 
-fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: [usize; 3]) -> CubeTensor<R> {
-    empty_device_contiguous_dtype(
-        like.client.clone(),
-        like.device.clone(),
-        shape.into(),
-        like.dtype,
-    )
-}
-
 /// The cube of both step kernels: [`UNITS`] lanes × [`SPLIT`] warps (256 threads).
 pub(crate) fn cube_dim() -> CubeDim {
     CubeDim::new_2d(UNITS as u32, SPLIT as u32)
@@ -318,9 +309,9 @@ where
         let xp = into_contiguous(xp);
         let w = into_contiguous(w);
         let (n, l, h) = dims(&xp);
-        let y = empty(&xp, [n, l, h]);
-        let c = empty(&xp, [n, l, h]);
-        let gates = empty(&xp, [n, l, 4 * h]);
+        let y = empty(&xp, vec![n, l, h]);
+        let c = empty(&xp, vec![n, l, h]);
+        let gates = empty(&xp, vec![n, l, 4 * h]);
         let client = xp.client.clone();
         let (count, dim) = grid(n, h, rows);
         let dtype = xp.dtype;
@@ -356,8 +347,8 @@ where
         let wt = into_contiguous(burn_cubecl::ops::permute(w, &[0, 2, 1]));
         let (n, l, h) = dims(&gates);
         let h4 = 4 * h;
-        let dg = empty(&gates, [n, l, h4]);
-        let dc = empty(&gates, [n, 1, h]);
+        let dg = empty(&gates, vec![n, l, h4]);
+        let dc = empty(&gates, vec![n, 1, h]);
         let client = gates.client.clone();
         let (count, dim) = grid(n, h, rows);
         let dtype = gates.dtype;
@@ -402,57 +393,33 @@ pub(crate) fn cuda_kernels(
 }
 
 mod fusion {
-    //! The ops as custom operations of Burn's `Fusion` backend: the stream runs them in order
-    //! with the fused elementwise kernels around them.
+    //! The ops as custom operations of Burn's `Fusion` stream.
 
     use super::LstmKernels;
-    use burn::backend::ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
+    use crate::model::kernels::fusion_op::{register, take, Kernel};
     use burn::tensor::ops::FloatTensor;
-    use burn::tensor::{DType, Shape, TensorMetadata};
-    use burn_fusion::stream::{Operation, OperationStreams};
-    use burn_fusion::{Fusion, FusionBackend, FusionRuntime};
+    use burn::tensor::{Shape, TensorMetadata};
+    use burn_fusion::{Fusion, FusionBackend};
 
+    /// The rows per direction.
     #[derive(Clone, Debug)]
-    struct Forward<B> {
-        desc: CustomOpIr,
-        rows: usize,
-        _b: std::marker::PhantomData<B>,
+    enum Call {
+        Forward(usize),
+        Backward(usize),
     }
 
-    impl<B: FusionBackend + LstmKernels> Operation<B::FusionRuntime> for Forward<B> {
-        fn execute(
-            &self,
-            handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>,
-        ) {
-            let ([xp, w], [y, c, gates]) = self.desc.as_fixed();
-            let xp = handles.get_float_tensor::<B>(xp);
-            let w = handles.get_float_tensor::<B>(w);
-            let [y_out, c_out, gates_out] = B::lstm_forward(xp, w, self.rows);
-            handles.register_float_tensor::<B>(&y.id, y_out);
-            handles.register_float_tensor::<B>(&c.id, c_out);
-            handles.register_float_tensor::<B>(&gates.id, gates_out);
-        }
-    }
-
-    #[derive(Clone, Debug)]
-    struct Backward<B> {
-        desc: CustomOpIr,
-        rows: usize,
-        _b: std::marker::PhantomData<B>,
-    }
-
-    impl<B: FusionBackend + LstmKernels> Operation<B::FusionRuntime> for Backward<B> {
-        fn execute(
-            &self,
-            handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>,
-        ) {
-            let ([dy, c, gates, w], [dg]) = self.desc.as_fixed();
-            let dy = handles.get_float_tensor::<B>(dy);
-            let c = handles.get_float_tensor::<B>(c);
-            let gates = handles.get_float_tensor::<B>(gates);
-            let w = handles.get_float_tensor::<B>(w);
-            let out = B::lstm_backward(dy, c, gates, w, self.rows);
-            handles.register_float_tensor::<B>(&dg.id, out);
+    impl<B: FusionBackend + LstmKernels> Kernel<B> for Call {
+        fn run(&self, inputs: Vec<FloatTensor<B>>) -> Vec<FloatTensor<B>> {
+            match *self {
+                Call::Forward(rows) => {
+                    let [xp, w] = take(inputs);
+                    B::lstm_forward(xp, w, rows).into()
+                }
+                Call::Backward(rows) => {
+                    let [dy, c, gates, w] = take(inputs);
+                    vec![B::lstm_backward(dy, c, gates, w, rows)]
+                }
+            }
         }
     }
 
@@ -462,24 +429,14 @@ mod fusion {
             w: FloatTensor<Self>,
             rows: usize,
         ) -> [FloatTensor<Self>; 3] {
-            let client = xp.client.clone();
-            let dtype: DType = xp.dtype();
             let [n, l, h4] = xp.shape().dims::<3>();
-            let out = |shape: [usize; 3]| {
-                TensorIr::uninit(client.create_empty_handle(), Shape::new(shape), dtype)
-            };
-            let outs = [out([n, l, h4 / 4]), out([n, l, h4 / 4]), out([n, l, h4])];
-            let streams = OperationStreams::with_inputs([&xp, &w]);
-            let desc = CustomOpIr::new("lstm_forward", &[xp.into_ir(), w.into_ir()], &outs);
-            let op = Forward::<B> {
-                desc: desc.clone(),
-                rows,
-                _b: std::marker::PhantomData,
-            };
-            client
-                .register(streams, OperationIr::Custom(desc), op)
-                .try_into()
-                .expect("three outputs")
+            let state = Shape::new([n, l, h4 / 4]);
+            register::<B, _, 3>(
+                "lstm_forward",
+                vec![xp, w],
+                [state.clone(), state, Shape::new([n, l, h4])],
+                Call::Forward(rows),
+            )
         }
 
         fn lstm_backward(
@@ -489,23 +446,13 @@ mod fusion {
             w: FloatTensor<Self>,
             rows: usize,
         ) -> FloatTensor<Self> {
-            let client = gates.client.clone();
-            let out = TensorIr::uninit(client.create_empty_handle(), gates.shape(), gates.dtype());
-            let streams = OperationStreams::with_inputs([&dy, &c, &gates, &w]);
-            let desc = CustomOpIr::new(
+            let shape = gates.shape();
+            let [dg] = register::<B, _, 1>(
                 "lstm_backward",
-                &[dy.into_ir(), c.into_ir(), gates.into_ir(), w.into_ir()],
-                &[out],
+                vec![dy, c, gates, w],
+                [shape],
+                Call::Backward(rows),
             );
-            let op = Backward::<B> {
-                desc: desc.clone(),
-                rows,
-                _b: std::marker::PhantomData,
-            };
-            let [dg]: [FloatTensor<Self>; 1] = client
-                .register(streams, OperationIr::Custom(desc), op)
-                .try_into()
-                .expect("one output");
             dg
         }
     }

@@ -63,8 +63,10 @@ macro_rules! launch {
 
 pub mod attention;
 pub mod cuda_source;
+mod fusion_op;
 pub mod layer_norm;
 pub mod lstm;
+pub mod sum_squares;
 
 /// Every kernel of ours as CUDA C++ for architecture `sm` (80, 90), at the launch shapes of
 /// the competition model: the LSTM at roberta-large's width (H 1024, 8 rows × 2 directions),
@@ -73,12 +75,26 @@ pub fn cuda_kernels(sm: u32) -> anyhow::Result<Vec<cuda_source::CudaKernel>> {
     let props = cuda_source::properties(sm);
     let mut out = lstm::cuda_kernels(&props, sm)?;
     out.extend(layer_norm::cuda_kernels(&props, sm)?);
+    out.extend(sum_squares::cuda_kernels(&props, sm)?);
     for dh in [64, 128] {
         for dropout in [false, true] {
             out.extend(attention::cuda_kernels(&props, sm, dh, dropout)?);
         }
     }
     Ok(out)
+}
+
+/// An uninitialised contiguous tensor of `shape` on `like`'s device, in its dtype.
+pub(crate) fn empty<R: burn_cubecl::CubeRuntime>(
+    like: &burn_cubecl::tensor::CubeTensor<R>,
+    shape: Vec<usize>,
+) -> burn_cubecl::tensor::CubeTensor<R> {
+    burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
+        like.client.clone(),
+        like.device.clone(),
+        shape.into(),
+        like.dtype,
+    )
 }
 
 /// Set to `1` to launch our kernels with bounds checks (tests; slower).
@@ -162,6 +178,22 @@ pub fn lstm<B: Backend>(xp: &Tensor<B, 3>, w: &Tensor<B, 3>, rows: usize) -> Opt
     on!(crate::device::WgpuBackend);
     on!(crate::device::CudaBackend);
     None
+}
+
+/// `Σ t²` of `t` as partial sums to be added element-wise to other tensors' and summed once
+/// at the end: `[sum_squares::PARTS]` from one launch where backend `B` has the kernel,
+/// [`super::amp::fused_kernels`] is on and `t` is f32; else `[1]`, `(t·t).sum_dim(0)`.
+pub fn sum_squares_parts<B: Backend>(t: Tensor<B, 1>) -> Tensor<B, 1> {
+    let takes = super::amp::fused_kernels()
+        && t.dtype() == burn::tensor::DType::F32
+        && t.dims()[0] < (u32::MAX / 2) as usize;
+    if takes && is::<B, crate::device::WgpuBackend>() {
+        return same(sum_squares::parts::<crate::device::WgpuBackend>(same(t)));
+    }
+    if takes && is::<B, crate::device::CudaBackend>() {
+        return same(sum_squares::parts::<crate::device::CudaBackend>(same(t)));
+    }
+    (t.clone() * t).sum_dim(0)
 }
 
 /// `ln.forward(x)` through the fused layer norm ([`layer_norm`]) where backend `B` has it,

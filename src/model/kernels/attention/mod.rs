@@ -33,6 +33,7 @@
 //! `dQ_i = s Σ_j ds_ij k_j`, `dK_j = s Σ_i ds_ij q_i` (z: the dropout scale or 0). One launch
 //! per query block writes `D` and `dQ`; one per key block writes `dK` and `dV`.
 
+use crate::model::kernels::empty;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -43,7 +44,6 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Distribution, Tensor, TensorPrimitive};
 use burn_cubecl::cubecl::prelude::{CubeCount, CubeDim};
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
@@ -182,15 +182,6 @@ pub(crate) fn cuda_kernels(
         super::cuda_source::compile(&format!("attention_dq_{tag}"), dq, sm)?,
         super::cuda_source::compile(&format!("attention_dkdv_{tag}"), dkdv, sm)?,
     ])
-}
-
-fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: Vec<usize>) -> CubeTensor<R> {
-    empty_device_contiguous_dtype(
-        like.client.clone(),
-        like.device.clone(),
-        shape.into(),
-        like.dtype,
-    )
 }
 
 /// `(b·heads, L, dh)` of `q` `[b, L, heads·dh]`.
