@@ -62,6 +62,7 @@ macro_rules! launch {
 }
 
 pub mod attention;
+pub mod bias;
 pub mod cuda_source;
 mod fusion_op;
 pub mod layer_norm;
@@ -76,6 +77,7 @@ pub fn cuda_kernels(sm: u32) -> anyhow::Result<Vec<cuda_source::CudaKernel>> {
     let mut out = lstm::cuda_kernels(&props, sm)?;
     out.extend(layer_norm::cuda_kernels(&props, sm)?);
     out.extend(sum_squares::cuda_kernels(&props, sm)?);
+    out.extend(bias::cuda_kernels(&props, sm)?);
     for dh in [64, 128] {
         for dropout in [false, true] {
             out.extend(attention::cuda_kernels(&props, sm, dh, dropout)?);
@@ -194,6 +196,38 @@ pub fn sum_squares_parts<B: Backend>(t: Tensor<B, 1>) -> Tensor<B, 1> {
         return same(sum_squares::parts::<crate::device::CudaBackend>(same(t)));
     }
     (t.clone() * t).sum_dim(0)
+}
+
+/// Whether [`bias_add`] takes `x` (so a linear layer may split its product and its bias add).
+pub fn bias_add_applies<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
+    super::amp::fused_kernels()
+        && x.dtype() == burn::tensor::DType::F32
+        && (is::<B, Autodiff<crate::device::WgpuBackend>>()
+            || is::<B, Autodiff<crate::device::CudaBackend>>())
+}
+
+/// `x + bias` (`x` `[.., H]`, `bias` `[H]`) with its bias gradient in one launch
+/// ([`bias::add`]) where backend `B` is a GPU backend with autodiff, [`super::amp::fused_kernels`]
+/// is on and both are f32; else `None` (the caller adds as before).
+pub fn bias_add<B: Backend, const D: usize>(
+    x: &Tensor<B, D>,
+    bias: &Tensor<B, 1>,
+) -> Option<Tensor<B, D>> {
+    use burn::tensor::DType;
+    if !super::amp::fused_kernels() || x.dtype() != DType::F32 || bias.dtype() != DType::F32 {
+        return None;
+    }
+    macro_rules! on {
+        ($T:ty) => {
+            if is::<B, Autodiff<$T>>() {
+                let y = bias::add::<$T, D>(same(x.clone()), same(bias.clone()));
+                return Some(same(y));
+            }
+        };
+    }
+    on!(crate::device::WgpuBackend);
+    on!(crate::device::CudaBackend);
+    None
 }
 
 /// `ln.forward(x)` through the fused layer norm ([`layer_norm`]) where backend `B` has it,
