@@ -346,7 +346,7 @@ fn linear_bias_on<B: AttentionKernels>(device: &B::Device, tol: Tol) {
         l.weight = Param::from_tensor(Tensor::from_data(w.clone(), device));
         l.bias = Some(Param::from_tensor(Tensor::from_data(b.clone(), device)));
         let x = Tensor::<A, 3>::from_data(x.clone(), device).require_grad();
-        let y = pipeline::model::amp::linear(&l, x.clone());
+        let y = pipeline::model::kernels::linear(&l, x.clone());
         let g = (y.clone() * y.clone()).sum().backward();
         let bias = l.bias.as_ref().expect("a bias");
         vec![

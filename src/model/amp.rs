@@ -111,29 +111,30 @@ pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> T
 }
 
 /// `l.forward(x)`, under autocast with `x` and the weight in the autocast dtype (the bias is
-/// added in f32 after the product).
-///
-/// On a GPU backend with autodiff the bias is added by [`super::kernels::bias_add`] (same sum;
-/// its gradient in one launch).
+/// added in f32 after the product). [`super::kernels::linear`] is the same with the bias
+/// gradient in one launch on a GPU backend.
 pub fn linear<B: Backend, const D: usize>(l: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
-    let add_bias = |y: Tensor<B, D>| match &l.bias {
-        Some(bias) => {
-            let bias = bias.val();
-            super::kernels::bias_add(&y, &bias).unwrap_or_else(|| y + bias.unsqueeze())
+    match current() {
+        Some(_) => {
+            let y = linear_product(l, x);
+            match &l.bias {
+                Some(bias) => y + bias.val().unsqueeze(),
+                None => y,
+            }
         }
-        None => y,
-    };
+        None => l.forward(x),
+    }
+}
+
+/// `x · Wᵀ` of linear layer `l` without its bias, under autocast in the autocast dtype (the
+/// result cast back to `x`'s dtype).
+pub fn linear_product<B: Backend, const D: usize>(l: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
     match current() {
         Some(low) => {
             let back = FloatDType::from(x.dtype());
-            let y = burn::tensor::module::linear(x.cast(low), l.weight.val().cast(low), None)
-                .cast(back);
-            add_bias(y)
+            burn::tensor::module::linear(x.cast(low), l.weight.val().cast(low), None).cast(back)
         }
-        None if l.bias.is_some() && super::kernels::bias_add_applies(&x) => {
-            add_bias(burn::tensor::module::linear(x, l.weight.val(), None))
-        }
-        None => l.forward(x),
+        None => burn::tensor::module::linear(x, l.weight.val(), None),
     }
 }
 

@@ -128,9 +128,9 @@ impl<B: Backend> SelfAttention<B> {
         let [b, l, h] = x.dims();
         let nh = self.num_heads;
         let dh = h / nh;
-        let q = amp::linear(&self.query, x.clone());
-        let k = amp::linear(&self.key, x.clone());
-        let v = amp::linear(&self.value, x);
+        let q = super::kernels::linear(&self.query, x.clone());
+        let k = super::kernels::linear(&self.key, x.clone());
+        let v = super::kernels::linear(&self.value, x);
         if let KeyMask::Additive(m) = mask {
             if m.dims()[2] == 1 {
                 // On a GPU backend: our fused attention (flash-attention style, dropout
@@ -256,10 +256,10 @@ impl<B: Backend> Layer<B> {
         let o = &a.output;
         let attn = layer_norm_forward(
             &o.layer_norm,
-            dropout(&o.dropout, amp::linear(&o.dense, ctx)) + x,
+            dropout(&o.dropout, super::kernels::linear(&o.dense, ctx)) + x,
             eps,
         );
-        let inter = amp::linear(&self.intermediate.dense, attn.clone());
+        let inter = super::kernels::linear(&self.intermediate.dense, attn.clone());
         let inter = if self.intermediate.approximate_gelu {
             gelu_approximate(inter)
         } else {
@@ -268,7 +268,7 @@ impl<B: Backend> Layer<B> {
         let out = &self.output;
         layer_norm_forward(
             &out.layer_norm,
-            dropout(&out.dropout, amp::linear(&out.dense, inter)) + attn,
+            dropout(&out.dropout, super::kernels::linear(&out.dense, inter)) + attn,
             eps,
         )
     }

@@ -232,7 +232,7 @@ impl<B: Backend> QaModel<B> {
         if let Some(cnn) = &self.cnn {
             x = cnn.forward(x, attention_mask.float());
         }
-        let logits = amp::linear(&self.qa_outputs, x);
+        let logits = kernels::linear(&self.qa_outputs, x);
         let start = logits.clone().slice([0..b, 0..l, 0..1]).reshape([b, l]);
         let end = logits.slice([0..b, 0..l, 1..2]).reshape([b, l]);
         (start, end)

@@ -61,29 +61,9 @@ pub trait LayerNormKernels: Backend {
 /// The CubeCL kernels (kept apart: CubeCL's `Tensor` is not Burn's).
 mod cube {
     use super::{COLUMNS, ROW_LANES, ROW_THREADS};
+    use crate::model::kernels::reduce::cube_sum;
     use burn_cubecl::cubecl;
     use burn_cubecl::cubecl::prelude::*;
-
-    /// The sum of every thread's `v` over the cube, on every thread (a tree through `shared`).
-    #[cube]
-    fn cube_sum<F: Float>(v: F, shared: &mut SharedMemory<F>) -> F {
-        let t = UNIT_POS_X as usize;
-        shared[t] = v;
-        sync_cube();
-        // CUBE_DIM_X is ROW_THREADS, a power of two; a runtime value, so the loop may change it.
-        let mut stride = CUBE_DIM_X as usize / 2;
-        while stride > 0 {
-            if t < stride {
-                let other = shared[t + stride];
-                shared[t] += other;
-            }
-            sync_cube();
-            stride /= 2;
-        }
-        let total = shared[0];
-        sync_cube();
-        total
-    }
 
     /// The row this cube owns (cubes may run along x and y).
     #[cube]

@@ -67,6 +67,7 @@ pub mod cuda_source;
 mod fusion_op;
 pub mod layer_norm;
 pub mod lstm;
+mod reduce;
 pub mod sum_squares;
 
 /// Every kernel of ours as CUDA C++ for architecture `sm` (80, 90), at the launch shapes of
@@ -196,6 +197,22 @@ pub fn sum_squares_parts<B: Backend>(t: Tensor<B, 1>) -> Tensor<B, 1> {
         return same(sum_squares::parts::<crate::device::CudaBackend>(same(t)));
     }
     (t.clone() * t).sum_dim(0)
+}
+
+/// Linear layer `l` on `x` as [`super::amp::linear`] computes it (autocast included), with the
+/// bias added by [`bias_add`] (its gradient in one launch) where that applies.
+pub fn linear<B: Backend, const D: usize>(
+    l: &burn::nn::Linear<B>,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    match &l.bias {
+        Some(bias) if bias_add_applies(&x) => {
+            let y = super::amp::linear_product(l, x);
+            let bias = bias.val();
+            bias_add(&y, &bias).unwrap_or_else(|| y + bias.unsqueeze())
+        }
+        _ => super::amp::linear(l, x),
+    }
 }
 
 /// Whether [`bias_add`] takes `x` (so a linear layer may split its product and its bias add).

@@ -26,6 +26,7 @@ pub trait SumSquaresKernels: Backend {
 
 mod cube {
     use super::{PARTS, THREADS};
+    use crate::model::kernels::reduce::cube_sum;
     use burn_cubecl::cubecl;
     use burn_cubecl::cubecl::prelude::*;
 
@@ -49,19 +50,9 @@ mod cube {
             acc += x * x;
             e += comptime!(PARTS * THREADS);
         }
-        shared[u] = acc;
-        sync_cube();
-        let mut stride = CUBE_DIM_X as usize / 2;
-        while stride > 0 {
-            if u < stride {
-                let other = shared[u + stride];
-                shared[u] += other;
-            }
-            sync_cube();
-            stride /= 2;
-        }
+        let total = cube_sum::<F>(acc, &mut shared);
         if u == 0 {
-            out[c] = shared[0];
+            out[c] = total;
         }
     }
 }
