@@ -184,9 +184,15 @@ fn load_settings(config: &ConfigArgs) -> Result<Settings> {
 }
 
 /// Parses the process arguments and runs the command.
+/// Set to `1` to launch our GPU kernels with bounds checks (debugging; same results, slower).
+const CHECKED_KERNELS_ENV: &str = "PIPELINE_CHECKED_KERNELS";
+
 pub fn main() -> Result<()> {
     let cli = Cli::parse();
     let ui = Ui { quiet: cli.quiet };
+    if std::env::var(CHECKED_KERNELS_ENV).is_ok_and(|v| v == "1") {
+        crate::model::kernels::set_checked_launches(true);
+    }
     match cli.command {
         Command::Run {
             target,

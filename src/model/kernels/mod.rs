@@ -100,29 +100,18 @@ pub(crate) fn empty<R: burn_cubecl::CubeRuntime>(
     )
 }
 
-/// Set to `1` to launch our kernels with bounds checks (tests; slower).
-pub const CHECKED_ENV: &str = "PIPELINE_CHECKED_KERNELS";
+static CHECKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-static CHECKED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(UNSET);
-const UNSET: u8 = 2;
-
-/// Whether our kernels launch bounds-checked: [`set_checked_launches`] if called, else
-/// whether [`CHECKED_ENV`] is `1`. Unchecked by default (no check per global index).
+/// Whether our kernels launch bounds-checked: unchecked (no check per global index) unless
+/// [`set_checked_launches`] turned it on (the CLI does for `PIPELINE_CHECKED_KERNELS=1`; the
+/// kernel tests compare both). Either way the results are the same bits.
 pub fn checked_launches() -> bool {
-    use std::sync::atomic::Ordering::Relaxed;
-    match CHECKED.load(Relaxed) {
-        UNSET => {
-            let on = std::env::var(CHECKED_ENV).is_ok_and(|v| v == "1");
-            CHECKED.store(u8::from(on), Relaxed);
-            on
-        }
-        v => v == 1,
-    }
+    CHECKED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Launches our kernels bounds-checked (`true`) or not from now on, in this process.
 pub fn set_checked_launches(on: bool) {
-    CHECKED.store(u8::from(on), std::sync::atomic::Ordering::Relaxed);
+    CHECKED.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Whether training on `device` in `precision` runs the fused attention (no `[b, heads, L, L]`
