@@ -385,37 +385,52 @@ fn linear_bias_on<B: AttentionKernels>(device: &B::Device, tol: Tol) {
     }
 }
 
-/// Issue 25 §3: `Σ t²` in one launch: the partial sums' total equals the CPU's `Σ t²` for sizes
-/// of 1, one cube's block, more blocks than cubes, and a million elements; an empty tensor
-/// gives 0.
+/// Issue 25 §3: `Σ t²` over many tensors in few launches: the partial sums' total equals the
+/// CPU's `Σ t²` for one tensor of 1 element, one cube's block, more blocks than cubes, and a
+/// million elements (an empty one gives 0), and for 40 tensors of those and other sizes
+/// together (three groups: later groups add to the first's sums); the dispatching
+/// `sum_of_squares` gives the same total.
 #[test]
-fn one_launch_sum_of_squares_equals_the_cpu() {
+fn few_launch_sum_of_squares_equals_the_cpu() {
     on_gpu!(sum_of_squares_on)
 }
 
-fn sum_of_squares_on<B: AttentionKernels>(device: &B::Device, tol: Tol) {
-    use pipeline::model::kernels::{sum_squares::PARTS, sum_squares_parts};
-    for n in [0usize, 1, 256, 64 * 256 + 3, 1_000_000] {
-        let data =
-            Tensor::<Flex, 1>::random([n], Distribution::Normal(0.0, 1.0), &Default::default())
-                .into_data();
-        let t = Tensor::<B, 1>::from_data(data.clone(), device);
-        let parts = sum_squares_parts(t);
-        assert_eq!(parts.dims(), [PARTS], "n {n}");
-        let got = values(parts.sum());
-        let want: f64 = data
-            .to_vec::<f32>()
-            .unwrap()
+fn sum_of_squares_on<B: pipeline::model::kernels::sum_squares::SumSquaresKernels>(
+    device: &B::Device,
+    tol: Tol,
+) {
+    use pipeline::model::kernels::{sum_of_squares, sum_squares::parts, sum_squares::PARTS};
+    let sizes = [0usize, 1, 256, 64 * 256 + 3, 1_000_000];
+    let mut all: Vec<TensorData> = sizes.iter().map(|&n| random_data(n)).collect();
+    all.extend((0..35).map(|i| random_data(1 + 37 * i)));
+    let lists: Vec<Vec<TensorData>> = all[..sizes.len()]
+        .iter()
+        .map(|d| vec![d.clone()])
+        .chain([all.clone()])
+        .collect();
+    for list in lists {
+        let want: f64 = list
             .iter()
-            .map(|&x| f64::from(x) * f64::from(x))
+            .flat_map(|d| d.to_vec::<f32>().unwrap())
+            .map(|x| f64::from(x) * f64::from(x))
             .sum();
-        let err = (f64::from(got[0]) - want).abs() / want.max(1.0);
-        assert!(
-            err <= f64::from(tol.values.max(1e-6)),
-            "n {n}: {} vs {want}",
-            got[0]
-        );
+        let on = |d: &TensorData| Tensor::<B, 1>::from_data(d.clone(), device);
+        let sums = parts(list.iter().map(on).collect());
+        assert_eq!(sums.dims(), [PARTS]);
+        let total = sum_of_squares(list.iter().map(on).collect()).expect("tensors");
+        let what = format!("{} tensors of {:?}…", list.len(), list[0].shape);
+        for got in [values(sums.sum())[0], values(total)[0]] {
+            let err = (f64::from(got) - want).abs() / want.max(1.0);
+            assert!(
+                err <= f64::from(tol.values.max(1e-6)),
+                "{what}: {got} vs {want}"
+            );
+        }
     }
+}
+
+fn random_data(n: usize) -> TensorData {
+    Tensor::<Flex, 1>::random([n], Distribution::Normal(0.0, 1.0), &Default::default()).into_data()
 }
 
 /// `y` and the gradients of x, γ and β of `Σ layer_norm(x)·w` with Burn's `LayerNorm` (through

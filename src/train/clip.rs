@@ -25,27 +25,17 @@ pub fn clip_coefficient(total_norm: f32, max_norm: f64) -> Option<f32> {
     (coef < 1.0).then_some(coef)
 }
 
-/// `Σ t²` of one tensor as partial sums to add element-wise to the others' (no host read): one
-/// launch of our kernel on a GPU backend (`[PARTS]` partial sums), `(t·t).sum_dim(0)` (`[1]`)
-/// elsewhere. (Burn's full `sum()` takes three kernels on a GPU, `sum_dim` two.)
-fn sum_sq<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
-    crate::model::kernels::sum_squares_parts(t.flatten(0, D - 1))
-}
-
-/// The global L2 norm from each tensor's `Σ g²` (partial sums, [`sum_sq`]):
-/// `sqrt(Σ_i Σ g_i²)`, the norm of the per-tensor norms that torch takes, up to rounding. The
-/// partial sums are added by a chain of element-wise adds (which fuse into a kernel or a few),
-/// not by concatenating, which costs one copy per tensor, then summed once. `None` for no
-/// tensors.
-fn total_norm<B: Backend>(sums: Vec<Tensor<B, 1>>) -> Option<Tensor<B, 1>> {
-    sums.into_iter()
-        .reduce(|a, b| a + b)
-        .map(|s| s.sum_dim(0).sqrt())
+/// The global L2 norm `sqrt(Σ_i Σ g_i²)` of the gradients as a `[1]` tensor on the device (the
+/// norm of the per-tensor norms that torch takes, up to rounding; no host read): `Σ g²` of
+/// many gradients per launch on a GPU backend ([`crate::model::kernels::sum_of_squares`]).
+/// `None` for no tensors.
+fn total_norm<B: Backend>(grads: Vec<Tensor<B, 1>>) -> Option<Tensor<B, 1>> {
+    crate::model::kernels::sum_of_squares(grads).map(Tensor::sqrt)
 }
 
 /// [`total_norm`] read back once; 0 for no tensors.
-fn norm_of_norms<B: Backend>(sums: Vec<Tensor<B, 1>>) -> f32 {
-    total_norm(sums).map_or(0.0, |t| t.into_scalar().elem::<f32>())
+fn norm_of_norms<B: Backend>(grads: Vec<Tensor<B, 1>>) -> f32 {
+    total_norm(grads).map_or(0.0, |t| t.into_scalar().elem::<f32>())
 }
 
 /// Clips a list of (flattened) gradients by their global L2 norm, as `clip_grad_norm_` does.
@@ -55,7 +45,7 @@ pub fn clip_tensors<B: Backend>(
     grads: Vec<Tensor<B, 1>>,
     max_norm: f64,
 ) -> (Vec<Tensor<B, 1>>, f64) {
-    let total = norm_of_norms(grads.iter().cloned().map(sum_sq).collect());
+    let total = norm_of_norms(grads.clone());
     let grads = match clip_coefficient(total, max_norm) {
         Some(coef) => grads.into_iter().map(|g| g.mul_scalar(coef)).collect(),
         None => grads,
@@ -63,11 +53,11 @@ pub fn clip_tensors<B: Backend>(
     (grads, f64::from(total))
 }
 
-/// Collects `Σ g²` of the gradients of the module's float parameters (each id once).
+/// Collects the gradients of the module's float parameters, flattened (each id once).
 struct NormCollector<'a, B: AutodiffBackend> {
     grads: &'a GradientsParams,
     seen: HashSet<ParamId>,
-    norms: Vec<Tensor<B::InnerBackend, 1>>,
+    flat: Vec<Tensor<B::InnerBackend, 1>>,
 }
 
 impl<B: AutodiffBackend> ModuleVisitor<B> for NormCollector<'_, B> {
@@ -77,7 +67,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for NormCollector<'_, B> {
             return;
         }
         if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
-            self.norms.push(sum_sq(g));
+            self.flat.push(g.flatten(0, D - 1));
         }
     }
 }
@@ -124,18 +114,18 @@ fn scale<B: AutodiffBackend, M: AutodiffModule<B>>(
     grads
 }
 
-/// `Σ g²` of each gradient of `module`'s float parameters (each id once), in visiting order.
-fn grad_norms<B: AutodiffBackend, M: AutodiffModule<B>>(
+/// Each gradient of `module`'s float parameters, flattened (each id once), in visiting order.
+fn flat_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,
     grads: &GradientsParams,
 ) -> Vec<Tensor<B::InnerBackend, 1>> {
     let mut collector = NormCollector::<B> {
         grads,
         seen: HashSet::new(),
-        norms: Vec::new(),
+        flat: Vec::new(),
     };
     module.visit(&mut collector);
-    collector.norms
+    collector.flat
 }
 
 /// The global L2 norm of the gradients of all float parameters of `module` (each id once).
@@ -143,7 +133,7 @@ pub fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,
     grads: &GradientsParams,
 ) -> f64 {
-    f64::from(norm_of_norms(grad_norms(module, grads)))
+    f64::from(norm_of_norms(flat_grads(module, grads)))
 }
 
 /// Multiplies the gradient of every float parameter of `module` by `coef` (in f32).
@@ -204,7 +194,7 @@ pub fn clip_coef_on_device<B: AutodiffBackend, M: AutodiffModule<B>>(
     Option<Tensor<B::InnerBackend, 1>>,
     Tensor<B::InnerBackend, 1>,
 ) {
-    let Some(total) = total_norm(grad_norms(module, grads)) else {
+    let Some(total) = total_norm(flat_grads(module, grads)) else {
         return (None, Tensor::zeros([1], &Default::default()));
     };
     // The host formula of `clip_coefficient`, element-wise in f32: (1 / (t + 1e-6)) · max.

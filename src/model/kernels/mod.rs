@@ -21,7 +21,7 @@ use burn::tensor::Tensor;
 /// tensor inputs, tensor outputs and scalars in the kernel's order, then its comptime values.
 macro_rules! cuda_definition {
     ($props:expr, $dim:expr, $name:expr, $($k:ident)::+;
-     inputs [$($i:ident),*]; outputs [$($o:ident),*];
+     inputs [$($i:ident),*]; $(sequences [$($q:ident: $n:expr),*];)? outputs [$($o:ident),*];
      scalars [$($s:ident: $t:ty),*]; comptime [$($c:expr),*]) => {{
         use $($k)::+ as k;
         use burn_cubecl::cubecl::prelude::{
@@ -38,9 +38,13 @@ macro_rules! cuda_definition {
         settings.address_type.register(&mut b.scope);
         let no_alias = TensorCompilationArg { inplace: None };
         $(let $i = <T as LaunchArg>::expand(&no_alias, &mut b);)*
+        $($(let $q = <burn_cubecl::cubecl::prelude::Sequence<T> as LaunchArg>::expand(
+            &(0..$n).map(|_| no_alias.clone()).collect(),
+            &mut b,
+        );)*)?
         $(let $o = <T as LaunchArg>::expand_output(&no_alias, &mut b);)*
         $(let $s = <$t as LaunchArg>::expand(&(), &mut b);)*
-        k::expand::<DynamicScalar<k::_F>>(&mut b.scope, $($i,)* $($o,)* $($s,)* $($c,)* dtype);
+        k::expand::<DynamicScalar<k::_F>>(&mut b.scope, $($i,)* $($($q,)*)? $($o,)* $($s,)* $($c,)* dtype);
         b.build(settings)
     }};
 }
@@ -172,20 +176,32 @@ pub fn lstm<B: Backend>(xp: &Tensor<B, 3>, w: &Tensor<B, 3>, rows: usize) -> Opt
     None
 }
 
-/// `Σ t²` of `t` as partial sums to be added element-wise to other tensors' and summed once
-/// at the end: `[sum_squares::PARTS]` from one launch where backend `B` has the kernel,
-/// [`super::amp::fused_kernels`] is on and `t` is f32; else `[1]`, `(t·t).sum_dim(0)`.
-pub fn sum_squares_parts<B: Backend>(t: Tensor<B, 1>) -> Tensor<B, 1> {
-    let takes = super::amp::fused_kernels()
-        && t.dtype() == burn::tensor::DType::F32
-        && t.dims()[0] < (u32::MAX / 2) as usize;
-    if takes && is::<B, crate::device::WgpuBackend>() {
-        return same(sum_squares::parts::<crate::device::WgpuBackend>(same(t)));
-    }
-    if takes && is::<B, crate::device::CudaBackend>() {
-        return same(sum_squares::parts::<crate::device::CudaBackend>(same(t)));
-    }
-    (t.clone() * t).sum_dim(0)
+/// `Σ_t Σ t²` over the tensors `ts` as a `[1]` tensor (`None` for none), for clipping's global
+/// norm. The f32 tensors go through [`sum_squares`] (one launch per [`sum_squares::GROUP`]
+/// tensors, then one sum) where backend `B` has the kernel and [`super::amp::fused_kernels`] is
+/// on; the others are `(t·t).sum_dim(0)` each, added in order.
+pub fn sum_of_squares<B: Backend>(ts: Vec<Tensor<B, 1>>) -> Option<Tensor<B, 1>> {
+    let gpu = super::amp::fused_kernels()
+        && (is::<B, crate::device::WgpuBackend>() || is::<B, crate::device::CudaBackend>());
+    let (fused, other): (Vec<_>, Vec<_>) = ts.into_iter().partition(|t| {
+        gpu && t.dtype() == burn::tensor::DType::F32 && t.dims()[0] < (u32::MAX / 2) as usize
+    });
+    let fused = (!fused.is_empty()).then(|| {
+        let parts: Tensor<B, 1> = if is::<B, crate::device::WgpuBackend>() {
+            same(sum_squares::parts::<crate::device::WgpuBackend>(same(
+                fused,
+            )))
+        } else {
+            same(sum_squares::parts::<crate::device::CudaBackend>(same(
+                fused,
+            )))
+        };
+        parts.sum_dim(0)
+    });
+    fused
+        .into_iter()
+        .chain(other.into_iter().map(|t| (t.clone() * t).sum_dim(0)))
+        .reduce(|a, b| a + b)
 }
 
 /// Linear layer `l` on `x` as [`super::amp::linear`] computes it (autocast included), with the
