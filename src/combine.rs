@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::artifacts::{read_examples, read_logits, Features};
+use crate::artifacts::{read_examples, read_logits, read_summary, Features, RunMetrics};
 use crate::qa::decode::{decode_rows, DecodeConfig, Logits, NbestEntry};
 use crate::qa::examples::Example;
 use crate::qa::metrics::{self, Metric, Score};
@@ -171,13 +171,13 @@ fn prepared(at: &RunLayout, name: &str) -> Result<String> {
 /// A run's pooled out-of-fold F1 from its `evaluate` stage.
 fn oof_f1(at: &RunLayout) -> Result<f64> {
     let dir = at.stage(names::EVALUATE);
-    let m = Manifest::read(&dir)?.with_context(|| {
+    let m: RunMetrics = read_summary(&dir)?.with_context(|| {
         format!(
             "{}: not evaluated (the weighted method needs each run's out-of-fold F1)",
             dir.display()
         )
     })?;
-    Ok(m.summary["oof"]["f1"].as_f64().unwrap_or(0.0))
+    Ok(m.oof.f1)
 }
 
 /// Combines the runs in `runs` (run folders) by `method`.

@@ -10,6 +10,13 @@
 //! from, compacted into one new file, and drops the rest, so a resumed fold's logs hold each
 //! (tag, step) once, as an uninterrupted run's do.
 
+/// The scalar tags `train` writes per optimizer step (and `evaluate` reads back for its curves).
+pub mod tags {
+    pub const TRAIN_LOSS: &str = "train/loss";
+    pub const LEARNING_RATE: &str = "train/learning_rate";
+    pub const GRAD_NORM: &str = "train/grad_norm";
+}
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};

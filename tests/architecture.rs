@@ -1,6 +1,8 @@
-//! The crate's import graph has no cycle: every `crate::…` / `super::…` path in a file under
-//! `src/` (outside comments and its `#[cfg(test)] mod tests`) is an edge from that file's module
-//! to the deepest module the path names, and following the edges never comes back.
+//! The crate's import graph has no cycle, and its top-level modules import only the layers
+//! below them: every `crate::…` / `super::…` path in a file under `src/` (outside comments and
+//! its `#[cfg(test)] mod tests`) is an edge from that file's module to the deepest module the
+//! path names; following the edges never comes back, and an edge between two top-level modules
+//! goes down [`LAYERS`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -221,4 +223,83 @@ fn the_import_graph_has_no_cycle() {
     if let Some(cycle) = find_cycle(&edges) {
         panic!("import cycle: {}", cycle.join(" -> "));
     }
+}
+
+/// The top-level modules, bottom up (`docs/architecture.md` says what each holds and why this
+/// order): a module may import only modules of earlier layers. Modules of one layer do not
+/// import each other.
+const LAYERS: &[&[&str]] = &[
+    &["run"],
+    &["qa"],
+    &["device"],
+    &["ui"],
+    &["model"],
+    &["artifacts"],
+    &["train"],
+    &["settings"],
+    &["tensorboard", "report"],
+    &["stages"],
+    &["launch"],
+    &["combine"],
+    &["sweep", "infer", "bench"],
+    &["commands"],
+    &["cli"],
+];
+
+/// The edges between top-level modules that go up or sideways in [`LAYERS`], and the
+/// top-level modules [`LAYERS`] does not place.
+fn layer_violations(edges: &BTreeMap<String, BTreeSet<String>>) -> (Vec<String>, Vec<String>) {
+    let layer = |m: &str| LAYERS.iter().position(|l| l.contains(&m));
+    let top = |m: &str| m.split("::").next().unwrap_or("").to_string();
+    let mut bad = BTreeSet::new();
+    let mut unplaced = BTreeSet::new();
+    for (from, tos) in edges {
+        for to in tos {
+            let (a, b) = (top(from), top(to));
+            if a == b {
+                continue;
+            }
+            match (layer(&a), layer(&b)) {
+                (Some(x), Some(y)) if y < x => {}
+                (Some(_), Some(_)) => {
+                    bad.insert(format!("{from} -> {to}"));
+                }
+                _ => {
+                    unplaced.extend([a, b].into_iter().filter(|m| layer(m).is_none()));
+                }
+            }
+        }
+    }
+    (bad.into_iter().collect(), unplaced.into_iter().collect())
+}
+
+#[test]
+fn the_layer_check_refuses_an_upward_import() {
+    let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    g.entry("stages::train".into())
+        .or_default()
+        .insert("run::layout".into());
+    assert_eq!(layer_violations(&g), (vec![], vec![]));
+    g.entry("device".into())
+        .or_default()
+        .insert("model::amp".into());
+    g.entry("newthing".into()).or_default().insert("run".into());
+    assert_eq!(
+        layer_violations(&g),
+        (vec!["device -> model::amp".into()], vec!["newthing".into()])
+    );
+}
+
+#[test]
+fn top_level_modules_import_only_the_layers_below() {
+    let (bad, unplaced) = layer_violations(&graph());
+    assert!(
+        unplaced.is_empty(),
+        "top-level modules missing from LAYERS: {unplaced:?}"
+    );
+    assert!(
+        bad.is_empty(),
+        "imports against the layer order:\n{}",
+        bad.join("\n")
+    );
 }

@@ -321,6 +321,27 @@ fn unreadable_state_files_are_redone_or_passed_over() {
         "{out}"
     );
     assert_eq!(read(fold.join("last/model.safetensors")), reference);
+
+    // Issue 26 §1: a summary missing a field is a one-line error naming the manifest and the
+    // field, not a 0 in the report.
+    let m = run.join("train/fold-1/manifest.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&read(m.clone())).unwrap();
+    let best = v["summary"]["best"]
+        .as_object_mut()
+        .expect("a best validation");
+    assert!(best.remove("f1").is_some());
+    std::fs::write(&m, serde_json::to_vec(&v).unwrap()).unwrap();
+    let o = pipeline(d, &strs(&tiny(&["run", "evaluate", "--force", "-q"], "2")));
+    let err = String::from_utf8_lossy(&o.stderr).trim().to_string();
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        err.contains("train/fold-1/manifest.json")
+            && err.contains("missing field `f1`")
+            && err.lines().count() == 1,
+        "{err}"
+    );
+    let status = ok(d, &strs(&tiny(&["status"], "2")));
+    assert!(status.contains("missing field `f1`"), "{status}");
 }
 
 /// Issue 13 §4: windows too long for the model or the machine are refused before anything is

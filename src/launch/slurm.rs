@@ -25,17 +25,13 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::run;
+use crate::run::{self, names, RunLayout};
 use crate::settings::{GpuFlag, SlurmSettings};
 use crate::stages::{self, Ctx, Stage};
 
 /// Set in a fold task's environment: `pipeline run <stage> --fold K` then shares the run's lock
 /// with the other tasks (see the module's notes).
 pub const FOLD_TASK_ENV: &str = "PIPELINE_SLURM_FOLD_TASK";
-
-/// The folder of the scripts, logs and job ids, in the run folder.
-pub const SLURM_DIR: &str = "slurm";
-const JOBS_FILE: &str = "jobs.json";
 
 /// What was submitted, in `slurm/jobs.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -157,7 +153,7 @@ fn scripts(ctx: &Ctx, exe: &Path, cwd: &Path, logs: &Path) -> Vec<Script> {
     let finish_job = format!("{base}-finish");
     vec![
         Script {
-            name: "prepare.sh",
+            name: names::SLURM_PREPARE,
             text: head("prepare + split")
                 + &sbatch_lines(c, &prepare_job, &log(false), cwd, false)
                 + &body(&[
@@ -166,7 +162,7 @@ fn scripts(ctx: &Ctx, exe: &Path, cwd: &Path, logs: &Path) -> Vec<Script> {
                 ]),
         },
         Script {
-            name: "folds.sh",
+            name: names::SLURM_FOLDS,
             text: head("one fold per array task: train, then predict (a rerun resumes the fold)")
                 + &sbatch_lines(c, &folds_job, &log(true), cwd, true)
                 + &body(&[
@@ -177,7 +173,7 @@ fn scripts(ctx: &Ctx, exe: &Path, cwd: &Path, logs: &Path) -> Vec<Script> {
                 ]),
         },
         Script {
-            name: "finish.sh",
+            name: names::SLURM_FINISH,
             text: head("ensemble + evaluate + submit, once every fold is done")
                 + &sbatch_lines(c, &finish_job, &log(false), cwd, false)
                 + &body(&[format!("\"$exe\" run all {args}{quiet}")]),
@@ -186,7 +182,7 @@ fn scripts(ctx: &Ctx, exe: &Path, cwd: &Path, logs: &Path) -> Vec<Script> {
 }
 
 fn jobs_path(run_dir: &Path) -> PathBuf {
-    run_dir.join(SLURM_DIR).join(JOBS_FILE)
+    RunLayout::new(run_dir).slurm().join(names::SLURM_JOBS)
 }
 
 /// The jobs of the run's last submission, if any.
@@ -254,8 +250,8 @@ fn sbatch(args: &[String], script: &Path) -> Result<String> {
 /// Submits what is left of the run (or, with `dry_run`, prints it).
 pub fn submit(ctx: &Ctx, dry_run: bool) -> Result<()> {
     let run_dir = &ctx.run_dir;
-    let dir = run_dir.join(SLURM_DIR);
-    let logs = dir.join("logs");
+    let dir = RunLayout::new(run_dir).slurm();
+    let logs = RunLayout::new(run_dir).slurm_logs();
     let cwd = std::env::current_dir().context("reading the current folder")?;
     let exe = std::env::current_exe().context("locating the pipeline executable")?;
     let run_dir_abs = cwd.join(run_dir);
@@ -296,7 +292,7 @@ pub fn submit(ctx: &Ctx, dry_run: bool) -> Result<()> {
         ));
         return Ok(());
     }
-    let all = scripts(ctx, &exe, &cwd, &run_dir_abs.join(SLURM_DIR).join("logs"));
+    let all = scripts(ctx, &exe, &cwd, &RunLayout::new(&run_dir_abs).slurm_logs());
     let array = folds
         .iter()
         .map(|k| k.to_string())
@@ -308,7 +304,10 @@ pub fn submit(ctx: &Ctx, dry_run: bool) -> Result<()> {
         }
         println!("# ---- submission ----");
         if !upstream_done {
-            println!("sbatch --parsable {}", dir.join("prepare.sh").display());
+            println!(
+                "sbatch --parsable {}",
+                dir.join(names::SLURM_PREPARE).display()
+            );
         }
         if !folds.is_empty() {
             println!(
@@ -318,7 +317,7 @@ pub fn submit(ctx: &Ctx, dry_run: bool) -> Result<()> {
                 } else {
                     " --dependency=afterok:<prepare>"
                 },
-                dir.join("folds.sh").display()
+                dir.join(names::SLURM_FOLDS).display()
             );
         }
         println!(
@@ -328,7 +327,7 @@ pub fn submit(ctx: &Ctx, dry_run: bool) -> Result<()> {
             } else {
                 " --dependency=afterok:<folds>"
             },
-            dir.join("finish.sh").display()
+            dir.join(names::SLURM_FINISH).display()
         );
         return Ok(());
     }
@@ -342,7 +341,10 @@ pub fn submit(ctx: &Ctx, dry_run: bool) -> Result<()> {
     let prepare = if upstream_done {
         None
     } else {
-        Some(sbatch(&["--parsable".into()], &dir.join("prepare.sh"))?)
+        Some(sbatch(
+            &["--parsable".into()],
+            &dir.join(names::SLURM_PREPARE),
+        )?)
     };
     let folds_array = if folds.is_empty() {
         None
@@ -351,20 +353,20 @@ pub fn submit(ctx: &Ctx, dry_run: bool) -> Result<()> {
         if let Some(p) = &prepare {
             a.push(format!("--dependency=afterok:{p}"));
         }
-        Some(sbatch(&a, &dir.join("folds.sh"))?)
+        Some(sbatch(&a, &dir.join(names::SLURM_FOLDS))?)
     };
     let mut a = vec!["--parsable".to_string()];
     if let Some(f) = folds_array.as_ref().or(prepare.as_ref()) {
         a.push(format!("--dependency=afterok:{f}"));
     }
-    let finish = sbatch(&a, &dir.join("finish.sh"))?;
+    let finish = sbatch(&a, &dir.join(names::SLURM_FINISH))?;
     let jobs = Jobs {
         submitted_at: chrono::Utc::now().to_rfc3339(),
         prepare,
         folds_array,
         folds: folds.clone(),
         finish,
-        logs: run_dir_abs.join(SLURM_DIR).join("logs"),
+        logs: RunLayout::new(&run_dir_abs).slurm_logs(),
     };
     run::write_atomic(&jobs_path(run_dir), &serde_json::to_vec_pretty(&jobs)?)?;
     // The ids on stdout (one line, for scripts); the rest as messages.
@@ -434,7 +436,7 @@ pub fn status(ctx: &Ctx) -> Result<Option<String>> {
     let mut out = format!(
         "slurm: submitted {} (scripts and logs in {})\n",
         jobs.submitted_at,
-        ctx.run_dir.join(SLURM_DIR).display()
+        ctx.layout().slurm().display()
     );
     if let Some(p) = &jobs.prepare {
         let st = state_of(p).unwrap_or_else(|| {

@@ -138,6 +138,62 @@ pub fn linear_product<B: Backend, const D: usize>(l: &Linear<B>, x: Tensor<B, D>
     }
 }
 
+/// Evaluates `$body` with the type `$B` bound to the backend for (`$device`, `$precision`) and
+/// `$d` to a reference to its device, under autocast for the mixed precisions; pure half
+/// precision is CUDA only. The evaluation-time attention is the caller's to choose
+/// ([`with_fused_attention`]). It lives here, not in `device`, because it reaches this
+/// module: the device layer stays below the model's..
+/// The body returns a `Result`.
+#[macro_export]
+macro_rules! with_backend {
+    ($device:expr, $precision:expr, |$B:ident, $d:ident| $body:expr) => {{
+        use $crate::device::{Device, Precision};
+        let precision: Precision = $precision;
+        let device: Device = $device;
+        let autocast = precision.autocast();
+        $crate::model::amp::autocast(autocast, || match (device, precision) {
+            (Device::Cpu, p) if p.is_pure_half() => Err(anyhow::anyhow!(
+                "precision {p} needs a CUDA device (the CPU backend keeps f32 weights; bf16-mixed runs there)"
+            )),
+            (Device::Cpu, _) => {
+                type $B = burn::backend::Flex;
+                let cpu = burn::backend::flex::FlexDevice;
+                let $d = &cpu;
+                $crate::model::amp::with_host_backend(true, || $body)
+            }
+            (Device::Wgpu(a), p) => {
+                if p != Precision::F32 {
+                    return Err(anyhow::anyhow!(
+                        "precision {p} is not supported on {device} (f32 only: WGSL has no bf16): use train.precision = \"f32\", or a CUDA device"
+                    ));
+                }
+                let dev = $crate::device::wgpu_device(a)?;
+                let $d = &dev;
+                type $B = $crate::device::WgpuBackend;
+                $body
+            }
+            (Device::Cuda(i), p) => {
+                let dev = $crate::device::cuda_device(i)?;
+                let $d = &dev;
+                match p {
+                    Precision::F32 | Precision::Bf16Mixed | Precision::F16Mixed => {
+                        type $B = burn::backend::Cuda<f32, i32>;
+                        $body
+                    }
+                    Precision::Bf16 => {
+                        type $B = burn::backend::Cuda<burn::tensor::bf16, i32>;
+                        $body
+                    }
+                    Precision::F16 => {
+                        type $B = burn::backend::Cuda<burn::tensor::f16, i32>;
+                        $body
+                    }
+                }
+            }
+        })
+    }};
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -261,7 +261,7 @@ pub fn best_em_f1(metric: Metric, prediction: &str, golds: &[String]) -> (f64, f
 }
 
 /// Aggregate scores, as percentages like the official scripts print them.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Score {
     /// Mean exact match ×100.
     pub exact_match: f64,

@@ -2,10 +2,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
-
-use super::Manifest;
-
 /// The names of the files and folders inside a run folder: the one place that spells them.
 /// Stages write through a [`StageWriter`] by these names and find each other's outputs through
 /// [`RunLayout`].
@@ -54,6 +50,14 @@ pub mod names {
     pub const REPORT_HTML: &str = "report.html";
     /// `submit/`: the competition's file.
     pub const SUBMISSION: &str = "submission.csv";
+    /// `slurm/`: the generated sbatch scripts, the job ids and the tasks' logs.
+    pub const SLURM: &str = "slurm";
+    pub const SLURM_LOGS: &str = "logs";
+    pub const SLURM_JOBS: &str = "jobs.json";
+    /// The scripts: `prepare` + `split`, the folds' job array, the stages after the folds.
+    pub const SLURM_PREPARE: &str = "prepare.sh";
+    pub const SLURM_FOLDS: &str = "folds.sh";
+    pub const SLURM_FINISH: &str = "finish.sh";
 }
 
 /// Every path of one run folder (`outputs/<run>/`).
@@ -90,6 +94,16 @@ impl RunLayout {
     /// The tokenizer folder `prepare` copies (HF's files inside).
     pub fn tokenizer(&self) -> PathBuf {
         self.stage(names::PREPARE).join(names::TOKENIZER)
+    }
+
+    /// `slurm/`: the sbatch scripts ([`names::SLURM_PREPARE`] …) and [`names::SLURM_JOBS`].
+    pub fn slurm(&self) -> PathBuf {
+        self.root.join(names::SLURM)
+    }
+
+    /// `slurm/logs/`: the Slurm tasks' output.
+    pub fn slurm_logs(&self) -> PathBuf {
+        self.slurm().join(names::SLURM_LOGS)
     }
 
     /// `prepare/train_key.json`.
@@ -146,15 +160,4 @@ impl RunLayout {
     pub fn ensembled(&self, name: &str) -> PathBuf {
         self.stage(names::ENSEMBLE).join(name)
     }
-}
-
-/// Each of the first `folds` folds' manifest summary (its best validation scores), `null`
-/// for a fold without a manifest.
-pub fn fold_summaries(run_dir: &Path, folds: usize) -> Result<Vec<serde_json::Value>> {
-    (0..folds)
-        .map(|k| {
-            let m = Manifest::read(&RunLayout::new(run_dir).fold(k))?;
-            Ok(m.map(|m| m.summary).unwrap_or(serde_json::Value::Null))
-        })
-        .collect()
 }

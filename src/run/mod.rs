@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 mod layout;
 mod lock;
 
-pub use layout::{fold_summaries, names, RunLayout};
+pub use layout::{names, RunLayout};
 pub use lock::{as_worker, dies_with_parent, lock_run, run_processes, Lock, LOCK, WORKER_OF};
 
 /// File name of every stage's manifest.

@@ -222,6 +222,15 @@ impl Settings {
 /// `max_position_embeddings` instead.
 pub const MAX_SCRATCH_SEQ: usize = 4096;
 
+/// A setting's name as the config spells it.
+pub fn name_of<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

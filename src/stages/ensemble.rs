@@ -8,14 +8,14 @@
 //! `nbest_predictions.json`, `oof_predictions.json`.
 
 use anyhow::{bail, Result};
-use serde_json::json;
 
 use super::{hash_of, input, Ctx, Plan, Stage};
 use crate::artifacts::{read_examples, Features};
 use crate::artifacts::{read_logits, write_logits};
+use crate::artifacts::{require_summary, EnsembleSummary, KeepBestBy, TrainSummary};
 use crate::qa::decode::{decode_rows, Logits};
 use crate::qa::vote::{add_ballot, tally};
-use crate::run::{fold_summaries, names, Manifest, StageWriter};
+use crate::run::{names, Manifest, StageWriter};
 use crate::settings::EnsembleMethod;
 
 /// Logits with the example and feature index of each row, as `read_logits` returns them.
@@ -85,24 +85,17 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
     let weights: Vec<f64> = match s.ensemble.method {
         EnsembleMethod::Mean | EnsembleMethod::HardVote => vec![1.0 / k as f64; k],
         EnsembleMethod::Weighted => {
-            let key = match s.train.keep_best_by {
-                crate::settings::KeepBestBy::Em => "exact_match",
-                crate::settings::KeepBestBy::F1 => "f1",
-                crate::settings::KeepBestBy::Loss => "loss",
-                crate::settings::KeepBestBy::StartAcc => "start_acc",
-                crate::settings::KeepBestBy::EndAcc => "end_acc",
-            };
-            let raw: Vec<f64> = fold_summaries(&ctx.run_dir, ctx.settings.split.folds)?
-                .iter()
-                .map(|m| m["best"][key].as_f64().unwrap_or(0.0))
-                .map(|v| {
-                    if key == "loss" {
-                        1.0 / v.max(1e-9)
-                    } else {
-                        v.max(1e-9)
-                    }
-                })
-                .collect();
+            let by = s.train.keep_best_by;
+            let mut raw = Vec::new();
+            for fold in 0..k {
+                let summary: TrainSummary = require_summary(&at.fold(fold))?;
+                let v = summary.best.metric(by);
+                raw.push(if by == KeepBestBy::Loss {
+                    1.0 / v.max(1e-9)
+                } else {
+                    v.max(1e-9)
+                });
+            }
             let sum: f64 = raw.iter().sum();
             raw.iter().map(|v| v / sum).collect()
         }
@@ -171,10 +164,11 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
         preds.len(),
         oof_preds.len()
     ));
-    w.finish(json!({
-        "method": s.ensemble.method,
-        "weights": weights,
-        "test_predictions": preds.len(),
-        "oof_predictions": oof_preds.len(),
-    }))
+    let summary = EnsembleSummary {
+        method: crate::settings::name_of(&s.ensemble.method),
+        weights,
+        test_predictions: preds.len(),
+        oof_predictions: oof_preds.len(),
+    };
+    w.finish(serde_json::to_value(summary)?)
 }

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
+use crate::artifacts::{read_summary, TrainSummary};
 use crate::run::{self, names, Manifest, RunLayout, Status};
 use crate::settings::Settings;
 use crate::ui::Ui;
@@ -498,19 +499,17 @@ pub fn report_status(ctx: &Ctx) -> Result<String> {
         if stage.per_fold() {
             for p in plans(ctx, stage)? {
                 let (fs, fm) = unit_status(ctx, stage, &p)?;
-                let best = fm
-                    .as_ref()
-                    .and_then(|m| m.summary.get("best"))
-                    .filter(|b| !b.is_null())
-                    .map(|b| {
-                        format!(
+                let best = match (stage, &fm) {
+                    (Stage::Train, Some(_)) => match read_summary::<TrainSummary>(&p.dir) {
+                        Ok(Some(t)) => format!(
                             ", best F1 {:.2} EM {:.2} at step {}",
-                            b["f1"].as_f64().unwrap_or(0.0),
-                            b["exact_match"].as_f64().unwrap_or(0.0),
-                            b["step"]
-                        )
-                    })
-                    .unwrap_or_default();
+                            t.best.f1, t.best.exact_match, t.best.step
+                        ),
+                        Ok(None) => String::new(),
+                        Err(e) => format!(", {}", crate::run::one_line(&e)),
+                    },
+                    _ => String::new(),
+                };
                 let label = match (stage, &fs) {
                     (Stage::Train, Status::Missing | Status::Stale(_)) => {
                         match train::resumable_step(&p) {

@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use serde_json::Value;
 
 use super::{SweepArgs, Variant};
-use crate::run::{self, names, Manifest};
+use crate::artifacts::{fold_summaries, read_summary, RunMetrics, TrainSummary};
+use crate::run::{self, names};
 use crate::settings::{KeepBestBy, Settings};
 
 pub const COMPARISON_CSV: &str = "comparison.csv";
@@ -31,12 +31,9 @@ pub struct Table {
 /// One variant's numbers (`None` until it has them).
 struct Row<'a> {
     variant: &'a Variant,
-    metrics: Option<Value>,
-    folds: Vec<Value>,
-}
-
-fn num(v: &Value) -> Option<f64> {
-    v.as_f64()
+    metrics: Option<RunMetrics>,
+    /// The folds trained so far.
+    folds: Vec<TrainSummary>,
 }
 
 fn mean_std(xs: &[f64]) -> Option<(f64, f64)> {
@@ -52,22 +49,22 @@ fn mean_std(xs: &[f64]) -> Option<(f64, f64)> {
 }
 
 impl Row<'_> {
-    fn fold_best(&self, key: &str) -> Vec<f64> {
-        self.folds
-            .iter()
-            .filter_map(|f| num(&f["best"][key]))
-            .collect()
+    /// The folds' best validation value of `by` (the loss as a loss).
+    fn fold_best(&self, by: KeepBestBy) -> Vec<f64> {
+        self.folds.iter().map(|f| f.best.metric(by)).collect()
     }
 
-    /// The value `keep_best_by` ranks by, larger is better.
+    /// The value `keep_best_by` ranks by, larger is better: out-of-fold EM or F1, else the
+    /// folds' mean.
     fn rank(&self, by: KeepBestBy) -> Option<f64> {
         let m = self.metrics.as_ref()?;
         match by {
-            KeepBestBy::F1 => num(&m["oof"]["f1"]),
-            KeepBestBy::Em => num(&m["oof"]["exact_match"]),
-            KeepBestBy::Loss => mean_std(&self.fold_best("loss")).map(|(m, _)| -m),
-            KeepBestBy::StartAcc => mean_std(&self.fold_best("start_acc")).map(|(m, _)| m),
-            KeepBestBy::EndAcc => mean_std(&self.fold_best("end_acc")).map(|(m, _)| m),
+            KeepBestBy::F1 => Some(m.oof.f1),
+            KeepBestBy::Em => Some(m.oof.exact_match),
+            KeepBestBy::Loss => mean_std(&self.fold_best(by)).map(|(m, _)| -m),
+            KeepBestBy::StartAcc | KeepBestBy::EndAcc => {
+                mean_std(&self.fold_best(by)).map(|(m, _)| m)
+            }
         }
     }
 
@@ -77,36 +74,34 @@ impl Row<'_> {
         let Some(m) = &self.metrics else {
             return vec![String::new(); 12];
         };
-        let f1 = self.fold_best("f1");
+        let f1 = self.fold_best(KeepBestBy::F1);
         let (mean, std) = mean_std(&f1).unzip();
         let best = f1
             .iter()
             .copied()
             .fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))));
-        let secs: f64 = self
-            .folds
-            .iter()
-            .filter_map(|f| num(&f["train_seconds"]))
-            .sum();
+        let secs: f64 = self.folds.iter().map(|f| f.train_seconds).sum();
         let wps = mean_std(
             &self
                 .folds
                 .iter()
-                .filter_map(|f| num(&f["windows_per_second"]))
+                .map(|f| f.windows_per_second)
                 .collect::<Vec<_>>(),
         )
         .map(|(m, _)| m);
+        let mean_of = |by| mean_std(&self.fold_best(by)).map(|x| x.0);
+        let test = m.test.as_ref().map(|t| &t.ensemble);
         vec![
-            f(num(&m["oof"]["exact_match"])),
-            f(num(&m["oof"]["f1"])),
-            f(mean_std(&self.fold_best("start_acc")).map(|x| x.0)),
-            f(mean_std(&self.fold_best("end_acc")).map(|x| x.0)),
-            f(num(&m["test"]["ensemble"]["exact_match"])),
-            f(num(&m["test"]["ensemble"]["f1"])),
+            f(Some(m.oof.exact_match)),
+            f(Some(m.oof.f1)),
+            f(mean_of(KeepBestBy::StartAcc)),
+            f(mean_of(KeepBestBy::EndAcc)),
+            f(test.map(|t| t.exact_match)),
+            f(test.map(|t| t.f1)),
             f(mean),
             f(std),
             f(best),
-            mean_std(&self.fold_best("loss")).map_or(String::new(), |x| format!("{:.4}", x.0)),
+            mean_of(KeepBestBy::Loss).map_or(String::new(), |x| format!("{x:.4}")),
             format!("{secs:.1}"),
             f(wps),
         ]
@@ -127,8 +122,11 @@ pub fn comparison(args: &SweepArgs, base: &Settings, vs: &[Variant]) -> Result<T
     for v in vs {
         let s = args.settings(base, v)?;
         let at = run::RunLayout::new(&s.run_dir());
-        let metrics = Manifest::read(&at.stage(names::EVALUATE))?.map(|m| m.summary);
-        let folds = run::fold_summaries(&s.run_dir(), s.split.folds)?;
+        let metrics = read_summary(&at.stage(names::EVALUATE))?;
+        let folds = fold_summaries(&at, s.split.folds)?
+            .into_iter()
+            .flatten()
+            .collect();
         rows.push((
             Row {
                 variant: v,
@@ -212,9 +210,9 @@ pub fn comparison(args: &SweepArgs, base: &Settings, vs: &[Variant]) -> Result<T
             let m = r.metrics.as_ref()?;
             Some(crate::report::VariantScores {
                 name: r.variant.name.clone(),
-                oof_f1: num(&m["oof"]["f1"]),
-                fold_f1: r.fold_best("f1"),
-                test_f1: num(&m["test"]["ensemble"]["f1"]),
+                oof_f1: Some(m.oof.f1),
+                fold_f1: r.fold_best(KeepBestBy::F1),
+                test_f1: m.test.as_ref().map(|t| t.ensemble.f1),
             })
         })
         .collect();

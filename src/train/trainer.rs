@@ -23,56 +23,7 @@ use crate::train::optim::QaOptimizer;
 use crate::train::scaler::LossScaler;
 use crate::train::schedule::{lr_at, ScheduleKind};
 
-/// Which validation metric picks the best checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum KeepBestBy {
-    Em,
-    #[default]
-    F1,
-    /// Lowest validation loss.
-    Loss,
-    StartAcc,
-    EndAcc,
-}
-
-/// One validation. Its numbers are written so that any value reads back: a non-finite one as
-/// the string `"NaN"`, `"inf"` or `"-inf"` (see [`crate::run::float`]).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EvalLine {
-    pub step: usize,
-    #[serde(with = "crate::run::float")]
-    pub epoch: f64,
-    #[serde(with = "crate::run::float")]
-    pub lr: f64,
-    #[serde(with = "crate::run::float")]
-    pub train_loss: f64,
-    #[serde(with = "crate::run::float")]
-    pub loss: f64,
-    #[serde(with = "crate::run::float")]
-    pub start_acc: f64,
-    #[serde(with = "crate::run::float")]
-    pub end_acc: f64,
-    #[serde(with = "crate::run::float")]
-    pub exact_match: f64,
-    #[serde(with = "crate::run::float")]
-    pub f1: f64,
-    #[serde(with = "crate::run::float")]
-    pub elapsed_s: f64,
-}
-
-impl EvalLine {
-    /// The value `keep_best_by` compares, larger is better.
-    pub fn score(&self, by: KeepBestBy) -> f64 {
-        match by {
-            KeepBestBy::Em => self.exact_match,
-            KeepBestBy::F1 => self.f1,
-            KeepBestBy::Loss => -self.loss,
-            KeepBestBy::StartAcc => self.start_acc,
-            KeepBestBy::EndAcc => self.end_acc,
-        }
-    }
-}
+pub use crate::artifacts::{EvalLine, KeepBestBy};
 
 /// Where a fold's training stands; saved in `last/trainer_state.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

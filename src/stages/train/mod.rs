@@ -17,7 +17,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use serde_json::json;
 
 pub use checkpoint::resumable_step;
 use checkpoint::{remove_dirs, resume, save_dir, Resume};
@@ -25,13 +24,13 @@ pub use fits::check_fits;
 use validation::{validate, FoldData};
 
 use super::{files_of, hash_of, input, Ctx, Plan, Stage};
-use crate::artifacts::{read_examples, read_folds, Features};
+use crate::artifacts::{read_examples, read_folds, Features, TrainSummary};
 use crate::model::config::EncoderConfig;
 use crate::model::QaModel;
 use crate::qa::windows::QaTokenizer;
 use crate::run::{names, Manifest, RunLayout, StageWriter};
 use crate::settings::Settings;
-use crate::tensorboard::EventWriter;
+use crate::tensorboard::{tags, EventWriter};
 use crate::train::optim::QaOptimizer;
 use crate::train::schedule::warmup_steps;
 use crate::train::trainer::{
@@ -244,9 +243,9 @@ impl<B: AutodiffBackend> Hooks<B> for FoldHooks<'_, B::InnerBackend> {
     }
 
     fn logged(&mut self, l: &StepLine) -> Result<()> {
-        let mut values = vec![("train/loss", l.loss), ("train/learning_rate", l.lr)];
+        let mut values = vec![(tags::TRAIN_LOSS, l.loss), (tags::LEARNING_RATE, l.lr)];
         if let Some(n) = l.grad_norm {
-            values.push(("train/grad_norm", n));
+            values.push((tags::GRAD_NORM, n));
         }
         self.tb.scalars(l.step, &values)
     }
@@ -313,7 +312,7 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
     let config_hash = w.resume_key()?;
 
     let data = fold_data(ctx, fold)?;
-    let tok_dir = ctx.stage_dir(Stage::Prepare).join("tokenizer");
+    let tok_dir = ctx.layout().tokenizer();
     let tok = QaTokenizer::load(&tok_dir)?;
     B::seed(device, mix(t.seed, fold, 0, 1));
     let (mut model, enc_cfg, base_cfg) = initial_model::<B>(s, &tok, device)?;
@@ -481,17 +480,21 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
         best.as_ref().map(|b| b.step).unwrap_or(0),
         st.windows_seen as f64 / st.train_seconds.max(1e-9)
     ));
-    w.finish(json!({
-        "fold": fold,
-        "steps": st.step,
-        "best": best,
-        "first": st.history.first(),
-        "train_seconds": st.train_seconds,
-        "windows_per_second": st.windows_seen as f64 / st.train_seconds.max(1e-9),
-        "tokens_per_window": st.tokens_computed as f64 / st.windows_seen.max(1) as f64,
-        "skipped_steps": st.skipped_steps,
-        "loss_scale": st.loss_scaler.map(|s| s.scale),
-        "train_windows": data.train_rows.len(),
-        "val_windows": data.val_rows.len(),
-    }))
+    let (Some(best), Some(first)) = (st.best.clone(), st.history.first().cloned()) else {
+        bail!("train fold {fold}: no validation ran, so there is no best checkpoint");
+    };
+    let summary = TrainSummary {
+        fold,
+        steps: st.step,
+        best,
+        first,
+        train_seconds: st.train_seconds,
+        windows_per_second: st.windows_seen as f64 / st.train_seconds.max(1e-9),
+        tokens_per_window: st.tokens_computed as f64 / st.windows_seen.max(1) as f64,
+        skipped_steps: st.skipped_steps,
+        loss_scale: st.loss_scaler.map(|s| s.scale),
+        train_windows: data.train_rows.len(),
+        val_windows: data.val_rows.len(),
+    };
+    w.finish(serde_json::to_value(summary)?)
 }

@@ -13,6 +13,12 @@ use crate::qa::examples::{Answer, Example};
 use crate::qa::windows::Window;
 use crate::run::write_atomic_with;
 
+mod summaries;
+pub use summaries::{
+    fold_summaries, read_summary, require_summary, EnsembleSummary, EvalLine, KeepBestBy,
+    MeanScore, RunMetrics, TestScores, TrainSummary,
+};
+
 /// Character offsets of one window's tokens (`None` outside the context).
 pub type ContextOffsets = Vec<Option<(usize, usize)>>;
 
