@@ -2,14 +2,13 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// Environment variable that hides progress bars (plain progress lines instead); set for the
-/// fold processes of `train.parallel_folds`, whose bars would overwrite each other.
-pub const PLAIN_PROGRESS: &str = "PIPELINE_PLAIN_PROGRESS";
-
 /// Where user-facing messages go (stderr; stdout is kept for results such as `score`'s JSON).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Ui {
     pub quiet: bool,
+    /// No progress bars (plain progress lines instead): set for worker processes that run side
+    /// by side, whose bars would overwrite each other (the hidden `--plain-progress`).
+    pub plain: bool,
 }
 
 impl Ui {
@@ -43,7 +42,7 @@ impl Ui {
 
     /// A progress bar of `len` steps (hidden when quiet or when stderr is not a terminal).
     pub fn bar(&self, len: u64, msg: &str) -> ProgressBar {
-        if self.quiet || std::env::var_os(PLAIN_PROGRESS).is_some() {
+        if self.quiet || self.plain {
             return ProgressBar::hidden();
         }
         let bar = ProgressBar::new(len);

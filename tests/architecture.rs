@@ -229,6 +229,7 @@ fn the_import_graph_has_no_cycle() {
 /// order): a module may import only modules of earlier layers. Modules of one layer do not
 /// import each other.
 const LAYERS: &[&[&str]] = &[
+    &["env"],
     &["run"],
     &["qa"],
     &["device"],

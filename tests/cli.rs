@@ -227,8 +227,8 @@ fn slurm_dry_run_prints_readable_scripts_and_submits_nothing() {
         "#SBATCH --requeue",
         "#SBATCH --constraint=h100",
         "module load cuda/12.4",
-        "export PIPELINE_SLURM_FOLD_TASK=1",
-        "run train --fold \"$fold\" --config pipeline.toml --set slurm.partition=gpu",
+        "run train --fold \"$fold\" --slurm-fold-task --config pipeline.toml --set slurm.partition=gpu",
+        "run predict --fold \"$fold\" --slurm-fold-task --config",
         "--dependency=afterok:<prepare> --array=0,1,2 ",
         "--dependency=afterok:<folds> ",
     ] {
@@ -240,4 +240,44 @@ fn slurm_dry_run_prints_readable_scripts_and_submits_nothing() {
     // The whole run only.
     let err = fails(d, &["run", "train", "--launcher", "slurm"]);
     assert!(err.contains("submits a whole run"), "{err}");
+}
+
+/// Issue 26 §4: the README's table of environment variables is `src/env.rs`'s, and no file under
+/// `src/` but `env.rs` reads a variable of ours.
+#[test]
+fn environment_variables_are_declared_and_read_in_one_place() {
+    let readme = std::fs::read_to_string(common::root().join("README.md")).unwrap();
+    let start = "<!-- env-table: generated from src/env.rs (tests/cli.rs checks it) -->\n";
+    let table = readme
+        .split(start)
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- /env-table -->").next())
+        .expect("the README's env-table markers");
+    assert_eq!(
+        table,
+        pipeline::env::markdown_table(),
+        "regenerate the README's table"
+    );
+    let mut readers = Vec::new();
+    let mut stack = vec![common::root().join("src")];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") && !p.ends_with("src/env.rs") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                for var in pipeline::env::VARS {
+                    if text.contains(&format!("\"{}\"", var.name)) {
+                        readers.push(format!("{}: {}", p.display(), var.name));
+                    }
+                }
+                if text.contains("env::var(\"PIPELINE_") || text.contains("env::var_os(\"PIPELINE_")
+                {
+                    readers.push(format!("{}: reads a PIPELINE_ variable", p.display()));
+                }
+            }
+        }
+    }
+    assert!(readers.is_empty(), "read outside src/env.rs: {readers:?}");
 }

@@ -23,7 +23,7 @@ pub fn cuda_device(index: usize) -> Result<burn::backend::cuda::CudaDevice> {
             "--device cuda:{index}: NVRTC (libnvrtc.so, from the CUDA toolkit) cannot be loaded: install the toolkit or add its lib64 folder to LD_LIBRARY_PATH; or {fallback}"
         ));
     }
-    match cuda_toolkit_dir(std::env::var_os("CUDA_PATH"), &|p| p.exists()) {
+    match cuda_toolkit_dir(crate::env::get_os(crate::env::CUDA_PATH), &|p| p.exists()) {
         Some(dir) if dir.join("include").join("cuda.h").exists() => {}
         Some(dir) => {
             return Err(anyhow!(
@@ -161,7 +161,7 @@ fn cuda_gpu(index: usize) -> std::result::Result<Gpu, String> {
 }
 
 /// Environment variable naming the kernel cache folder (`off` disables it).
-pub const KERNEL_CACHE_ENV: &str = "PIPELINE_KERNEL_CACHE";
+pub const KERNEL_CACHE_ENV: &str = crate::env::KERNEL_CACHE.name;
 
 /// Where CubeCL keeps compiled kernels and autotune results for this process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,8 +214,8 @@ fn configure_kernel_cache(gpu: &Gpu) -> KernelCache {
         return KernelCache::UserConfig;
     }
     let var = |k: &str| std::env::var_os(k);
-    let Some(root) = kernel_cache_root(var(KERNEL_CACHE_ENV), var("XDG_CACHE_HOME"), var("HOME"))
-    else {
+    let explicit = crate::env::get_os(crate::env::KERNEL_CACHE);
+    let Some(root) = kernel_cache_root(explicit, var("XDG_CACHE_HOME"), var("HOME")) else {
         return KernelCache::Off;
     };
     let dir = kernel_cache_dir(&root, gpu);
@@ -230,7 +230,7 @@ fn configure_kernel_cache(gpu: &Gpu) -> KernelCache {
     let _ = std::fs::remove_file(probe);
     let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
     let chosen = apply_kernel_cache(&mut config, &dir);
-    if let Some(file) = var(PROFILE_ENV) {
+    if let Some(file) = crate::env::get_os(crate::env::CUDA_PROFILE) {
         apply_profile_log(&mut config, file.into());
     }
     kernel_count::apply(&mut config);
@@ -245,7 +245,7 @@ fn configure_kernel_cache(gpu: &Gpu) -> KernelCache {
 /// Environment variable naming a file for CubeCL's kernel profile: every kernel is timed on the
 /// GPU (launches are serialised, so steps get slower) and each synchronisation (every `bench`
 /// step) appends a table of kernels with their count and total GPU time.
-pub const PROFILE_ENV: &str = "PIPELINE_CUDA_PROFILE";
+pub const PROFILE_ENV: &str = crate::env::CUDA_PROFILE.name;
 
 /// Turns on CubeCL's kernel profiling summary (its `basic` level), written to `file`.
 fn apply_profile_log(

@@ -274,7 +274,7 @@ pub mod kernel_count {
     /// Turns counting on for this process (before any GPU device exists); false when another
     /// logger was installed first or CubeCL's kernel profile (`PIPELINE_CUDA_PROFILE`) is on.
     pub fn enable() -> bool {
-        if std::env::var_os(super::PROFILE_ENV).is_some() {
+        if crate::env::get_os(crate::env::CUDA_PROFILE).is_some() {
             return false;
         }
         static COUNTER: Counter = Counter;

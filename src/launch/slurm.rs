@@ -26,12 +26,12 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::run::{self, names, RunLayout};
+
+/// A fold task's hidden flag ([`super::worker::WorkerFlags::slurm_fold_task`]): `pipeline run
+/// <stage> --fold K` then shares the run's lock with the other tasks (see the module's notes).
+const FOLD_TASK: &str = "--slurm-fold-task";
 use crate::settings::{GpuFlag, SlurmSettings};
 use crate::stages::{self, Ctx, Stage};
-
-/// Set in a fold task's environment: `pipeline run <stage> --fold K` then shares the run's lock
-/// with the other tasks (see the module's notes).
-pub const FOLD_TASK_ENV: &str = "PIPELINE_SLURM_FOLD_TASK";
 
 /// What was submitted, in `slurm/jobs.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -167,9 +167,8 @@ fn scripts(ctx: &Ctx, exe: &Path, cwd: &Path, logs: &Path) -> Vec<Script> {
                 + &sbatch_lines(c, &folds_job, &log(true), cwd, true)
                 + &body(&[
                     "fold=\"$SLURM_ARRAY_TASK_ID\"".to_string(),
-                    format!("export {FOLD_TASK_ENV}=1"),
-                    format!("\"$exe\" run train --fold \"$fold\" {args}{quiet}"),
-                    format!("\"$exe\" run predict --fold \"$fold\" {args}{quiet}"),
+                    format!("\"$exe\" run train --fold \"$fold\" {FOLD_TASK} {args}{quiet}"),
+                    format!("\"$exe\" run predict --fold \"$fold\" {FOLD_TASK} {args}{quiet}"),
                 ]),
         },
         Script {

@@ -9,9 +9,6 @@ use anyhow::{Context, Result};
 /// Name of the lock file in a run folder and in each fold folder.
 pub const LOCK: &str = ".lock";
 
-/// Tells a fold worker that its parent holds the run's lock: the parent's pid.
-pub const WORKER_OF: &str = "PIPELINE_WORKER_OF";
-
 /// An exclusive OS lock (`flock`) on a lock file, held until this value is dropped or the
 /// process ends, however it ends: the kernel releases it, so a killed process never leaves a
 /// stale lock behind. The holder's pid is written into the file, for the message another
@@ -99,7 +96,7 @@ fn open_lock_file(path: &Path) -> Result<fs::File> {
 }
 
 /// The run's lock for a process that writes into `run_dir`. A fold worker started by
-/// `train.parallel_folds` (`worker_of`: its parent's pid, from [`WORKER_OF`], while that parent
+/// `train.parallel_folds` (`worker_of`: its parent's pid, from the hidden `--worker-of`, while that parent
 /// lives) gets `None`: its parent holds the run's lock, which the worker checks, and the worker
 /// locks its fold instead.
 pub fn lock_run(run_dir: &Path, worker_of: Option<u32>) -> Result<Option<Lock>> {
@@ -114,76 +111,4 @@ pub fn lock_run(run_dir: &Path, worker_of: Option<u32>) -> Result<Option<Lock>> 
         return Ok(None);
     }
     Lock::acquire(&path, &format!("run {}", run_dir.display())).map(Some)
-}
-
-/// Makes `cmd` a fold worker of this process: it is told so, and on Linux the kernel kills it
-/// (SIGKILL) the moment this process dies, however it dies, so no orphan goes on writing into
-/// the run. A worker whose parent died before the child was set up never starts.
-pub fn as_worker(cmd: &mut std::process::Command) {
-    cmd.env(WORKER_OF, std::process::id().to_string());
-    dies_with_parent(cmd);
-}
-
-/// On Linux the kernel kills the process `cmd` starts (SIGKILL) the moment this process dies,
-/// however it dies; a child whose parent died before it was set up never starts.
-pub fn dies_with_parent(cmd: &mut std::process::Command) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::process::CommandExt;
-        let parent = std::process::id();
-        // SAFETY: prctl and getppid are async-signal-safe, as code between fork and exec must be.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::getppid() as u32 != parent {
-                    return Err(std::io::Error::other("the parent process has exited"));
-                }
-                Ok(())
-            });
-        }
-    }
-}
-
-/// Runs one child process per item of `items`, `width` at a time: `start` makes each one's
-/// command (started as it is) from the item and its slot (`0..width`, free while the process
-/// runs: a device to pin it to). Returns the items whose process failed, in order of failure.
-pub fn run_processes<T>(
-    items: Vec<T>,
-    width: usize,
-    mut start: impl FnMut(&T, usize) -> Result<std::process::Command>,
-) -> Result<Vec<T>> {
-    let width = width.max(1);
-    let mut queue: std::collections::VecDeque<T> = items.into();
-    let mut running: Vec<(T, usize, std::process::Child)> = Vec::new();
-    let mut failed = Vec::new();
-    loop {
-        while running.len() < width {
-            let Some(item) = queue.pop_front() else { break };
-            let slot = (0..width)
-                .find(|s| running.iter().all(|r| r.1 != *s))
-                .unwrap_or(0);
-            let child = start(&item, slot)?
-                .spawn()
-                .context("starting a worker process")?;
-            running.push((item, slot, child));
-        }
-        if running.is_empty() {
-            return Ok(failed);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        let mut i = 0;
-        while i < running.len() {
-            match running[i].2.try_wait()? {
-                Some(status) => {
-                    let (item, _, _) = running.swap_remove(i);
-                    if !status.success() {
-                        failed.push(item);
-                    }
-                }
-                None => i += 1,
-            }
-        }
-    }
 }

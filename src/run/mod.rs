@@ -18,7 +18,7 @@ mod layout;
 mod lock;
 
 pub use layout::{names, RunLayout};
-pub use lock::{as_worker, dies_with_parent, lock_run, run_processes, Lock, LOCK, WORKER_OF};
+pub use lock::{lock_run, Lock, LOCK};
 
 /// File name of every stage's manifest.
 pub const MANIFEST: &str = "manifest.json";

@@ -15,7 +15,7 @@ pub mod train;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::Serialize;
 
 use crate::artifacts::{read_summary, TrainSummary};
@@ -81,9 +81,16 @@ pub struct Ctx {
     /// The `--config` / `--set` arguments this run was started with, for fold processes.
     pub config_args: Vec<String>,
     /// For tests that resume: each training fold stops as a crash would, right after a
-    /// checkpoint at this step (`PIPELINE_INTERRUPT_AFTER_STEP`, read by `cli`).
+    /// checkpoint at this step (`PIPELINE_INTERRUPT_AFTER_STEP`, read by `commands`).
     pub interrupt_after: Option<usize>,
+    /// Runs the folds of a per-fold stage in worker processes, one per device given, where
+    /// `train.devices` or `train.parallel_folds` asks for that (set by the `run` command to
+    /// [`crate::launch`]'s; `None`: such settings are refused).
+    pub fold_workers: Option<FoldWorkers>,
 }
+
+/// Runs the folds of `stage` that are not done in worker processes on `devices`.
+pub type FoldWorkers = fn(&Ctx, Stage, &[crate::device::Device]) -> Result<()>;
 
 impl Ctx {
     pub fn new(settings: Settings, force: bool, fold: Option<usize>, ui: Ui) -> Result<Self> {
@@ -104,6 +111,7 @@ impl Ctx {
             ui,
             config_args: Vec::new(),
             interrupt_after: None,
+            fold_workers: None,
         })
     }
 
@@ -220,7 +228,7 @@ pub fn plans(ctx: &Ctx, stage: Stage) -> Result<Vec<Plan>> {
 }
 
 /// Where one unit stands.
-fn unit_status(ctx: &Ctx, stage: Stage, p: &Plan) -> Result<(Status, Option<Manifest>)> {
+pub fn unit_status(ctx: &Ctx, stage: Stage, p: &Plan) -> Result<(Status, Option<Manifest>)> {
     for (_, path) in &p.inputs {
         if !path.exists() {
             let m = Manifest::read(&p.dir).ok().flatten();
@@ -276,11 +284,21 @@ pub fn status(ctx: &Ctx, stage: Stage) -> Result<(Status, Option<Manifest>)> {
 fn run_one(ctx: &Ctx, stage: Stage) -> Result<()> {
     if stage.per_fold() && ctx.fold.is_none() {
         let t = &ctx.settings.train;
-        if !t.devices.is_empty() {
-            return folds_in_processes(ctx, stage, &t.devices.resolve()?);
-        }
-        if stage == Stage::Train && t.parallel_folds > 1 {
-            return folds_in_processes(ctx, stage, &vec![t.device; t.parallel_folds]);
+        let devices = if !t.devices.is_empty() {
+            Some(t.devices.resolve()?)
+        } else if stage == Stage::Train && t.parallel_folds > 1 {
+            Some(vec![t.device; t.parallel_folds])
+        } else {
+            None
+        };
+        if let Some(devices) = devices {
+            let Some(workers) = ctx.fold_workers else {
+                bail!(
+                    "{}: train.devices / train.parallel_folds need `pipeline run`'s fold workers",
+                    stage.name()
+                );
+            };
+            return workers(ctx, stage, &devices);
         }
     }
     for p in plans(ctx, stage)? {
@@ -304,62 +322,6 @@ fn run_one(ctx: &Ctx, stage: Stage) -> Result<()> {
     }
     Ok(())
 }
-
-/// Runs the folds of `stage` that are not done in child processes (`pipeline run <stage> --fold
-/// K` with this run's config), one per device of `devices` at a time, each pinned to its device
-/// (`PIPELINE_DEVICE`): `train.devices`, or `train.parallel_folds` copies of `train.device` so a
-/// CPU run uses every core. Each fold keeps its own seeded random streams and a device's index
-/// is not part of any hash, so results equal one-by-one runs.
-fn folds_in_processes(ctx: &Ctx, stage: Stage, devices: &[crate::device::Device]) -> Result<()> {
-    let mut queue = Vec::new();
-    for p in plans(ctx, stage)? {
-        if !ctx.force && unit_status(ctx, stage, &p)?.0 == Status::Done {
-            ctx.ui.info(&format!("{}: up to date, skipped", p.label));
-        } else if let Some(k) = p.fold {
-            queue.push(k);
-        }
-    }
-    let name = stage.name();
-    if queue.is_empty() {
-        return Ok(());
-    }
-    // No more workers than folds to run.
-    let devices = &devices[..devices.len().min(queue.len())];
-    let shown: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
-    ctx.ui.info(&format!(
-        "{name}: folds {queue:?}, {} at a time in separate processes on [{}]",
-        devices.len(),
-        shown.join(", ")
-    ));
-    let exe = std::env::current_exe().context("locating the pipeline executable")?;
-    let mut failed = run::run_processes(queue, devices.len(), |&k, slot| {
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.args(["run", name, "--fold", &k.to_string()])
-            .args(&ctx.config_args)
-            .env(crate::ui::PLAIN_PROGRESS, "1")
-            .env(DEVICE_ENV, devices[slot].to_string());
-        run::as_worker(&mut cmd);
-        if ctx.force {
-            cmd.arg("--force");
-        }
-        if ctx.ui.quiet {
-            cmd.arg("-q");
-        }
-        ctx.ui
-            .info(&format!("{name} fold {k}: worker on {}", devices[slot]));
-        Ok(cmd)
-    })?;
-    if !failed.is_empty() {
-        failed.sort_unstable();
-        bail!(
-            "{name}: fold(s) {failed:?} failed (their errors are above); `pipeline run {name}` resumes them"
-        );
-    }
-    Ok(())
-}
-
-/// The device a fold worker is pinned to (set by [`folds_in_processes`]; read by `cli`).
-pub const DEVICE_ENV: &str = "PIPELINE_DEVICE";
 
 /// Brings a run made before `train` depended only on the training part of `prepare` and
 /// `split` up to date, once: a `prepare` or `split` whose outputs are intact gets its
@@ -546,7 +508,16 @@ mod tests {
     fn hashes(sets: &[&str], stage: Stage) -> Vec<String> {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
         let settings = Settings::from_toml("[data]\ntrain = \"t.json\"", &sets).unwrap();
-        let ctx = Ctx::new(settings, false, None, Ui { quiet: true }).unwrap();
+        let ctx = Ctx::new(
+            settings,
+            false,
+            None,
+            Ui {
+                quiet: true,
+                plain: false,
+            },
+        )
+        .unwrap();
         plans(&ctx, stage)
             .unwrap()
             .into_iter()

@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use crate::launch::pool::run_processes;
+use crate::launch::worker::Worker;
 use crate::run::{self, FileRecord, Manifest, Status};
 use crate::settings::{Settings, SweepSettings};
 use crate::stages::{self, Ctx, Stage};
@@ -396,22 +398,20 @@ pub fn run(args: &SweepArgs, ui: Ui) -> Result<()> {
     ));
     let shared = share_upstream(args, &base, &vs, ui)?;
     ui.info(&shared.describe(vs.len()));
-    let exe = std::env::current_exe().context("locating the pipeline executable")?;
-    let failed: Vec<&str> = run::run_processes(vs.iter().collect(), width, |v, _| {
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.args(["run", "all", "--config"]).arg(&args.config);
+    let failed: Vec<&str> = run_processes(vs.iter().collect(), width, |v, _| {
+        let mut config_args = vec!["--config".to_string(), args.config.display().to_string()];
         for s in args.variant_sets(&base, v) {
-            cmd.arg("--set").arg(s);
+            config_args.extend(["--set".to_string(), s]);
         }
-        if ui.quiet {
-            cmd.arg("-q");
-        }
-        if width > 1 {
-            cmd.env(crate::ui::PLAIN_PROGRESS, "1");
-        }
-        run::dies_with_parent(&mut cmd);
+        let worker = Worker {
+            target: "all".into(),
+            config_args,
+            quiet: ui.quiet,
+            plain_progress: width > 1,
+            ..Worker::default()
+        };
         ui.info(&format!("sweep: running {}", v.name));
-        Ok(cmd)
+        worker.command()
     })?
     .into_iter()
     .map(|v| v.name.as_str())

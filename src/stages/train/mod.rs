@@ -286,10 +286,10 @@ impl<B: AutodiffBackend> Hooks<B> for FoldHooks<'_, B::InnerBackend> {
         self.ctx.ui.info(message);
     }
 
-    /// The crash a resume test asks for (`PIPELINE_INTERRUPT_AFTER_STEP`, read by `cli`).
+    /// The crash a resume test asks for (`PIPELINE_INTERRUPT_AFTER_STEP`, read by `commands::run`).
     fn stop_requested(&mut self, st: &TrainerState) -> Option<String> {
         let n = self.ctx.interrupt_after?;
-        (st.step >= n).then(|| "PIPELINE_INTERRUPT_AFTER_STEP".to_string())
+        (st.step >= n).then(|| crate::env::INTERRUPT_AFTER_STEP.name.to_string())
     }
 }
 
