@@ -14,11 +14,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::artifacts::{read_examples, read_logits, read_summary, Features, RunMetrics};
+use crate::artifacts::{
+    mean_test_logits, read_examples, read_logits, read_summary, Features, RunMetrics,
+};
 use crate::qa::decode::{decode_rows, DecodeConfig, Logits, NbestEntry};
+use crate::qa::ensemble::{equal_weights, hard_vote, weights_from_scores, WeightedMean};
 use crate::qa::examples::Example;
 use crate::qa::metrics::{self, Metric, Score};
-use crate::qa::vote::{add_ballot, tally, Vote};
+use crate::qa::vote::Vote;
 use crate::run::{names, Manifest, RunLayout};
 use crate::settings::EnsembleMethod;
 
@@ -102,7 +105,7 @@ fn predicted_folds(at: &RunLayout) -> Result<usize> {
 /// by feature row.
 fn run_logits(at: &RunLayout, seq: usize) -> Result<(RowsLogits, OofLogits)> {
     let k = predicted_folds(at)?;
-    let test = crate::stages::ensemble::mean_test_logits(at, &vec![1.0 / k as f64; k])?
+    let test = mean_test_logits(at, &equal_weights(k))?
         .map(|(lg, _, fi)| (lg, fi))
         .unwrap_or((Logits::filled(0, seq, 0.0), vec![]));
     let mut oof = HashMap::new();
@@ -221,14 +224,9 @@ pub fn combine(
     }
     let weights: Vec<f64> = match method {
         EnsembleMethod::Weighted => {
-            let raw: Vec<f64> = layouts
-                .iter()
-                .map(|at| oof_f1(at).map(|f| f.max(1e-9)))
-                .collect::<Result<_>>()?;
-            let sum: f64 = raw.iter().sum();
-            raw.iter().map(|v| v / sum).collect()
+            weights_from_scores(&layouts.iter().map(oof_f1).collect::<Result<Vec<_>>>()?)
         }
-        _ => vec![1.0 / runs.len() as f64; runs.len()],
+        _ => equal_weights(runs.len()),
     };
     let test_rows = all[0].0 .1.clone();
     // Out-of-fold: the windows every run held out.
@@ -253,35 +251,29 @@ pub fn combine(
         .collect();
     let test_logits: Vec<&Logits> = all.iter().map(|((lg, _), _)| lg).collect();
     let oof_refs: Vec<&Logits> = oof_logits.iter().collect();
-    let decode_by = |rows: &[i64], runs: &[&Logits]| -> Decoded {
+    let decode_by = |rows: &[i64], runs: &[&Logits]| -> Result<Decoded> {
         let (re, ro) = feats.decode_meta(rows);
         if method == EnsembleMethod::HardVote {
             // Every run decodes alone; one vote per run and question.
-            let mut answers = BTreeMap::new();
-            for lg in runs {
-                add_ballot(&mut answers, decode_rows(&examples, &re, &ro, lg, decode).1);
-            }
-            let t = tally(answers, runs.len());
-            (t.predictions, t.nbest, Some(t.votes))
+            let t = hard_vote(
+                runs.iter()
+                    .map(|lg| decode_rows(&examples, &re, &ro, lg, decode).1),
+            );
+            Ok((t.predictions, t.nbest, Some(t.votes)))
         } else {
-            let mut mean = Logits::filled(rows.len(), seq, 0.0);
+            let mut mean = WeightedMean::new();
             for (lg, w) in runs.iter().zip(&weights) {
-                let w = *w as f32;
-                for (a, v) in mean
-                    .start
-                    .iter_mut()
-                    .zip(&lg.start)
-                    .chain(mean.end.iter_mut().zip(&lg.end))
-                {
-                    *a += w * v;
-                }
+                mean.add(lg, *w)?;
             }
+            let mean = mean
+                .finish()
+                .unwrap_or_else(|| Logits::filled(rows.len(), seq, 0.0));
             let (p, nb) = decode_rows(&examples, &re, &ro, &mean, decode);
-            (p, nb, None)
+            Ok((p, nb, None))
         }
     };
-    let (predictions, nbest, votes) = decode_by(&test_rows, &test_logits);
-    let (oof_predictions, _, _) = decode_by(&oof_rows, &oof_refs);
+    let (predictions, nbest, votes) = decode_by(&test_rows, &test_logits)?;
+    let (oof_predictions, _, _) = decode_by(&oof_rows, &oof_refs)?;
     let score_of = |preds: &BTreeMap<String, String>| -> Option<Score> {
         let golds: Vec<&Example> = examples
             .iter()

@@ -16,7 +16,8 @@ use pipeline::train::loss::{qa_loss, LossConfig};
 use pipeline::train::optim::{OptimConfig, OptimState, QaOptimizer};
 use pipeline::train::schedule::ScheduleKind;
 use pipeline::train::trainer::{
-    EvalLine, Hooks, KeepBestBy, Trainer, TrainerConfig, TrainerState, Validation,
+    EarlyStopping, EvalLine, Hooks, KeepBest, KeepBestBy, StepPlan, Trainer, TrainerConfig,
+    TrainerState, Validation,
 };
 
 type A = Autodiff<Flex>;
@@ -66,19 +67,24 @@ fn config(batching: BatchStrategy) -> TrainerConfig {
         seed: 7,
         epochs: 2,
         batch_size: 4,
-        batches_per_epoch: 5,
         gradient_accumulation: 1,
-        total_steps: 10,
-        warmup: 2,
+        steps: StepPlan {
+            batches_per_epoch: 5,
+            steps_per_epoch: 5,
+            total_steps: 10,
+            warmup: 2,
+            eval_every: 3,
+            checkpoint_every: 4,
+        },
         schedule: ScheduleKind::Linear,
         learning_rate: 1e-3,
         max_grad_norm: 1.0,
         loss_scaling: false,
         loss: LossConfig::default(),
-        eval_every: 3,
-        checkpoint_every: 4,
-        patience: 0,
-        keep_best_by: KeepBestBy::Loss,
+        keep_best: KeepBest {
+            by: KeepBestBy::Loss,
+        },
+        early_stopping: EarlyStopping { patience: 0 },
         batching,
         pad_multiple: 4,
     }

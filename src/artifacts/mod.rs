@@ -13,7 +13,9 @@ use crate::qa::examples::{Answer, Example};
 use crate::qa::windows::Window;
 use crate::run::write_atomic_with;
 
+mod fold_logits;
 mod summaries;
+pub use fold_logits::{mean_test_logits, pooled_oof_logits, RowLogits};
 pub use summaries::{
     fold_summaries, read_summary, require_summary, EnsembleSummary, EvalLine, KeepBestBy,
     MeanScore, RunMetrics, TestScores, TrainSummary,

@@ -7,51 +7,16 @@
 //! (for `weighted`); writes `ensemble/test_logits.safetensors`, `predictions.json`,
 //! `nbest_predictions.json`, `oof_predictions.json`.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use super::{hash_of, input, Ctx, Plan, Stage};
-use crate::artifacts::{read_examples, Features};
+use crate::artifacts::{mean_test_logits, pooled_oof_logits, read_examples, Features};
 use crate::artifacts::{read_logits, write_logits};
 use crate::artifacts::{require_summary, EnsembleSummary, KeepBestBy, TrainSummary};
 use crate::qa::decode::{decode_rows, Logits};
-use crate::qa::vote::{add_ballot, tally};
+use crate::qa::ensemble::{equal_weights, hard_vote, weights_from_scores};
 use crate::run::{names, Manifest, StageWriter};
 use crate::settings::EnsembleMethod;
-
-/// Logits with the example and feature index of each row, as `read_logits` returns them.
-type RowLogits = (Logits, Vec<i64>, Vec<i64>);
-
-/// The folds' test logits combined with `weights`, and the feature rows they belong to
-/// (example and feature index per row; `None` without folds); folds must share their windows.
-pub fn mean_test_logits(at: &crate::run::RunLayout, weights: &[f64]) -> Result<Option<RowLogits>> {
-    let mut acc: Option<RowLogits> = None;
-    for (fold, weight) in weights.iter().enumerate() {
-        let weight = *weight as f32;
-        let (lg, ex, fi) = read_logits(&at.test_logits(fold))?;
-        match &mut acc {
-            None => {
-                let scaled = Logits {
-                    seq: lg.seq,
-                    start: lg.start.iter().map(|x| x * weight).collect(),
-                    end: lg.end.iter().map(|x| x * weight).collect(),
-                };
-                acc = Some((scaled, ex, fi));
-            }
-            Some((a, _, fi0)) => {
-                if &fi != fi0 || lg.seq != a.seq {
-                    bail!("fold {fold}'s test windows differ from fold 0's: average folds that share one prepare stage, or use ensemble.method = \"hard_vote\"");
-                }
-                for (x, y) in a.start.iter_mut().zip(&lg.start) {
-                    *x += y * weight;
-                }
-                for (x, y) in a.end.iter_mut().zip(&lg.end) {
-                    *x += y * weight;
-                }
-            }
-        }
-    }
-    Ok(acc)
-}
 
 /// Up to date while `[ensemble]`, `[decode]`, `train.keep_best_by` (the weights), the
 /// features and every fold's logits are.
@@ -83,35 +48,33 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
 
     let cfg = ctx.settings.decode;
     let weights: Vec<f64> = match s.ensemble.method {
-        EnsembleMethod::Mean | EnsembleMethod::HardVote => vec![1.0 / k as f64; k],
+        EnsembleMethod::Mean | EnsembleMethod::HardVote => equal_weights(k),
         EnsembleMethod::Weighted => {
+            // Each fold's best validation score; a loss counts as its inverse.
             let by = s.train.keep_best_by;
-            let mut raw = Vec::new();
+            let mut scores = Vec::new();
             for fold in 0..k {
                 let summary: TrainSummary = require_summary(&at.fold(fold))?;
                 let v = summary.best.metric(by);
-                raw.push(if by == KeepBestBy::Loss {
+                scores.push(if by == KeepBestBy::Loss {
                     1.0 / v.max(1e-9)
                 } else {
-                    v.max(1e-9)
+                    v
                 });
             }
-            let sum: f64 = raw.iter().sum();
-            raw.iter().map(|v| v / sum).collect()
+            weights_from_scores(&scores)
         }
     };
 
     let preds = if s.ensemble.method == EnsembleMethod::HardVote {
         // Every fold decodes its own windows; then one vote per fold and question.
-        let mut answers: std::collections::BTreeMap<String, Vec<(String, f32)>> =
-            Default::default();
+        let mut ballots = Vec::new();
         for fold in 0..k {
             let (lg, _, fi) = read_logits(&at.test_logits(fold))?;
             let (re, ro) = feats.decode_meta(&fi);
-            let (_, nbest) = decode_rows(&examples, &re, &ro, &lg, &cfg);
-            add_ballot(&mut answers, nbest);
+            ballots.push(decode_rows(&examples, &re, &ro, &lg, &cfg).1);
         }
-        let t = tally(answers, k);
+        let t = hard_vote(ballots);
         w.write_json(names::PREDICTIONS, &t.predictions)?;
         w.write_json(names::VOTES, &t.votes)?;
         // submit reads an n-best list: the tallies in its shape.
@@ -142,18 +105,7 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
     };
 
     // Out-of-fold: every training window belongs to exactly one fold.
-    let mut oof = Logits {
-        seq: feats.max_seq_length,
-        start: vec![],
-        end: vec![],
-    };
-    let mut oof_fi = Vec::new();
-    for fold in 0..k {
-        let (lg, _, fi) = read_logits(&at.oof_logits(fold))?;
-        oof.start.extend(lg.start);
-        oof.end.extend(lg.end);
-        oof_fi.extend(fi);
-    }
+    let (oof, oof_fi) = pooled_oof_logits(&at, k, feats.max_seq_length)?;
     let (re, ro) = feats.decode_meta(&oof_fi);
     let (oof_preds, _) = decode_rows(&examples, &re, &ro, &oof, &cfg);
     w.write_json(names::OOF_PREDICTIONS, &oof_preds)?;

@@ -7,3 +7,4 @@ pub mod optim;
 pub mod scaler;
 pub mod schedule;
 pub mod trainer;
+mod unread;

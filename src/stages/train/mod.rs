@@ -9,6 +9,7 @@
 //! run takes exactly the steps an uninterrupted one takes.
 
 mod checkpoint;
+mod config;
 mod fits;
 mod validation;
 
@@ -32,10 +33,10 @@ use crate::run::{names, Manifest, RunLayout, StageWriter};
 use crate::settings::Settings;
 use crate::tensorboard::{tags, EventWriter};
 use crate::train::optim::QaOptimizer;
-use crate::train::schedule::warmup_steps;
 use crate::train::trainer::{
-    mix, EvalLine, Hooks, StepLine, Trainer, TrainerConfig, TrainerState, Validation,
+    EvalLine, Hooks, StepLine, StepPlan, Stream, Trainer, TrainerState, Validation,
 };
+use config::{step_plan, trainer_config};
 
 /// Fold `k` is up to date while the model, training, decoding and evaluation settings, the
 /// prepared data, the tokenizer, the folds and the pretrained files are.
@@ -178,15 +179,7 @@ struct FoldHooks<'a, B: Backend> {
 
 impl<B: AutodiffBackend> Hooks<B> for FoldHooks<'_, B::InnerBackend> {
     fn validate(&mut self, model: &QaModel<B::InnerBackend>) -> Validation {
-        let (loss, start_acc, end_acc, exact_match, f1, _) =
-            validate(model, self.data, &self.ctx.settings, self.device);
-        Validation {
-            loss,
-            start_acc,
-            end_acc,
-            exact_match,
-            f1,
-        }
+        validate(model, self.data, &self.ctx.settings, self.device)
     }
 
     fn save_best(&mut self, model: &QaModel<B::InnerBackend>) -> Result<()> {
@@ -298,10 +291,7 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
     let s = &ctx.settings;
     let t = &s.train;
     let fold = plan.fold.context("train runs per fold")?;
-    let device_kind = t.device;
     let dir = plan.dir.clone();
-    let last_dir = dir.join(names::LAST);
-    let best_dir = dir.join(names::BEST);
     let mut w = StageWriter::begin(
         dir.clone(),
         &format!("train fold {fold}"),
@@ -314,44 +304,86 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
     let data = fold_data(ctx, fold)?;
     let tok_dir = ctx.layout().tokenizer();
     let tok = QaTokenizer::load(&tok_dir)?;
-    B::seed(device, mix(t.seed, fold, 0, 1));
-    let (mut model, enc_cfg, base_cfg) = initial_model::<B>(s, &tok, device)?;
+    B::seed(device, Stream::ModelInit.seed(t.seed, fold, 0));
+    let (model, enc_cfg, base_cfg) = initial_model::<B>(s, &tok, device)?;
     check_fits(s, Some(&enc_cfg)).with_context(|| format!("train fold {fold}"))?;
     let mut optim = QaOptimizer::<B>::new(t.optim_config()).with_multi_tensor(t.multi_tensor_adamw);
-    if optim.multi_tensor() && !crate::train::optim::multi_tensor_fits(&model, device_kind) {
+    if optim.multi_tensor() && !crate::train::optim::multi_tensor_fits(&model, t.device) {
         optim = optim.with_multi_tensor(false);
     }
-    let mut st = TrainerState {
-        config_hash: config_hash.clone(),
-        ..Default::default()
+    let start = Start {
+        model,
+        optim,
+        st: TrainerState {
+            config_hash,
+            ..Default::default()
+        },
     };
+    let start = resume_or_start(ctx, fold, &dir, start, device)?;
 
-    // Resume from the newest readable checkpoint made with these settings (not with --force).
-    let [_, old_dir] = RunLayout::checkpoints(&dir);
+    let steps =
+        step_plan(t, data.train_rows.len()).with_context(|| format!("train fold {fold}"))?;
+    ctx.ui.info(&format!(
+        "train fold {fold}: {} training windows, {} validation windows, {} steps ({} warmup), device {}",
+        data.train_rows.len(),
+        data.val_rows.len(),
+        steps.total_steps,
+        steps.warmup,
+        t.device
+    ));
+    let export = Export {
+        cfg: &enc_cfg,
+        base: base_cfg.as_ref(),
+        tok_dir: &tok_dir,
+    };
+    let st = train_fold(ctx, fold, &data, device, export, &dir, steps, start)?;
+    finish_fold(ctx, &mut w, fold, &dir, &st)?;
+    let summary = train_summary(fold, &data, st)?;
+    w.finish(serde_json::to_value(summary)?)
+}
+
+/// Where a fold's training starts: fresh weights, optimizer and state, or a checkpoint's.
+struct Start<B: AutodiffBackend> {
+    model: QaModel<B>,
+    optim: QaOptimizer<B>,
+    st: TrainerState,
+}
+
+/// Resumes from the newest readable checkpoint made with these settings (`fresh`'s state's
+/// `config_hash`), or starts from `fresh`; `--force` and changed settings start over (their
+/// checkpoints removed), and the reasons are told.
+fn resume_or_start<B: AutodiffBackend>(
+    ctx: &Ctx,
+    fold: usize,
+    dir: &Path,
+    fresh: Start<B>,
+    device: &B::Device,
+) -> Result<Start<B>> {
+    let [last_dir, old_dir] = RunLayout::checkpoints(dir);
     if ctx.force {
         remove_dirs(&[&last_dir, &old_dir])?;
     }
-    match resume::<B>(&dir, &config_hash, s, device) {
+    let say = |why: &str| ctx.ui.info(&format!("train fold {fold}: {why}"));
+    match resume::<B>(dir, &fresh.st.config_hash, &ctx.settings, device) {
         Resume::From {
             dir: from,
             state,
-            model: m,
-            optim: os,
+            model,
+            optim: saved,
             skipped,
         } => {
-            model = m;
-            optim.load_state(os, device)?;
-            st = state;
+            let mut optim = fresh.optim;
+            optim.load_state(saved, device)?;
+            let mut st = state;
             // A best that is gone, or whose loss is not finite (an older version saved such
             // validations), is no best.
-            if st.best.as_ref().is_some_and(|b| !b.loss.is_finite()) || !best_dir.exists() {
+            let best_gone = !dir.join(names::BEST).exists();
+            if st.best.as_ref().is_some_and(|b| !b.loss.is_finite()) || best_gone {
                 st.best = None;
             }
-            for why in &skipped {
-                ctx.ui.info(&format!("train fold {fold}: {why}"));
-            }
-            ctx.ui.info(&format!(
-                "train fold {fold}: resuming at step {} from {}",
+            skipped.iter().for_each(|why| say(why));
+            say(&format!(
+                "resuming at step {} from {}",
                 st.step,
                 from.display()
             ));
@@ -363,98 +395,56 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
                     format!("renaming {} to {}", from.display(), last_dir.display())
                 })?;
             }
+            Ok(Start { model, optim, st })
         }
         Resume::Fresh { changed, skipped } => {
-            for why in &skipped {
-                ctx.ui.info(&format!("train fold {fold}: {why}"));
-            }
+            skipped.iter().for_each(|why| say(why));
             if !skipped.is_empty() {
-                ctx.ui.info(&format!(
-                    "train fold {fold}: no readable checkpoint, training from the start"
-                ));
+                say("no readable checkpoint, training from the start");
             } else if changed {
-                ctx.ui.info(&format!(
-                    "train fold {fold}: settings changed, starting over"
-                ));
+                say("settings changed, starting over");
             }
             remove_dirs(&[&last_dir, &old_dir])?;
+            Ok(fresh)
         }
     }
+}
 
-    let batches_per_epoch = if t.drop_last {
-        data.train_rows.len() / t.batch_size
-    } else {
-        data.train_rows.len().div_ceil(t.batch_size)
-    };
-    if batches_per_epoch == 0 {
-        bail!(
-            "train fold {fold}: {} training windows make no full batch of {} (train.drop_last = true)",
-            data.train_rows.len(),
-            t.batch_size
-        );
-    }
-    let steps_per_epoch = batches_per_epoch.div_ceil(t.gradient_accumulation);
-    let total_steps = steps_per_epoch * t.epochs;
-    let warmup = warmup_steps(total_steps, t.warmup_steps, t.warmup_ratio);
-    let eval_every = if t.eval_every == 0 {
-        steps_per_epoch
-    } else {
-        t.eval_every
-    };
-    let ckpt_every = if t.checkpoint_every == 0 {
-        eval_every
-    } else {
-        t.checkpoint_every
-    };
-    ctx.ui.info(&format!(
-        "train fold {fold}: {} training windows, {} validation windows, {total_steps} steps ({warmup} warmup), device {}",
-        data.train_rows.len(),
-        data.val_rows.len(),
-        t.device
-    ));
-
-    let bar = ctx.ui.bar(total_steps as u64, &format!("fold {fold}"));
+/// Runs the trainer from `start` over the fold's data with the stage's hooks (progress bar,
+/// metrics log, TensorBoard, checkpoints and best weights under `dir`); the final state.
+#[allow(clippy::too_many_arguments)]
+fn train_fold<B: AutodiffBackend>(
+    ctx: &Ctx,
+    fold: usize,
+    data: &FoldData,
+    device: &B::Device,
+    export: Export,
+    dir: &Path,
+    steps: StepPlan,
+    start: Start<B>,
+) -> Result<TrainerState> {
+    let Start { model, optim, st } = start;
+    let bar = ctx
+        .ui
+        .bar(steps.total_steps as u64, &format!("fold {fold}"));
     bar.set_position(st.step as u64);
     let trainer = Trainer {
-        config: TrainerConfig {
-            fold,
-            seed: t.seed,
-            epochs: t.epochs,
-            batch_size: t.batch_size,
-            batches_per_epoch,
-            gradient_accumulation: t.gradient_accumulation,
-            total_steps,
-            warmup,
-            schedule: t.schedule,
-            learning_rate: t.learning_rate,
-            max_grad_norm: t.max_grad_norm,
-            loss_scaling: t.precision.loss_scaling(),
-            loss: t.loss_config(),
-            eval_every,
-            checkpoint_every: ckpt_every,
-            patience: t.patience,
-            keep_best_by: t.keep_best_by,
-            batching: t.batching,
-            pad_multiple: t.pad_multiple,
-        },
+        config: trainer_config(&ctx.settings.train, fold, steps),
         feats: &data.feats,
         train_rows: &data.train_rows,
     };
+    let (last_dir, best_dir) = (dir.join(names::LAST), dir.join(names::BEST));
     let mut hooks = FoldHooks {
         ctx,
         fold,
-        data: &data,
+        data,
         device,
-        export: Export {
-            cfg: &enc_cfg,
-            base: base_cfg.as_ref(),
-            tok_dir: &tok_dir,
-        },
-        dir: &dir,
+        export,
+        dir,
         last_dir: &last_dir,
         best_dir: &best_dir,
         bar,
-        total_steps,
+        total_steps: steps.total_steps,
         started: Instant::now(),
         last_log: Instant::now(),
         windows_at_start: st.windows_seen,
@@ -462,28 +452,41 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
     };
     let (_, _, st) = trainer.run(model, optim, st, device, &mut hooks)?;
     hooks.bar.finish_and_clear();
-    if !best_dir.exists() {
+    Ok(st)
+}
+
+/// Records the fold's outputs (the best weights and the metrics log) and tells the best.
+fn finish_fold(
+    ctx: &Ctx,
+    w: &mut StageWriter,
+    fold: usize,
+    dir: &Path,
+    st: &TrainerState,
+) -> Result<()> {
+    if !dir.join(names::BEST).exists() {
         bail!("train fold {fold}: no validation ran, so there is no best checkpoint");
     }
     for f in [crate::model::WEIGHTS_FILE, crate::model::CONFIG_FILE] {
         w.record(&format!("best/{f}"))?;
     }
     w.record(names::METRICS_LOG)?;
-    let best = st.best.clone();
+    let by = ctx.settings.train.keep_best_by;
+    let best = st.best.as_ref();
     ctx.ui.info(&format!(
-        "train fold {fold}: best {:?} = {:.4} at step {} ({:.0} windows/s)",
-        t.keep_best_by,
-        best.as_ref()
-            .map(|b| b.score(t.keep_best_by))
-            .unwrap_or(f64::NAN)
-            .abs(),
-        best.as_ref().map(|b| b.step).unwrap_or(0),
+        "train fold {fold}: best {by:?} = {:.4} at step {} ({:.0} windows/s)",
+        best.map(|b| b.score(by)).unwrap_or(f64::NAN).abs(),
+        best.map(|b| b.step).unwrap_or(0),
         st.windows_seen as f64 / st.train_seconds.max(1e-9)
     ));
-    let (Some(best), Some(first)) = (st.best.clone(), st.history.first().cloned()) else {
+    Ok(())
+}
+
+/// What the fold's manifest records.
+fn train_summary(fold: usize, data: &FoldData, st: TrainerState) -> Result<TrainSummary> {
+    let (Some(best), Some(first)) = (st.best, st.history.first().cloned()) else {
         bail!("train fold {fold}: no validation ran, so there is no best checkpoint");
     };
-    let summary = TrainSummary {
+    Ok(TrainSummary {
         fold,
         steps: st.step,
         best,
@@ -495,6 +498,5 @@ fn run_on<B: AutodiffBackend>(ctx: &Ctx, plan: Plan, device: &B::Device) -> Resu
         loss_scale: st.loss_scaler.map(|s| s.scale),
         train_windows: data.train_rows.len(),
         val_windows: data.val_rows.len(),
-    };
-    w.finish(serde_json::to_value(summary)?)
+    })
 }

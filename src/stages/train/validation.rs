@@ -11,6 +11,7 @@ use crate::qa::metrics;
 use crate::settings::Settings;
 use crate::train::batch::{forward_chunks, labels, PAD_LOGIT};
 use crate::train::loss::qa_loss;
+use crate::train::trainer::Validation;
 
 /// The data a fold trains and validates on.
 pub(super) struct FoldData {
@@ -27,7 +28,7 @@ pub(super) fn validate<B: Backend>(
     data: &FoldData,
     s: &Settings,
     device: &B::Device,
-) -> (f64, f64, f64, f64, f64, Logits) {
+) -> Validation {
     let t = &s.train;
     let loss_cfg = t.loss_config();
     let mut loss_sum = 0.0;
@@ -50,14 +51,13 @@ pub(super) fn validate<B: Backend>(
     );
     let (start_acc, end_acc) = span_accuracy(&data.feats, &data.val_rows, &lg);
     let (em, f1) = score_rows(&data.examples, &data.feats, &data.val_rows, &lg, s);
-    (
-        loss_sum / data.val_rows.len() as f64,
+    Validation {
+        loss: loss_sum / data.val_rows.len() as f64,
         start_acc,
         end_acc,
-        em,
+        exact_match: em,
         f1,
-        lg,
-    )
+    }
 }
 
 /// Start and end accuracy over the windows of `rows` that hold the answer (labels other than
