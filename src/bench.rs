@@ -181,7 +181,7 @@ fn run_on<B: AutodiffBackend>(
     };
     // Seeded weights and inputs: the first loss is the same from run to run on one device.
     B::seed(device, 42);
-    let mut model = QaModel::<B>::init(cfg, &head, device)?;
+    let model = QaModel::<B>::init(cfg, &head, device)?;
     let parameters = model.num_params();
     let embedding =
         (cfg.vocab_size + cfg.max_position_embeddings + cfg.type_vocab_size) * cfg.hidden_size;
@@ -220,35 +220,14 @@ fn run_on<B: AutodiffBackend>(
         let _: f64 = model.qa_outputs.weight.val().sum().into_scalar().elem();
         model
     };
-    // Each step's time on stderr: warm-up steps show kernel compilation and autotuning.
-    let mut peak_device: Option<f64> = None;
-    let mut timed = |i: usize, what: &str, t: Instant| {
-        eprintln!("{what} step {i}: {:.3} s", t.elapsed().as_secs_f64());
-        if let Some(mib) = device_memory() {
-            peak_device = Some(peak_device.map_or(mib, |p| p.max(mib)));
-        }
-    };
-    let w0 = Instant::now();
-    for i in 0..args.warmup {
-        let t = Instant::now();
-        model = step(model);
-        timed(i + 1, "warm-up", t);
-    }
-    let warmup_seconds = w0.elapsed().as_secs_f64();
-    let counting = crate::device::kernel_count::enabled();
-    let before = counting.then(crate::device::kernel_count::settled);
-    let mut timed_total = 0.0;
-    for i in 0..args.steps.max(1) {
-        let t = Instant::now();
-        model = step(model);
-        timed_total += t.elapsed().as_secs_f64();
-        timed(i + 1, "timed", t);
-    }
-    let after = counting.then(crate::device::kernel_count::settled);
-    // Step time without the memory queries between steps.
-    let step_seconds = timed_total / args.steps.max(1) as f64;
+    let (model, timing) = time_steps(args, model, &mut step, device_memory);
+    let Timing {
+        warmup_seconds,
+        step_seconds,
+        peak_device,
+        counts,
+    } = timing;
     let steps = args.steps.max(1);
-    let counts = before.zip(after);
     let _ = model.valid();
     let tokens_per_second = (b * s) as f64 / step_seconds;
     let flops_per_token =
@@ -282,6 +261,58 @@ fn run_on<B: AutodiffBackend>(
         kernels_compiled: counts.map(|(_, (_, c1))| c1),
         kernels_compiled_timed: counts.map(|((_, c0), (_, c1))| c1 - c0),
     })
+}
+
+/// What [`time_steps`] measured.
+struct Timing {
+    warmup_seconds: f64,
+    /// The mean timed step, without the memory queries between steps.
+    step_seconds: f64,
+    /// The device memory's peak over all steps (MiB), where it can be asked.
+    peak_device: Option<f64>,
+    /// CubeCL's (launches, compilations) before and after the timed steps, where counted.
+    counts: Option<((u64, u64), (u64, u64))>,
+}
+
+/// Runs `args.warmup` then `args.steps` (at least 1) training steps with `step`, each step's
+/// time on stderr (warm-up steps show kernel compilation and autotuning).
+fn time_steps<M>(
+    args: &BenchArgs,
+    mut model: M,
+    step: &mut dyn FnMut(M) -> M,
+    device_memory: &dyn Fn() -> Option<f64>,
+) -> (M, Timing) {
+    let mut peak_device: Option<f64> = None;
+    let mut timed = |i: usize, what: &str, t: Instant| {
+        eprintln!("{what} step {i}: {:.3} s", t.elapsed().as_secs_f64());
+        if let Some(mib) = device_memory() {
+            peak_device = Some(peak_device.map_or(mib, |p| p.max(mib)));
+        }
+    };
+    let w0 = Instant::now();
+    for i in 0..args.warmup {
+        let t = Instant::now();
+        model = step(model);
+        timed(i + 1, "warm-up", t);
+    }
+    let warmup_seconds = w0.elapsed().as_secs_f64();
+    let counting = crate::device::kernel_count::enabled();
+    let before = counting.then(crate::device::kernel_count::settled);
+    let mut timed_total = 0.0;
+    for i in 0..args.steps.max(1) {
+        let t = Instant::now();
+        model = step(model);
+        timed_total += t.elapsed().as_secs_f64();
+        timed(i + 1, "timed", t);
+    }
+    let after = counting.then(crate::device::kernel_count::settled);
+    let timing = Timing {
+        warmup_seconds,
+        step_seconds: timed_total / args.steps.max(1) as f64,
+        peak_device,
+        counts: before.zip(after),
+    };
+    (model, timing)
 }
 
 /// The process's peak resident memory (`VmHWM`), Linux only.

@@ -194,18 +194,7 @@ pub fn combine(
         bail!("no runs to ensemble");
     }
     let layouts: Vec<RunLayout> = runs.iter().map(|r| RunLayout::new(r)).collect();
-    for name in [names::FEATURES, names::EXAMPLES] {
-        let first = prepared(&layouts[0], name)?;
-        for (at, run) in layouts.iter().zip(runs).skip(1) {
-            if prepared(at, name)? != first {
-                bail!(
-                    "runs {} and {} were prepared differently ({name} differs): a cross-run ensemble needs the same windows",
-                    runs[0].display(),
-                    run.display()
-                );
-            }
-        }
-    }
+    check_same_prepared(runs, &layouts)?;
     let feats = Features::load(&layouts[0].features())?;
     let (examples, _) = read_examples(&layouts[0].examples())?;
     let seq = feats.max_seq_length;
@@ -230,25 +219,7 @@ pub fn combine(
     };
     let test_rows = all[0].0 .1.clone();
     // Out-of-fold: the windows every run held out.
-    let mut oof_rows: Vec<i64> = all[0]
-        .1
-        .keys()
-        .copied()
-        .filter(|r| all.iter().all(|(_, o)| o.contains_key(r)))
-        .collect();
-    oof_rows.sort_unstable();
-    let oof_logits: Vec<Logits> = all
-        .iter()
-        .map(|(_, o)| {
-            let mut lg = Logits::filled(oof_rows.len(), seq, 0.0);
-            for (i, r) in oof_rows.iter().enumerate() {
-                let (s, e) = &o[r];
-                lg.start[i * seq..(i + 1) * seq].copy_from_slice(s);
-                lg.end[i * seq..(i + 1) * seq].copy_from_slice(e);
-            }
-            lg
-        })
-        .collect();
+    let (oof_rows, oof_logits) = common_oof(&all, seq);
     let test_logits: Vec<&Logits> = all.iter().map(|((lg, _), _)| lg).collect();
     let oof_refs: Vec<&Logits> = oof_logits.iter().collect();
     let decode_by = |rows: &[i64], runs: &[&Logits]| -> Result<Decoded> {
@@ -274,34 +245,7 @@ pub fn combine(
     };
     let (predictions, nbest, votes) = decode_by(&test_rows, &test_logits)?;
     let (oof_predictions, _, _) = decode_by(&oof_rows, &oof_refs)?;
-    let score_of = |preds: &BTreeMap<String, String>| -> Option<Score> {
-        let golds: Vec<&Example> = examples
-            .iter()
-            .filter(|e| preds.contains_key(&e.id) && !e.answers.is_empty())
-            .collect();
-        if golds.is_empty() {
-            return None;
-        }
-        let answers: Vec<(String, Vec<String>)> = golds
-            .iter()
-            .map(|e| {
-                (
-                    e.id.clone(),
-                    e.answers.iter().map(|a| a.text.clone()).collect(),
-                )
-            })
-            .collect();
-        let p: HashMap<String, String> =
-            preds.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        Some(
-            metrics::score(
-                metric,
-                answers.iter().map(|(id, a)| (id.as_str(), a.as_slice())),
-                &p,
-            )
-            .0,
-        )
-    };
+    let score_of = |preds: &BTreeMap<String, String>| score_answered(&examples, preds, metric);
     Ok(Combined {
         runs: runs.to_vec(),
         method,
@@ -313,6 +257,81 @@ pub fn combine(
         votes,
         oof_predictions,
     })
+}
+
+/// Refuses runs whose prepared windows or examples differ from the first run's.
+fn check_same_prepared(runs: &[PathBuf], layouts: &[RunLayout]) -> Result<()> {
+    for name in [names::FEATURES, names::EXAMPLES] {
+        let first = prepared(&layouts[0], name)?;
+        for (at, run) in layouts.iter().zip(runs).skip(1) {
+            if prepared(at, name)? != first {
+                bail!(
+                    "runs {} and {} were prepared differently ({name} differs): a cross-run ensemble needs the same windows",
+                    runs[0].display(),
+                    run.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The out-of-fold windows every run held out (sorted feature rows) and each run's logits
+/// on them, in that order.
+fn common_oof(all: &[(RowsLogits, OofLogits)], seq: usize) -> (Vec<i64>, Vec<Logits>) {
+    let mut oof_rows: Vec<i64> = all[0]
+        .1
+        .keys()
+        .copied()
+        .filter(|r| all.iter().all(|(_, o)| o.contains_key(r)))
+        .collect();
+    oof_rows.sort_unstable();
+    let oof_logits: Vec<Logits> = all
+        .iter()
+        .map(|(_, o)| {
+            let mut lg = Logits::filled(oof_rows.len(), seq, 0.0);
+            for (i, r) in oof_rows.iter().enumerate() {
+                let (s, e) = &o[r];
+                lg.start[i * seq..(i + 1) * seq].copy_from_slice(s);
+                lg.end[i * seq..(i + 1) * seq].copy_from_slice(e);
+            }
+            lg
+        })
+        .collect();
+    (oof_rows, oof_logits)
+}
+
+/// The score of `preds` over the labelled examples they answer; `None` for none.
+fn score_answered(
+    examples: &[Example],
+    preds: &BTreeMap<String, String>,
+    metric: Metric,
+) -> Option<Score> {
+    let golds: Vec<&Example> = examples
+        .iter()
+        .filter(|e| preds.contains_key(&e.id) && !e.answers.is_empty())
+        .collect();
+    if golds.is_empty() {
+        return None;
+    }
+    let answers: Vec<(String, Vec<String>)> = golds
+        .iter()
+        .map(|e| {
+            (
+                e.id.clone(),
+                e.answers.iter().map(|a| a.text.clone()).collect(),
+            )
+        })
+        .collect();
+    let p: HashMap<String, String> = preds.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    Some(
+        metrics::score(
+            metric,
+            answers.iter().map(|(id, a)| (id.as_str(), a.as_slice())),
+            &p,
+        )
+        .0,
+    )
 }
 
 /// Writes a combination into `out`: `predictions.json`, `nbest_predictions.json` (for a vote:

@@ -249,42 +249,12 @@ fn sbatch(args: &[String], script: &Path) -> Result<String> {
 /// Submits what is left of the run (or, with `dry_run`, prints it).
 pub fn submit(ctx: &Ctx, dry_run: bool) -> Result<()> {
     let run_dir = &ctx.run_dir;
-    let dir = RunLayout::new(run_dir).slurm();
-    let logs = RunLayout::new(run_dir).slurm_logs();
     let cwd = std::env::current_dir().context("reading the current folder")?;
     let exe = std::env::current_exe().context("locating the pipeline executable")?;
     let run_dir_abs = cwd.join(run_dir);
-    // Refuse while an earlier submission of this run is still queued or running.
-    if let Some(old) = read_jobs(run_dir)? {
-        let live = squeue(&ids(&old));
-        if !live.is_empty() && !dry_run {
-            let shown: Vec<String> = live.iter().map(|(i, s)| format!("{i} {s}")).collect();
-            bail!(
-                "run {} already has Slurm jobs queued or running ({}): wait for them or `scancel` them, then submit again",
-                run_dir.display(),
-                shown.join(", ")
-            );
-        }
-    }
-    if run::Lock::is_held(&run_dir.join(run::LOCK)) {
-        bail!(
-            "run {} is being written by another process (lock {}): wait for it to finish, then submit",
-            run_dir.display(),
-            run_dir.join(run::LOCK).display()
-        );
-    }
-    let upstream_done = stages::status(ctx, Stage::Split)?.0 == run::Status::Done
-        && stages::status(ctx, Stage::Prepare)?.0 == run::Status::Done;
-    let mut folds = Vec::new();
-    for k in 0..ctx.settings.split.folds {
-        let done = upstream_done
-            && stages::fold_done(ctx, Stage::Train, k)?
-            && stages::fold_done(ctx, Stage::Predict, k)?;
-        if !done {
-            folds.push(k);
-        }
-    }
-    if folds.is_empty() && stages::status(ctx, Stage::Submit)?.0 == run::Status::Done {
+    refuse_while_busy(run_dir, dry_run)?;
+    let left = Left::of(ctx)?;
+    if left.folds.is_empty() && stages::status(ctx, Stage::Submit)?.0 == run::Status::Done {
         ctx.ui.info(&format!(
             "run {}: everything is done, nothing to submit",
             run_dir.display()
@@ -292,44 +262,15 @@ pub fn submit(ctx: &Ctx, dry_run: bool) -> Result<()> {
         return Ok(());
     }
     let all = scripts(ctx, &exe, &cwd, &RunLayout::new(&run_dir_abs).slurm_logs());
-    let array = folds
-        .iter()
-        .map(|k| k.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let dir = RunLayout::new(run_dir).slurm();
     if dry_run {
         for s in &all {
             println!("# ---- {} ----\n{}", dir.join(s.name).display(), s.text);
         }
-        println!("# ---- submission ----");
-        if !upstream_done {
-            println!(
-                "sbatch --parsable {}",
-                dir.join(names::SLURM_PREPARE).display()
-            );
-        }
-        if !folds.is_empty() {
-            println!(
-                "sbatch --parsable{} --array={array} {}",
-                if upstream_done {
-                    ""
-                } else {
-                    " --dependency=afterok:<prepare>"
-                },
-                dir.join(names::SLURM_FOLDS).display()
-            );
-        }
-        println!(
-            "sbatch --parsable{} {}",
-            if folds.is_empty() {
-                ""
-            } else {
-                " --dependency=afterok:<folds>"
-            },
-            dir.join(names::SLURM_FINISH).display()
-        );
+        print_submission(&dir, &left);
         return Ok(());
     }
+    let logs = RunLayout::new(run_dir).slurm_logs();
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     for s in &all {
         let p = dir.join(s.name);
@@ -337,36 +278,7 @@ pub fn submit(ctx: &Ctx, dry_run: bool) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
     }
-    let prepare = if upstream_done {
-        None
-    } else {
-        Some(sbatch(
-            &["--parsable".into()],
-            &dir.join(names::SLURM_PREPARE),
-        )?)
-    };
-    let folds_array = if folds.is_empty() {
-        None
-    } else {
-        let mut a = vec!["--parsable".to_string(), format!("--array={array}")];
-        if let Some(p) = &prepare {
-            a.push(format!("--dependency=afterok:{p}"));
-        }
-        Some(sbatch(&a, &dir.join(names::SLURM_FOLDS))?)
-    };
-    let mut a = vec!["--parsable".to_string()];
-    if let Some(f) = folds_array.as_ref().or(prepare.as_ref()) {
-        a.push(format!("--dependency=afterok:{f}"));
-    }
-    let finish = sbatch(&a, &dir.join(names::SLURM_FINISH))?;
-    let jobs = Jobs {
-        submitted_at: chrono::Utc::now().to_rfc3339(),
-        prepare,
-        folds_array,
-        folds: folds.clone(),
-        finish,
-        logs: RunLayout::new(&run_dir_abs).slurm_logs(),
-    };
+    let jobs = submit_jobs(&dir, &left, RunLayout::new(&run_dir_abs).slurm_logs())?;
     run::write_atomic(&jobs_path(run_dir), &serde_json::to_vec_pretty(&jobs)?)?;
     // The ids on stdout (one line, for scripts); the rest as messages.
     println!(
@@ -389,6 +301,133 @@ pub fn submit(ctx: &Ctx, dry_run: bool) -> Result<()> {
         dir.display()
     ));
     Ok(())
+}
+
+/// Refuses while an earlier submission of this run is still queued or running (unless only
+/// printing), or while another process writes the run.
+fn refuse_while_busy(run_dir: &Path, dry_run: bool) -> Result<()> {
+    if let Some(old) = read_jobs(run_dir)? {
+        let live = squeue(&ids(&old));
+        if !live.is_empty() && !dry_run {
+            let shown: Vec<String> = live.iter().map(|(i, s)| format!("{i} {s}")).collect();
+            bail!(
+                "run {} already has Slurm jobs queued or running ({}): wait for them or `scancel` them, then submit again",
+                run_dir.display(),
+                shown.join(", ")
+            );
+        }
+    }
+    if run::Lock::is_held(&run_dir.join(run::LOCK)) {
+        bail!(
+            "run {} is being written by another process (lock {}): wait for it to finish, then submit",
+            run_dir.display(),
+            run_dir.join(run::LOCK).display()
+        );
+    }
+    Ok(())
+}
+
+/// What a submission has left to do: `prepare` + `split` unless both are done, and the folds
+/// whose `train` or `predict` is not.
+struct Left {
+    upstream_done: bool,
+    folds: Vec<usize>,
+}
+
+impl Left {
+    fn of(ctx: &Ctx) -> Result<Self> {
+        let upstream_done = stages::status(ctx, Stage::Split)?.0 == run::Status::Done
+            && stages::status(ctx, Stage::Prepare)?.0 == run::Status::Done;
+        let mut folds = Vec::new();
+        for k in 0..ctx.settings.split.folds {
+            let done = upstream_done
+                && stages::fold_done(ctx, Stage::Train, k)?
+                && stages::fold_done(ctx, Stage::Predict, k)?;
+            if !done {
+                folds.push(k);
+            }
+        }
+        Ok(Self {
+            upstream_done,
+            folds,
+        })
+    }
+
+    /// The job array's indices, `0,2,3`.
+    fn array(&self) -> String {
+        let ks: Vec<String> = self.folds.iter().map(|k| k.to_string()).collect();
+        ks.join(",")
+    }
+}
+
+/// The `sbatch` lines a submission would run, with placeholders for the ids.
+fn print_submission(dir: &Path, left: &Left) {
+    println!("# ---- submission ----");
+    if !left.upstream_done {
+        println!(
+            "sbatch --parsable {}",
+            dir.join(names::SLURM_PREPARE).display()
+        );
+    }
+    if !left.folds.is_empty() {
+        println!(
+            "sbatch --parsable{} --array={} {}",
+            if left.upstream_done {
+                ""
+            } else {
+                " --dependency=afterok:<prepare>"
+            },
+            left.array(),
+            dir.join(names::SLURM_FOLDS).display()
+        );
+    }
+    println!(
+        "sbatch --parsable{} {}",
+        if left.folds.is_empty() {
+            ""
+        } else {
+            " --dependency=afterok:<folds>"
+        },
+        dir.join(names::SLURM_FINISH).display()
+    );
+}
+
+/// Submits the scripts in `dir` as dependent jobs: `prepare` + `split` where left, the folds'
+/// array after it, the rest after both.
+fn submit_jobs(dir: &Path, left: &Left, logs: PathBuf) -> Result<Jobs> {
+    let prepare = if left.upstream_done {
+        None
+    } else {
+        Some(sbatch(
+            &["--parsable".into()],
+            &dir.join(names::SLURM_PREPARE),
+        )?)
+    };
+    let folds_array = if left.folds.is_empty() {
+        None
+    } else {
+        let mut a = vec![
+            "--parsable".to_string(),
+            format!("--array={}", left.array()),
+        ];
+        if let Some(p) = &prepare {
+            a.push(format!("--dependency=afterok:{p}"));
+        }
+        Some(sbatch(&a, &dir.join(names::SLURM_FOLDS))?)
+    };
+    let mut a = vec!["--parsable".to_string()];
+    if let Some(f) = folds_array.as_ref().or(prepare.as_ref()) {
+        a.push(format!("--dependency=afterok:{f}"));
+    }
+    let finish = sbatch(&a, &dir.join(names::SLURM_FINISH))?;
+    Ok(Jobs {
+        submitted_at: chrono::Utc::now().to_rfc3339(),
+        prepare,
+        folds_array,
+        folds: left.folds.clone(),
+        finish,
+        logs,
+    })
 }
 
 /// The fold task's log path of `jobs` for fold `k`.

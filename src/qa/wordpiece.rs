@@ -57,6 +57,59 @@ impl Symbols {
     }
 }
 
+/// The initial tokens: every character on its own (as the library's alphabet), sorted, then
+/// every non-initial one as a `##` piece, sorted.
+fn alphabet(word_counts: &BTreeMap<String, u64>) -> Vec<String> {
+    let mut firsts = std::collections::BTreeSet::new();
+    let mut rests = std::collections::BTreeSet::new();
+    for w in word_counts.keys() {
+        for (i, c) in w.chars().enumerate() {
+            firsts.insert(c.to_string());
+            if i > 0 {
+                rests.insert(format!("{PREFIX}{c}"));
+            }
+        }
+    }
+    firsts.into_iter().chain(rests).collect()
+}
+
+/// `word` with every occurrence of `pair` (left to right, not overlapping) replaced by `id`.
+fn merge_in(word: &[u32], pair: (u32, u32), id: u32) -> Vec<u32> {
+    let mut new = Vec::with_capacity(word.len());
+    let mut i = 0;
+    while i < word.len() {
+        if i + 1 < word.len() && (word[i], word[i + 1]) == pair {
+            new.push(id);
+            i += 2;
+        } else {
+            new.push(word[i]);
+            i += 1;
+        }
+    }
+    new
+}
+
+/// Each adjacent pair's count over all words (weighted by the word's count), and the words it
+/// occurs in.
+#[allow(clippy::type_complexity)]
+fn pair_index(
+    words: &[Vec<u32>],
+    counts: &[u64],
+) -> (
+    HashMap<(u32, u32), u64>,
+    HashMap<(u32, u32), HashSet<usize>>,
+) {
+    let mut pair_counts: HashMap<(u32, u32), u64> = HashMap::new();
+    let mut where_: HashMap<(u32, u32), HashSet<usize>> = HashMap::new();
+    for (wi, w) in words.iter().enumerate() {
+        for p in w.windows(2) {
+            *pair_counts.entry((p[0], p[1])).or_default() += counts[wi];
+            where_.entry((p[0], p[1])).or_default().insert(wi);
+        }
+    }
+    (pair_counts, where_)
+}
+
 /// Trains a vocabulary of at most `vocab_size` tokens from pre-tokenised word counts.
 /// Token ids: `specials` first, then the initial characters, then the `##` characters (each
 /// group sorted), then merges in the order they were made. Merging stops when the best pair
@@ -77,19 +130,7 @@ pub fn train_vocab(
     for s in specials {
         push(s.to_string(), &mut vocab);
     }
-    let mut firsts = std::collections::BTreeSet::new();
-    let mut rests = std::collections::BTreeSet::new();
-    // Every character is a token on its own (as the library's alphabet), and every
-    // non-initial one also as a `##` piece.
-    for w in word_counts.keys() {
-        for (i, c) in w.chars().enumerate() {
-            firsts.insert(c.to_string());
-            if i > 0 {
-                rests.insert(format!("{PREFIX}{c}"));
-            }
-        }
-    }
-    for t in firsts.into_iter().chain(rests) {
+    for t in alphabet(word_counts) {
         push(t, &mut vocab);
     }
 
@@ -111,14 +152,7 @@ pub fn train_vocab(
         words.push(pieces);
     }
 
-    let mut pair_counts: HashMap<(u32, u32), u64> = HashMap::new();
-    let mut where_: HashMap<(u32, u32), HashSet<usize>> = HashMap::new();
-    for (wi, w) in words.iter().enumerate() {
-        for p in w.windows(2) {
-            *pair_counts.entry((p[0], p[1])).or_default() += counts[wi];
-            where_.entry((p[0], p[1])).or_default().insert(wi);
-        }
-    }
+    let (mut pair_counts, mut where_) = pair_index(&words, &counts);
     let entry = |pair: (u32, u32), count: u64, sym: &Symbols| Entry {
         count,
         left: sym.names[pair.0 as usize].clone(),
@@ -163,17 +197,7 @@ pub fn train_vocab(
                 }
                 touched.insert(k);
             }
-            let mut new = Vec::with_capacity(old.len());
-            let mut i = 0;
-            while i < old.len() {
-                if i + 1 < old.len() && (old[i], old[i + 1]) == top.pair {
-                    new.push(new_id);
-                    i += 2;
-                } else {
-                    new.push(old[i]);
-                    i += 1;
-                }
-            }
+            let new = merge_in(old, top.pair, new_id);
             for p in new.windows(2) {
                 let k = (p[0], p[1]);
                 *pair_counts.entry(k).or_default() += c;

@@ -86,92 +86,113 @@ fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("drawing a chart: {e:?}")
 }
 
+/// Where a chart's data go in a `width` × `height` picture: the axes' ranges (legend room
+/// kept free of data), the label area, and for a chart on its side its rows.
+struct Geometry {
+    horizontal: bool,
+    rows: usize,
+    categories: Vec<String>,
+    y_label_area: u32,
+    x_range: std::ops::Range<f64>,
+    y_range: std::ops::Range<f64>,
+}
+
+impl Geometry {
+    fn of(chart: &Chart, width: u32, height: u32) -> Self {
+        let finite = |v: &f64| v.is_finite();
+        let horizontal = chart.categories.is_some();
+        let rows = chart.categories.as_ref().map_or(0, Vec::len);
+        let values: Vec<f64> = chart
+            .series
+            .iter()
+            .flat_map(|s| {
+                let bars: Vec<f64> = match &s.mark {
+                    Mark::Spread(b) => b.iter().flat_map(|b| [b.0, b.1]).collect(),
+                    _ => Vec::new(),
+                };
+                s.points.iter().map(|p| p.1).chain(bars)
+            })
+            .filter(finite)
+            .collect();
+        let steps: Vec<f64> = chart
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.0))
+            .filter(finite)
+            .collect();
+        let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = |v: &[f64]| v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let categories = chart.categories.clone().unwrap_or_default();
+        let longest = categories
+            .iter()
+            .map(|c| c.chars().count())
+            .max()
+            .unwrap_or(0);
+        let y_label_area = if horizontal {
+            (30 + 8 * longest) as u32
+        } else {
+            64
+        };
+        // Room for the legend (upper right), in pixels, kept free of data: above the data, or
+        // right of it on a chart on its side. A point is drawn with a radius of DOT px.
+        let legend_h = LEGEND_MARGIN * 2 + LEGEND_ROW * chart.series.len() as u32 + DOT;
+        let label_chars = chart
+            .series
+            .iter()
+            .map(|s| s.label.chars().count())
+            .max()
+            .unwrap_or(0) as u32;
+        let legend_w = LEGEND_MARGIN * 2 + 24 + LABEL_FONT * 6 / 10 * label_chars + DOT;
+        let plot_h = height.saturating_sub(2 * MARGIN + CAPTION_FONT + 12 + X_LABEL_AREA);
+        let plot_w = width.saturating_sub(2 * MARGIN + y_label_area);
+        // The share of the axis the legend takes, and the padding that leaves it free when the
+        // data take the rest (below = 5% of the data's span).
+        let room = |legend: u32, plot: u32| -> f64 {
+            let f = (f64::from(legend) / f64::from(plot.max(1))).min(0.8);
+            1.05 * f / (1.0 - f)
+        };
+        let (x_range, y_range) = if horizontal {
+            (
+                padded(min(&values), max(&values), 0.05, room(legend_w, plot_w)),
+                -0.5..(rows as f64 - 0.5),
+            )
+        } else {
+            (
+                padded(min(&steps), max(&steps), 0.03, 0.03),
+                padded(min(&values), max(&values), 0.05, room(legend_h, plot_h)),
+            )
+        };
+        Self {
+            horizontal,
+            rows,
+            categories,
+            y_label_area,
+            x_range,
+            y_range,
+        }
+    }
+
+    /// Where point (x, y) of series `i` of `n` is drawn: on a chart on its side a category's
+    /// row counts from the top, and the series of one row sit one above the other, so that
+    /// equal values do not hide each other.
+    fn at(&self, (x, y): (f64, f64), i: usize, n: usize) -> (f64, f64) {
+        if !self.horizontal {
+            return (x, y);
+        }
+        let shift = if n > 1 {
+            (i as f64 - (n as f64 - 1.0) / 2.0) * (0.75 / n as f64)
+        } else {
+            0.0
+        };
+        (y, self.rows as f64 - 1.0 - x + shift)
+    }
+}
+
 /// The chart as an SVG document (`width` × `height` pixels). A chart with categories is drawn
 /// on its side: one row per category, top to bottom, values along the horizontal axis (long
 /// names stay readable).
 pub fn svg(chart: &Chart, width: u32, height: u32) -> Result<String> {
-    let finite = |v: &f64| v.is_finite();
-    let horizontal = chart.categories.is_some();
-    let rows = chart.categories.as_ref().map_or(0, Vec::len);
-    // Where (x, y) of a series is drawn: a category's row counts from the top.
-    let at = |(x, y): (f64, f64)| -> (f64, f64) {
-        if horizontal {
-            (y, rows as f64 - 1.0 - x)
-        } else {
-            (x, y)
-        }
-    };
-    let values: Vec<f64> = chart
-        .series
-        .iter()
-        .flat_map(|s| {
-            let bars: Vec<f64> = match &s.mark {
-                Mark::Spread(b) => b.iter().flat_map(|b| [b.0, b.1]).collect(),
-                _ => Vec::new(),
-            };
-            s.points.iter().map(|p| p.1).chain(bars)
-        })
-        .filter(finite)
-        .collect();
-    let steps: Vec<f64> = chart
-        .series
-        .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.0))
-        .filter(finite)
-        .collect();
-    let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = |v: &[f64]| v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let categories = chart.categories.clone().unwrap_or_default();
-    let longest = categories
-        .iter()
-        .map(|c| c.chars().count())
-        .max()
-        .unwrap_or(0);
-    let y_label_area = if horizontal {
-        (30 + 8 * longest) as u32
-    } else {
-        64
-    };
-    // Room for the legend (upper right), in pixels, kept free of data: above the data, or
-    // right of it on a chart on its side. A point is drawn with a radius of DOT px.
-    let legend_h = LEGEND_MARGIN * 2 + LEGEND_ROW * chart.series.len() as u32 + DOT;
-    let label_chars = chart
-        .series
-        .iter()
-        .map(|s| s.label.chars().count())
-        .max()
-        .unwrap_or(0) as u32;
-    let legend_w = LEGEND_MARGIN * 2 + 24 + LABEL_FONT * 6 / 10 * label_chars + DOT;
-    let plot_h = height.saturating_sub(2 * MARGIN + CAPTION_FONT + 12 + X_LABEL_AREA);
-    let plot_w = width.saturating_sub(2 * MARGIN + y_label_area);
-    // The share of the axis the legend takes, and the padding that leaves it free when the
-    // data take the rest (below = 5% of the data's span).
-    let room = |legend: u32, plot: u32| -> f64 {
-        let f = (f64::from(legend) / f64::from(plot.max(1))).min(0.8);
-        1.05 * f / (1.0 - f)
-    };
-    let (x_range, y_range) = if horizontal {
-        (
-            padded(min(&values), max(&values), 0.05, room(legend_w, plot_w)),
-            -0.5..(rows as f64 - 0.5),
-        )
-    } else {
-        (
-            padded(min(&steps), max(&steps), 0.03, 0.03),
-            padded(min(&values), max(&values), 0.05, room(legend_h, plot_h)),
-        )
-    };
-    // On a chart on its side, the series of one row sit one above the other, so that equal
-    // values do not hide each other.
-    let n_series = chart.series.len();
-    let offset = |i: usize| -> f64 {
-        if horizontal && n_series > 1 {
-            (i as f64 - (n_series as f64 - 1.0) / 2.0) * (0.75 / n_series as f64)
-        } else {
-            0.0
-        }
-    };
-
+    let g = Geometry::of(chart, width, height);
     let mut out = String::new();
     {
         let root = SVGBackend::with_string(&mut out, (width, height)).into_drawing_area();
@@ -180,8 +201,8 @@ pub fn svg(chart: &Chart, width: u32, height: u32) -> Result<String> {
             .caption(&chart.title, ("sans-serif", CAPTION_FONT))
             .margin(MARGIN)
             .x_label_area_size(X_LABEL_AREA)
-            .y_label_area_size(y_label_area)
-            .build_cartesian_2d(x_range, y_range)
+            .y_label_area_size(g.y_label_area)
+            .build_cartesian_2d(g.x_range.clone(), g.y_range.clone())
             .map_err(err)?;
         let number = |v: &f64| -> String {
             if v.fract() == 0.0 {
@@ -190,11 +211,12 @@ pub fn svg(chart: &Chart, width: u32, height: u32) -> Result<String> {
                 format!("{v:.1}")
             }
         };
+        let rows = g.rows;
         let row_name = |y: &f64| -> String {
             let i = y.round();
             let row = rows as f64 - 1.0 - i;
             if (y - i).abs() < 1e-6 && row >= 0.0 && (row as usize) < rows {
-                categories[row as usize].clone()
+                g.categories[row as usize].clone()
             } else {
                 String::new()
             }
@@ -204,7 +226,7 @@ pub fn svg(chart: &Chart, width: u32, height: u32) -> Result<String> {
             .label_style(("sans-serif", LABEL_FONT))
             .axis_desc_style(("sans-serif", LABEL_FONT))
             .x_label_formatter(&number);
-        if horizontal {
+        if g.horizontal {
             mesh.x_desc(chart.y_label.as_str())
                 .y_label_formatter(&row_name)
                 .y_labels(rows * 2 + 1);
@@ -214,13 +236,10 @@ pub fn svg(chart: &Chart, width: u32, height: u32) -> Result<String> {
                 .y_label_formatter(&number);
         }
         mesh.draw().map_err(err)?;
+        let n = chart.series.len();
         for (i, s) in chart.series.iter().enumerate() {
             let color = COLORS[i % COLORS.len()];
-            let shift = offset(i);
-            let at = |p: (f64, f64)| {
-                let (x, y) = at(p);
-                (x, y + shift)
-            };
+            let at = |p: (f64, f64)| g.at(p, i, n);
             let pts = s
                 .points
                 .iter()
@@ -235,7 +254,7 @@ pub fn svg(chart: &Chart, width: u32, height: u32) -> Result<String> {
                     .draw_series(pts.map(|p| Circle::new(p, DOT as i32, color.filled())))
                     .map_err(err)?,
                 // An error bar draws its middle point as a circle.
-                Mark::Spread(bars) if horizontal => c
+                Mark::Spread(bars) if g.horizontal => c
                     .draw_series(s.points.iter().zip(bars).map(|(p, b)| {
                         let (x, y) = at(*p);
                         ErrorBar::new_horizontal(y, b.0, x, b.1, color.filled(), 10)

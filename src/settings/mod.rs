@@ -71,7 +71,7 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Checks values that the types alone cannot.
+    /// Checks values that the types alone cannot, section by section.
     pub fn validate(&self) -> Result<()> {
         ranges::check(self)?;
         if self.run.name.is_empty()
@@ -86,6 +86,18 @@ impl Settings {
         if self.data.train.as_os_str().is_empty() {
             bail!("data.train is required: the training file (SQuAD JSON, JSON Lines, CSV, Parquet or a HF save_to_disk folder)");
         }
+        self.validate_prepare()?;
+        self.validate_split_and_model()?;
+        self.validate_train()?;
+        if self.decode.n_best_size == 0 || self.decode.max_answer_length == 0 {
+            bail!("decode.n_best_size and decode.max_answer_length must be positive");
+        }
+        Ok(())
+    }
+
+    /// `[prepare]`: window lengths (against the pretrained model's position table) and the
+    /// vocabulary.
+    fn validate_prepare(&self) -> Result<()> {
         let p = &self.prepare;
         if p.max_seq_length < 8 {
             bail!(
@@ -128,6 +140,11 @@ impl Settings {
                 p.vocab_size
             );
         }
+        Ok(())
+    }
+
+    /// `[split]` and `[model]`.
+    fn validate_split_and_model(&self) -> Result<()> {
         let s = &self.split;
         if s.folds < 2 {
             bail!("split.folds must be at least 2, got {}", s.folds);
@@ -156,6 +173,12 @@ impl Settings {
                 m.cnn_kernel_sizes
             );
         }
+        Ok(())
+    }
+
+    /// `[train]`: precision against device and head, devices, positive sizes.
+    fn validate_train(&self) -> Result<()> {
+        let m = &self.model;
         let t = &self.train;
         let device = t.device;
         if device == crate::device::Device::Cpu && t.precision.is_pure_half() {
@@ -194,9 +217,6 @@ impl Settings {
             || t.gradient_accumulation == 0
         {
             bail!("train.epochs, train.batch_size, train.eval_batch_size and train.gradient_accumulation must be positive");
-        }
-        if self.decode.n_best_size == 0 || self.decode.max_answer_length == 0 {
-            bail!("decode.n_best_size and decode.max_answer_length must be positive");
         }
         Ok(())
     }

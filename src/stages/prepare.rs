@@ -54,58 +54,16 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
     let mut w = StageWriter::begin(plan.dir, names::PREPARE, plan.config_hash, &plan.inputs)?;
 
     let t0 = std::time::Instant::now();
-    let (mut all, train_report) =
-        examples::load(&s.data.train, s.data.format, true, p.repair_window)?;
-    if let Some(n) = s.data.max_train_samples {
-        all.truncate(n);
-    }
-    let n_train = all.len();
-    let test_report = match &s.data.test {
-        Some(test) => {
-            let (mut ex, rep) = examples::load(test, s.data.format, false, p.repair_window)?;
-            if let Some(n) = s.data.max_test_samples {
-                ex.truncate(n);
-            }
-            all.extend(ex);
-            Some(rep)
-        }
-        None => None,
-    };
-    check_unique_ids(&all, n_train)?;
-    log_report(ctx, "train", &s.data.train, &train_report);
-    if let (Some(rep), Some(path)) = (&test_report, &s.data.test) {
-        log_report(ctx, "test", path, rep);
-    }
-    if n_train == 0 {
-        bail!(
-            "{}: no usable training examples left after validation",
-            s.data.train.display()
-        );
-    }
+    let Loaded {
+        all,
+        n_train,
+        train_report,
+        test_report,
+    } = load_examples(ctx)?;
     let load_s = t0.elapsed().as_secs_f64();
 
     let t1 = std::time::Instant::now();
-    let (tok, trained) = match &s.tokenizer_source() {
-        Some(path) => (QaTokenizer::load(path)?, false),
-        None => {
-            ctx.ui.info(&format!(
-                "prepare: training a WordPiece tokenizer (vocab {}) on the training questions and contexts",
-                p.vocab_size
-            ));
-            let mut texts: Vec<&str> = Vec::new();
-            let mut seen = std::collections::HashSet::new();
-            for e in &all[..n_train] {
-                if seen.insert(e.context.as_str()) {
-                    texts.push(&e.context);
-                }
-                texts.push(&e.question);
-            }
-            (
-                QaTokenizer::train_wordpiece(&texts, p.vocab_size, p.min_frequency)?,
-                true,
-            )
-        }
-    };
+    let (tok, trained) = tokenizer(ctx, &all[..n_train])?;
     if let Some(dir) = &s.model.pretrained {
         let cfg = crate::model::config::EncoderConfig::load(&dir.join(crate::model::CONFIG_FILE))?;
         cfg.check_fits_inputs(tok.vocab_size(), p.max_seq_length, dir)?;
@@ -175,6 +133,82 @@ pub fn run(ctx: &Ctx, plan: Plan) -> Result<Manifest> {
         "doc_stride": p.doc_stride,
         "seconds": { "load": load_s, "tokenizer": tokenizer_s, "windows": windows_s },
     }))
+}
+
+/// The training and test examples, validated (test after train), with their reports.
+struct Loaded {
+    all: Vec<Example>,
+    n_train: usize,
+    train_report: examples::LoadReport,
+    test_report: Option<examples::LoadReport>,
+}
+
+/// Reads `data.train` and `data.test` (cut to `max_*_samples`), checks ids are unique and
+/// that training examples are left, and tells what validation dropped or repaired.
+fn load_examples(ctx: &Ctx) -> Result<Loaded> {
+    let s = &ctx.settings;
+    let p = &s.prepare;
+    let (mut all, train_report) =
+        examples::load(&s.data.train, s.data.format, true, p.repair_window)?;
+    if let Some(n) = s.data.max_train_samples {
+        all.truncate(n);
+    }
+    let n_train = all.len();
+    let test_report = match &s.data.test {
+        Some(test) => {
+            let (mut ex, rep) = examples::load(test, s.data.format, false, p.repair_window)?;
+            if let Some(n) = s.data.max_test_samples {
+                ex.truncate(n);
+            }
+            all.extend(ex);
+            Some(rep)
+        }
+        None => None,
+    };
+    check_unique_ids(&all, n_train)?;
+    log_report(ctx, "train", &s.data.train, &train_report);
+    if let (Some(rep), Some(path)) = (&test_report, &s.data.test) {
+        log_report(ctx, "test", path, rep);
+    }
+    if n_train == 0 {
+        bail!(
+            "{}: no usable training examples left after validation",
+            s.data.train.display()
+        );
+    }
+    Ok(Loaded {
+        all,
+        n_train,
+        train_report,
+        test_report,
+    })
+}
+
+/// The tokenizer: the configured one, or a WordPiece trained on `train`'s questions and
+/// (distinct) contexts; and whether it was trained.
+fn tokenizer(ctx: &Ctx, train: &[Example]) -> Result<(QaTokenizer, bool)> {
+    let p = &ctx.settings.prepare;
+    Ok(match &ctx.settings.tokenizer_source() {
+        Some(path) => (QaTokenizer::load(path)?, false),
+        None => {
+            ctx.ui.info(&format!(
+                "prepare: training a WordPiece tokenizer (vocab {}) on the training questions and contexts",
+                p.vocab_size
+            ));
+            let mut texts: Vec<&str> = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for e in train {
+                if seen.insert(e.context.as_str()) {
+                    texts.push(&e.context);
+                }
+                texts.push(&e.question);
+            }
+            (
+                QaTokenizer::train_wordpiece(&texts, p.vocab_size, p.min_frequency)?,
+                true,
+            )
+        }
+    })
 }
 
 fn check_unique_ids(all: &[Example], n_train: usize) -> Result<()> {

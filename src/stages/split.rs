@@ -146,22 +146,13 @@ pub fn assign(
     }
 
     if s.holdout_fraction > 0.0 && !is_test.iter().any(|&t| t) {
-        let mut shuffled = order.clone();
-        shuffled.shuffle(&mut rng);
-        let target = (s.holdout_fraction * n as f64).round() as usize;
-        let mut taken = 0;
-        let mut held = std::collections::HashSet::new();
-        for g in shuffled {
-            if taken >= target {
-                break;
-            }
-            taken += members[g].len();
-            held.insert(g);
-            for &i in &members[g] {
-                test[i] = true;
-            }
-        }
-        order.retain(|g| !held.contains(g));
+        hold_out(
+            s.holdout_fraction,
+            &mut order,
+            &members,
+            &mut test,
+            &mut rng,
+        );
     }
 
     let train: Vec<usize> = (0..n).filter(|&i| !test[i]).collect();
@@ -220,6 +211,34 @@ pub fn assign(
         }
     }
     Ok(folds)
+}
+
+/// Moves whole groups, in a seeded order, into the test split until it holds about
+/// `fraction` of the examples (`test` marks them; `order` loses the held-out groups).
+fn hold_out(
+    fraction: f64,
+    order: &mut Vec<&str>,
+    members: &HashMap<&str, Vec<usize>>,
+    test: &mut [bool],
+    rng: &mut ChaCha8Rng,
+) {
+    let n = test.len();
+    let mut shuffled = order.clone();
+    shuffled.shuffle(rng);
+    let target = (fraction * n as f64).round() as usize;
+    let mut taken = 0;
+    let mut held = std::collections::HashSet::new();
+    for g in shuffled {
+        if taken >= target {
+            break;
+        }
+        taken += members[g].len();
+        held.insert(g);
+        for &i in &members[g] {
+            test[i] = true;
+        }
+    }
+    order.retain(|g| !held.contains(g));
 }
 
 /// Fold sizes with polars: questions and groups per fold.

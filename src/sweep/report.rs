@@ -118,52 +118,14 @@ pub fn comparison(args: &SweepArgs, base: &Settings, vs: &[Variant]) -> Result<T
             }
         }
     }
-    let mut rows = Vec::new();
-    for v in vs {
-        let s = args.settings(base, v)?;
-        let at = run::RunLayout::new(&s.run_dir());
-        let metrics = read_summary(&at.stage(names::EVALUATE))?;
-        let folds = fold_summaries(&at, s.split.folds)?
-            .into_iter()
-            .flatten()
-            .collect();
-        rows.push((
-            Row {
-                variant: v,
-                metrics,
-                folds,
-            },
-            s.train.keep_best_by,
-        ));
-    }
+    let mut rows = variant_rows(args, base, vs)?;
     let by = rows.first().map_or(KeepBestBy::F1, |r| r.1);
     rows.sort_by(|a, b| {
         let (x, y) = (a.0.rank(by), b.0.rank(by));
         y.unwrap_or(f64::NEG_INFINITY)
             .total_cmp(&x.unwrap_or(f64::NEG_INFINITY))
     });
-    let header: Vec<String> = ["variant".to_string()]
-        .into_iter()
-        .chain(keys.iter().cloned())
-        .chain(
-            [
-                "oof_em",
-                "oof_f1",
-                "val_start_acc",
-                "val_end_acc",
-                "test_em",
-                "test_f1",
-                "fold_f1_mean",
-                "fold_f1_std",
-                "fold_f1_best",
-                "val_loss",
-                "train_seconds",
-                "windows_per_second",
-                "best",
-            ]
-            .map(String::from),
-        )
-        .collect();
+    let header = table_header(&keys);
     let mut csv = header.join(",") + "\n";
     let mut md = format!(
         "# sweep \"{}\", ranked by {:?} (out-of-fold where it applies)\n\n| {} |\n|{}\n",
@@ -174,33 +136,8 @@ pub fn comparison(args: &SweepArgs, base: &Settings, vs: &[Variant]) -> Result<T
     );
     let mut cells_of_rows = Vec::new();
     for (i, (row, _)) in rows.iter().enumerate() {
-        let values: BTreeMap<&str, &str> = row
-            .variant
-            .values
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let best = i == 0 && row.metrics.is_some();
-        let cells: Vec<String> = [row.variant.name.clone()]
-            .into_iter()
-            .chain(
-                keys.iter()
-                    .map(|k| values.get(k.as_str()).unwrap_or(&"").to_string()),
-            )
-            .chain(row.cells())
-            .chain([if best { "*".to_string() } else { String::new() }])
-            .collect();
-        let quoted: Vec<String> = cells
-            .iter()
-            .map(|c| {
-                if c.contains([',', '"']) {
-                    format!("\"{}\"", c.replace('"', "\"\""))
-                } else {
-                    c.clone()
-                }
-            })
-            .collect();
-        csv.push_str(&(quoted.join(",") + "\n"));
+        let cells = row_cells(row, &keys, i == 0);
+        csv.push_str(&(csv_line(&cells) + "\n"));
         md.push_str(&format!("| {} |\n", cells.join(" | ")));
         cells_of_rows.push(cells);
     }
@@ -234,6 +171,95 @@ pub fn comparison(args: &SweepArgs, base: &Settings, vs: &[Variant]) -> Result<T
         best,
         ranked_runs,
     })
+}
+
+/// Each variant's row (what its run has recorded so far) and its `keep_best_by`.
+fn variant_rows<'a>(
+    args: &SweepArgs,
+    base: &Settings,
+    vs: &'a [Variant],
+) -> Result<Vec<(Row<'a>, KeepBestBy)>> {
+    let mut rows = Vec::new();
+    for v in vs {
+        let s = args.settings(base, v)?;
+        let at = run::RunLayout::new(&s.run_dir());
+        let metrics = read_summary(&at.stage(names::EVALUATE))?;
+        let folds = fold_summaries(&at, s.split.folds)?
+            .into_iter()
+            .flatten()
+            .collect();
+        rows.push((
+            Row {
+                variant: v,
+                metrics,
+                folds,
+            },
+            s.train.keep_best_by,
+        ));
+    }
+    Ok(rows)
+}
+
+/// The comparison's columns: the variant, its swept keys, the numbers, the best mark.
+fn table_header(keys: &[String]) -> Vec<String> {
+    ["variant".to_string()]
+        .into_iter()
+        .chain(keys.iter().cloned())
+        .chain(
+            [
+                "oof_em",
+                "oof_f1",
+                "val_start_acc",
+                "val_end_acc",
+                "test_em",
+                "test_f1",
+                "fold_f1_mean",
+                "fold_f1_std",
+                "fold_f1_best",
+                "val_loss",
+                "train_seconds",
+                "windows_per_second",
+                "best",
+            ]
+            .map(String::from),
+        )
+        .collect()
+}
+
+/// A row's cells: the variant's name and values for `keys`, its numbers, `*` when `first`
+/// (the best) and it has results.
+fn row_cells(row: &Row, keys: &[String], first: bool) -> Vec<String> {
+    let values: BTreeMap<&str, &str> = row
+        .variant
+        .values
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let best = first && row.metrics.is_some();
+    [row.variant.name.clone()]
+        .into_iter()
+        .chain(
+            keys.iter()
+                .map(|k| values.get(k.as_str()).unwrap_or(&"").to_string()),
+        )
+        .chain(row.cells())
+        .chain([if best { "*".to_string() } else { String::new() }])
+        .collect()
+}
+
+/// Cells as one CSV line (quoted where they hold a comma or a quote).
+fn csv_line(cells: &[String]) -> String {
+    let quoted: Vec<String> = cells
+        .iter()
+        .map(|c| {
+            if c.contains([',', '"']) {
+                format!("\"{}\"", c.replace('"', "\"\""))
+            } else {
+                c.clone()
+            }
+        })
+        .collect();
+    quoted.join(",")
 }
 
 /// "Top-k variants ensembled" for k = 1..min(5, variants): the best k runs (in ranking order)
