@@ -23,6 +23,8 @@ use crate::train::scaler::LossScaler;
 use crate::train::schedule::{lr_at, ScheduleKind};
 use crate::train::unread::{Check, Unread, UnreadValues};
 
+pub use crate::train::unread::StepLine;
+
 pub use crate::artifacts::{EvalLine, KeepBestBy};
 
 /// Where a fold's training stands; saved in `last/trainer_state.json`.
@@ -59,19 +61,6 @@ pub struct Validation {
     pub end_acc: f64,
     pub exact_match: f64,
     pub f1: f64,
-}
-
-/// One optimizer step's numbers, known a step late (see `UnreadValues`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct StepLine {
-    /// Optimizer steps taken, this one included (as [`EvalLine::step`]).
-    pub step: usize,
-    /// The mean training loss of the step's micro-batches.
-    pub loss: f64,
-    /// The learning rate the step used.
-    pub lr: f64,
-    /// The gradient norm before clipping, where one was computed (clipping or loss scaling on).
-    pub grad_norm: Option<f64>,
 }
 
 /// What the loop leaves to its caller: measuring a validation, writing weights, reporting.

@@ -4,7 +4,18 @@ use anyhow::Result;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor};
 
-use super::trainer::StepLine;
+/// One optimizer step's numbers, known a step late (see `UnreadValues`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepLine {
+    /// Optimizer steps taken, this one included (as [`crate::artifacts::EvalLine::step`]).
+    pub step: usize,
+    /// The mean training loss of the step's micro-batches.
+    pub loss: f64,
+    /// The learning rate the step used.
+    pub lr: f64,
+    /// The gradient norm before clipping, where one was computed (clipping or loss scaling on).
+    pub grad_norm: Option<f64>,
+}
 
 /// A training loss or gradient norm still on the device.
 pub(crate) struct Unread<B: Backend> {

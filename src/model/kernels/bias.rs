@@ -116,25 +116,19 @@ mod fusion {
     //! The op as a custom operation of Burn's `Fusion` stream.
 
     use super::BiasKernels;
-    use crate::model::kernels::fusion_op::{register, take, Kernel};
+    use crate::model::kernels::fusion_op::{register, take};
     use burn::tensor::ops::FloatTensor;
     use burn::tensor::{Shape, TensorMetadata};
     use burn_fusion::{Fusion, FusionBackend};
 
-    #[derive(Clone, Debug)]
-    struct Call;
-
-    impl<B: FusionBackend + BiasKernels> Kernel<B> for Call {
-        fn run(&self, inputs: Vec<FloatTensor<B>>) -> Vec<FloatTensor<B>> {
-            let [t] = take(inputs);
-            vec![B::column_sums(t)]
-        }
-    }
-
     impl<B: FusionBackend + BiasKernels> BiasKernels for Fusion<B> {
         fn column_sums(t: FloatTensor<Self>) -> FloatTensor<Self> {
             let w = t.shape()[1];
-            let [out] = register::<B, _, 1>("column_sums", vec![t], [Shape::new([w])], Call);
+            let run = |inputs: Vec<FloatTensor<B>>| {
+                let [t] = take(inputs);
+                vec![B::column_sums(t)]
+            };
+            let [out] = register::<B, _, 1>("column_sums", vec![t], [Shape::new([w])], run);
             out
         }
     }

@@ -1,6 +1,6 @@
 //! Our kernels as custom operations of Burn's `Fusion` stream, which runs them in order with the
-//! fused element-wise kernels around them. One operation type serves every kernel: a [`Kernel`]
-//! says what runs on the inner backend.
+//! fused element-wise kernels around them. One operation type serves every kernel: a closure
+//! (any [`Kernel`]) says what runs on the inner backend.
 
 use burn::backend::ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 use burn::tensor::ops::FloatTensor;
@@ -9,18 +9,28 @@ use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{Fusion, FusionBackend, FusionRuntime};
 
 /// What a custom operation runs on the inner backend `B`: its float inputs, in the order they
-/// were registered, to its float outputs.
+/// were registered, to its float outputs (a closure; its captures are the op's parameters).
 pub(crate) trait Kernel<B: burn::tensor::backend::Backend>:
-    Clone + std::fmt::Debug + Send + Sync + 'static
+    Fn(Vec<FloatTensor<B>>) -> Vec<FloatTensor<B>> + Clone + Send + Sync + 'static
 {
-    fn run(&self, inputs: Vec<FloatTensor<B>>) -> Vec<FloatTensor<B>>;
 }
 
-#[derive(Clone, Debug)]
+impl<B: burn::tensor::backend::Backend, F> Kernel<B> for F where
+    F: Fn(Vec<FloatTensor<B>>) -> Vec<FloatTensor<B>> + Clone + Send + Sync + 'static
+{
+}
+
+#[derive(Clone)]
 struct Op<B, K> {
     desc: CustomOpIr,
     kernel: K,
     _b: std::marker::PhantomData<B>,
+}
+
+impl<B, K> std::fmt::Debug for Op<B, K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Op").field("desc", &self.desc).finish()
+    }
 }
 
 impl<B: FusionBackend, K: Kernel<B>> Operation<B::FusionRuntime> for Op<B, K> {
@@ -34,7 +44,7 @@ impl<B: FusionBackend, K: Kernel<B>> Operation<B::FusionRuntime> for Op<B, K> {
             .iter()
             .map(|t| handles.get_float_tensor::<B>(t))
             .collect();
-        for (ir, t) in self.desc.outputs.iter().zip(self.kernel.run(inputs)) {
+        for (ir, t) in self.desc.outputs.iter().zip((self.kernel)(inputs)) {
             handles.register_float_tensor::<B>(&ir.id, t);
         }
     }

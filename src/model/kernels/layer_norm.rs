@@ -351,32 +351,10 @@ mod fusion {
     //! The ops as custom operations of Burn's `Fusion` stream.
 
     use super::LayerNormKernels;
-    use crate::model::kernels::fusion_op::{register, take, Kernel};
+    use crate::model::kernels::fusion_op::{register, take};
     use burn::tensor::ops::FloatTensor;
     use burn::tensor::{Shape, TensorMetadata};
     use burn_fusion::{Fusion, FusionBackend};
-
-    #[derive(Clone, Debug)]
-    enum Call {
-        /// With ε.
-        Forward(f32),
-        Backward,
-    }
-
-    impl<B: FusionBackend + LayerNormKernels> Kernel<B> for Call {
-        fn run(&self, inputs: Vec<FloatTensor<B>>) -> Vec<FloatTensor<B>> {
-            match *self {
-                Call::Forward(eps) => {
-                    let [x, gamma, beta] = take(inputs);
-                    B::layer_norm_forward(x, gamma, beta, eps).into()
-                }
-                Call::Backward => {
-                    let [dy, x, gamma, stats] = take(inputs);
-                    B::layer_norm_backward(dy, x, gamma, stats).into()
-                }
-            }
-        }
-    }
 
     impl<B: FusionBackend + LayerNormKernels> LayerNormKernels for Fusion<B> {
         fn layer_norm_forward(
@@ -391,7 +369,10 @@ mod fusion {
                 "layer_norm_forward",
                 vec![x, gamma, beta],
                 [shape, stats],
-                Call::Forward(eps),
+                move |inputs: Vec<FloatTensor<B>>| {
+                    let [x, gamma, beta] = take(inputs);
+                    B::layer_norm_forward(x, gamma, beta, eps).into()
+                },
             )
         }
 
@@ -407,7 +388,10 @@ mod fusion {
                 "layer_norm_backward",
                 vec![dy, x, gamma, stats],
                 [shape, width.clone(), width],
-                Call::Backward,
+                |inputs: Vec<FloatTensor<B>>| {
+                    let [dy, x, gamma, stats] = take(inputs);
+                    B::layer_norm_backward(dy, x, gamma, stats).into()
+                },
             )
         }
     }

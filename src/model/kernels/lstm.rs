@@ -396,32 +396,10 @@ mod fusion {
     //! The ops as custom operations of Burn's `Fusion` stream.
 
     use super::LstmKernels;
-    use crate::model::kernels::fusion_op::{register, take, Kernel};
+    use crate::model::kernels::fusion_op::{register, take};
     use burn::tensor::ops::FloatTensor;
     use burn::tensor::{Shape, TensorMetadata};
     use burn_fusion::{Fusion, FusionBackend};
-
-    /// The rows per direction.
-    #[derive(Clone, Debug)]
-    enum Call {
-        Forward(usize),
-        Backward(usize),
-    }
-
-    impl<B: FusionBackend + LstmKernels> Kernel<B> for Call {
-        fn run(&self, inputs: Vec<FloatTensor<B>>) -> Vec<FloatTensor<B>> {
-            match *self {
-                Call::Forward(rows) => {
-                    let [xp, w] = take(inputs);
-                    B::lstm_forward(xp, w, rows).into()
-                }
-                Call::Backward(rows) => {
-                    let [dy, c, gates, w] = take(inputs);
-                    vec![B::lstm_backward(dy, c, gates, w, rows)]
-                }
-            }
-        }
-    }
 
     impl<B: FusionBackend + LstmKernels> LstmKernels for Fusion<B> {
         fn lstm_forward(
@@ -435,7 +413,10 @@ mod fusion {
                 "lstm_forward",
                 vec![xp, w],
                 [state.clone(), state, Shape::new([n, l, h4])],
-                Call::Forward(rows),
+                move |inputs: Vec<FloatTensor<B>>| {
+                    let [xp, w] = take(inputs);
+                    B::lstm_forward(xp, w, rows).into()
+                },
             )
         }
 
@@ -451,7 +432,10 @@ mod fusion {
                 "lstm_backward",
                 vec![dy, c, gates, w],
                 [shape],
-                Call::Backward(rows),
+                move |inputs: Vec<FloatTensor<B>>| {
+                    let [dy, c, gates, w] = take(inputs);
+                    vec![B::lstm_backward(dy, c, gates, w, rows)]
+                },
             );
             dg
         }

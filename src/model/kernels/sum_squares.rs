@@ -120,23 +120,15 @@ mod fusion {
     //! The op as a custom operation of Burn's `Fusion` stream.
 
     use super::{SumSquaresKernels, PARTS};
-    use crate::model::kernels::fusion_op::{register, Kernel};
+    use crate::model::kernels::fusion_op::register;
     use burn::tensor::ops::FloatTensor;
     use burn::tensor::Shape;
     use burn_fusion::{Fusion, FusionBackend};
 
-    #[derive(Clone, Debug)]
-    struct Call;
-
-    impl<B: FusionBackend + SumSquaresKernels> Kernel<B> for Call {
-        fn run(&self, inputs: Vec<FloatTensor<B>>) -> Vec<FloatTensor<B>> {
-            vec![B::sum_squares_parts(inputs)]
-        }
-    }
-
     impl<B: FusionBackend + SumSquaresKernels> SumSquaresKernels for Fusion<B> {
         fn sum_squares_parts(ts: Vec<FloatTensor<Self>>) -> FloatTensor<Self> {
-            let [out] = register::<B, _, 1>("sum_squares", ts, [Shape::new([PARTS])], Call);
+            let run = |inputs| vec![B::sum_squares_parts(inputs)];
+            let [out] = register::<B, _, 1>("sum_squares", ts, [Shape::new([PARTS])], run);
             out
         }
     }

@@ -1,31 +1,10 @@
 //! The ops as custom operations of Burn's `Fusion` stream.
 
 use super::{AttentionKernels, Params};
-use crate::model::kernels::fusion_op::{register, take, Kernel};
+use crate::model::kernels::fusion_op::{register, take};
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Shape, TensorMetadata};
 use burn_fusion::{Fusion, FusionBackend};
-
-#[derive(Clone, Debug)]
-enum Call {
-    Forward(Params),
-    Backward(Params),
-}
-
-impl<B: FusionBackend + AttentionKernels> Kernel<B> for Call {
-    fn run(&self, inputs: Vec<FloatTensor<B>>) -> Vec<FloatTensor<B>> {
-        match *self {
-            Call::Forward(params) => {
-                let [q, k, v, bias, seed] = take(inputs);
-                B::attention_forward(q, k, v, bias, seed, params).into()
-            }
-            Call::Backward(params) => {
-                let [q, k, v, bias, seed, out, lse, dout] = take(inputs);
-                B::attention_backward(q, k, v, bias, seed, out, lse, dout, params).into()
-            }
-        }
-    }
-}
 
 impl<B: FusionBackend + AttentionKernels> AttentionKernels for Fusion<B> {
     fn attention_forward(
@@ -42,7 +21,10 @@ impl<B: FusionBackend + AttentionKernels> AttentionKernels for Fusion<B> {
             "attention_forward",
             vec![q, k, v, bias, seed],
             [shape, rows],
-            Call::Forward(params),
+            move |inputs: Vec<FloatTensor<B>>| {
+                let [q, k, v, bias, seed] = take(inputs);
+                B::attention_forward(q, k, v, bias, seed, params).into()
+            },
         )
     }
 
@@ -62,7 +44,10 @@ impl<B: FusionBackend + AttentionKernels> AttentionKernels for Fusion<B> {
             "attention_backward",
             vec![q, k, v, bias, seed, out, lse, dout],
             [shape.clone(), shape.clone(), shape],
-            Call::Backward(params),
+            move |inputs: Vec<FloatTensor<B>>| {
+                let [q, k, v, bias, seed, out, lse, dout] = take(inputs);
+                B::attention_backward(q, k, v, bias, seed, out, lse, dout, params).into()
+            },
         )
     }
 }
