@@ -39,6 +39,9 @@ pub enum Command {
     /// Run any HF question-answering checkpoint (or an exported fold) over a data file; writes
     /// predictions.json, nbest_predictions.json and logits.safetensors into --out.
     Infer(crate::infer::InferArgs),
+    /// Retrieve passages from a corpus (BM25) for the questions of a data file; writes
+    /// passages.parquet, topk.parquet and metrics.json into --out and prints the metrics.
+    Retrieve(commands::retrieve::Args),
     /// Measure training throughput on random inputs (examples/s, tokens/s, MFU) for a model
     /// shape; prints one JSON object.
     Bench(crate::bench::BenchArgs),
@@ -61,6 +64,7 @@ pub fn main() -> Result<()> {
         Command::Ensemble(a) => commands::ensemble::exec(a),
         Command::Status(a) => commands::status::exec(a, ui),
         Command::Infer(a) => commands::infer::exec(a, ui),
+        Command::Retrieve(a) => commands::retrieve::exec(a, ui),
         Command::Bench(a) => commands::bench::exec(a),
         Command::Score(a) => commands::score::exec(a, ui),
     }

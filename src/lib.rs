@@ -15,6 +15,7 @@ pub mod launch;
 pub mod model;
 pub mod qa;
 pub mod report;
+pub mod retrieve;
 pub mod run;
 pub mod settings;
 pub mod stages;

@@ -236,6 +236,7 @@ const LAYERS: &[&[&str]] = &[
     &["ui"],
     &["model"],
     &["artifacts"],
+    &["retrieve"],
     &["train"],
     &["settings"],
     &["tensorboard", "report"],

@@ -28,7 +28,8 @@ pub type ContextOffsets = Vec<Option<(usize, usize)>>;
 pub const SPLIT_TRAIN: &str = "train";
 pub const SPLIT_TEST: &str = "test";
 
-fn write_parquet(path: &Path, df: &mut DataFrame) -> Result<()> {
+/// Writes `df` to `path` as Parquet, atomically.
+pub fn write_parquet(path: &Path, df: &mut DataFrame) -> Result<()> {
     write_atomic_with(path, |f| {
         ParquetWriter::new(f).finish(df)?;
         Ok(())

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod ensemble;
 pub mod infer;
+pub mod retrieve;
 pub mod run;
 pub mod score;
 pub mod status;
