@@ -9,6 +9,10 @@ use crate::qa::decode::Logits;
 use crate::qa::ensemble::{pool_out_of_fold, WeightedMean};
 use crate::run::RunLayout;
 
+/// What to do when folds' windows differ.
+const SAME_WINDOWS: &str =
+    "average folds that share one prepare stage, or use ensemble.method = \"hard_vote\"";
+
 /// Logits with the example and feature index of each row, as [`read_logits`] returns them.
 pub type RowLogits = (Logits, Vec<i64>, Vec<i64>);
 
@@ -22,13 +26,12 @@ pub fn mean_test_logits(at: &RunLayout, weights: &[f64]) -> Result<Option<RowLog
         match &rows {
             None => rows = Some((ex, fi)),
             Some((_, fi0)) if *fi0 != fi => {
-                bail!("fold {fold}'s test windows differ from fold 0's: average folds that share one prepare stage, or use ensemble.method = \"hard_vote\"")
+                bail!("fold {fold}'s test windows differ from fold 0's: {SAME_WINDOWS}")
             }
             Some(_) => {}
         }
-        mean.add(&lg, weight).map_err(|e| {
-            anyhow::anyhow!("fold {fold}'s test logits: {e}: average folds that share one prepare stage, or use ensemble.method = \"hard_vote\"")
-        })?;
+        mean.add(&lg, weight)
+            .map_err(|e| anyhow::anyhow!("fold {fold}'s test logits: {e}: {SAME_WINDOWS}"))?;
     }
     Ok(mean.finish().zip(rows).map(|(lg, (ex, fi))| (lg, ex, fi)))
 }

@@ -89,18 +89,56 @@ fn merge_in(word: &[u32], pair: (u32, u32), id: u32) -> Vec<u32> {
     new
 }
 
+/// Each adjacent pair's count (weighted by the word's count) and the words it occurs in.
+type PairCounts = HashMap<(u32, u32), u64>;
+type PairWords = HashMap<(u32, u32), HashSet<usize>>;
+
+/// Merges `pair` into `id` in every word that holds it, updating the pair counts and where
+/// pairs occur; returns the pairs whose counts changed.
+fn merge_everywhere(
+    words: &mut [Vec<u32>],
+    counts: &[u64],
+    pair_counts: &mut PairCounts,
+    where_: &mut PairWords,
+    pair: (u32, u32),
+    new_id: u32,
+) -> HashSet<(u32, u32)> {
+    let mut touched: HashSet<(u32, u32)> = HashSet::new();
+    let mut affected: Vec<usize> = where_
+        .get(&pair)
+        .map(|s| s.iter().copied().collect())
+        .unwrap_or_default();
+    affected.sort_unstable();
+    for wi in affected {
+        let old = &words[wi];
+        if !old.windows(2).any(|p| (p[0], p[1]) == pair) {
+            continue;
+        }
+        let c = counts[wi];
+        for p in old.windows(2) {
+            let k = (p[0], p[1]);
+            if let Some(v) = pair_counts.get_mut(&k) {
+                *v -= c;
+            }
+            touched.insert(k);
+        }
+        let new = merge_in(old, pair, new_id);
+        for p in new.windows(2) {
+            let k = (p[0], p[1]);
+            *pair_counts.entry(k).or_default() += c;
+            where_.entry(k).or_default().insert(wi);
+            touched.insert(k);
+        }
+        words[wi] = new;
+    }
+    touched
+}
+
 /// Each adjacent pair's count over all words (weighted by the word's count), and the words it
 /// occurs in.
-#[allow(clippy::type_complexity)]
-fn pair_index(
-    words: &[Vec<u32>],
-    counts: &[u64],
-) -> (
-    HashMap<(u32, u32), u64>,
-    HashMap<(u32, u32), HashSet<usize>>,
-) {
-    let mut pair_counts: HashMap<(u32, u32), u64> = HashMap::new();
-    let mut where_: HashMap<(u32, u32), HashSet<usize>> = HashMap::new();
+fn pair_index(words: &[Vec<u32>], counts: &[u64]) -> (PairCounts, PairWords) {
+    let mut pair_counts = PairCounts::new();
+    let mut where_ = PairWords::new();
     for (wi, w) in words.iter().enumerate() {
         for p in w.windows(2) {
             *pair_counts.entry((p[0], p[1])).or_default() += counts[wi];
@@ -178,34 +216,14 @@ pub fn train_vocab(
         let new_id = sym.id(&merged);
         push(merged, &mut vocab);
 
-        let mut touched: HashSet<(u32, u32)> = HashSet::new();
-        let mut affected: Vec<usize> = where_
-            .get(&top.pair)
-            .map(|s| s.iter().copied().collect())
-            .unwrap_or_default();
-        affected.sort_unstable();
-        for wi in affected {
-            let old = &words[wi];
-            if !old.windows(2).any(|p| (p[0], p[1]) == top.pair) {
-                continue;
-            }
-            let c = counts[wi];
-            for p in old.windows(2) {
-                let k = (p[0], p[1]);
-                if let Some(v) = pair_counts.get_mut(&k) {
-                    *v -= c;
-                }
-                touched.insert(k);
-            }
-            let new = merge_in(old, top.pair, new_id);
-            for p in new.windows(2) {
-                let k = (p[0], p[1]);
-                *pair_counts.entry(k).or_default() += c;
-                where_.entry(k).or_default().insert(wi);
-                touched.insert(k);
-            }
-            words[wi] = new;
-        }
+        let touched = merge_everywhere(
+            &mut words,
+            &counts,
+            &mut pair_counts,
+            &mut where_,
+            top.pair,
+            new_id,
+        );
         for k in touched {
             let c = pair_counts.get(&k).copied().unwrap_or(0);
             if c > 0 {
